@@ -1,0 +1,79 @@
+"""Prompt sources: a hub dataset id, a local JSONL/CSV/parquet file, or the tiny world.
+
+Every source yields the CarperAI ``openai_summarize_tldr`` layout: a ``prompt`` column
+(``SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...\\nTL;DR:``) and, where present, a ``label``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import QuarkError
+
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TINY = "tiny-tldr"
+
+
+def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit: int | None = None,
+                 seed: int = 0) -> pd.DataFrame:
+    """Load prompts as a DataFrame with ``prompt_id``, ``prompt`` and (when the source has it) ``label``.
+
+    ``source`` is ``"tiny-tldr"`` (the offline world; ``split`` train/valid/test), a local
+    ``.jsonl``/``.csv``/``.parquet`` file (``split`` ignored), or a hub dataset id such as
+    ``CarperAI/openai_summarize_tldr`` (``split`` train/valid/test). ``limit`` keeps the
+    first rows. ``prompt_id`` is the row's position in the source, stable across calls.
+    """
+    if os.fspath(source) == TINY:
+        from .world import tiny_world
+        source, split = tiny_world(seed).data_file(split), None
+    df = _read(os.fspath(source), split)
+    if "prompt" not in df.columns:
+        raise QuarkError(f"dataset {os.fspath(source)!r} has no 'prompt' column "
+                         f"(columns: {list(df.columns)}); quarklab expects the fields 'prompt' and 'label'")
+    if len(df) == 0:
+        raise QuarkError(f"dataset {os.fspath(source)!r} is empty")
+    bad = df["prompt"].map(lambda p: not isinstance(p, str) or not p.strip())
+    if bad.any():
+        raise QuarkError(f"dataset {os.fspath(source)!r} has {int(bad.sum())} empty or non-text prompts "
+                         f"(first at row {int(bad.to_numpy().nonzero()[0][0])})")
+    keep = ["prompt"] + (["label"] if "label" in df.columns else [])
+    df = df[keep].reset_index(drop=True)
+    df.insert(0, "prompt_id", range(len(df)))
+    return df.head(limit).copy() if limit is not None else df
+
+
+def _read(source: str, split: str | None) -> pd.DataFrame:
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if path.exists() or suffix in LOCAL_FORMATS:
+        if not path.exists():
+            raise QuarkError(f"dataset file does not exist: {source!r}")
+        if path.is_dir() or suffix not in LOCAL_FORMATS:
+            raise QuarkError(f"cannot read dataset {source!r}: use a .jsonl, .csv or .parquet file, "
+                             "or a hub dataset id")
+        try:
+            if suffix in (".jsonl", ".json"):
+                return pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+            if suffix == ".csv":
+                return pd.read_csv(path, keep_default_na=False)
+            return pd.read_parquet(path)
+        except ValueError as exc:
+            if path.stat().st_size == 0:
+                return pd.DataFrame()
+            raise QuarkError(f"cannot parse dataset file {source!r}: {exc}") from exc
+    return _read_hub(source, split or "test")
+
+
+def _read_hub(dataset_id: str, split: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # datasets raises many types for a missing id, split or network
+        raise QuarkError(f"could not load dataset {dataset_id!r} split {split!r} from the hub "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                         "Offline, pass a local .jsonl/.csv/.parquet file or 'tiny-tldr'.") from exc
+    return ds.to_pandas()

@@ -1,0 +1,122 @@
+"""Loading policies, reference models and tokenizers from a hub id or a local folder.
+
+The same code path serves the offline tiny world (a local folder written with
+``save_pretrained``) and hub checkpoints such as ``CarperAI/openai_summarize_tldr_sft``
+(GPT-J 6B) or ``sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import QuarkError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None`` picks CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``"auto"``/``None``: bfloat16 on a GPU that supports it, float16 on other GPUs, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise QuarkError(f"unknown dtype {dtype!r}: use one of {sorted(names)} or 'auto'")
+    return names[dtype]
+
+
+def resolve_source(name_or_path: str | os.PathLike, what: str = "model") -> str:
+    """Return a local folder as a string, or a hub id; fail clearly on a missing local path.
+
+    A string that exists on disk is a local folder. One that cannot be a hub id
+    (absolute, ``./``, ``~``, more than one ``/``) and does not exist is an error
+    here, rather than a confusing hub lookup later.
+    """
+    s = os.fspath(name_or_path)
+    p = Path(s).expanduser()
+    if p.exists():
+        return str(p)
+    if not s or s.startswith((".", "/", "~")) or not _HUB_ID.match(s):
+        raise QuarkError(f"{what} path does not exist: {s!r}")
+    return s
+
+
+def load_error(source: str, what: str, exc: Exception) -> QuarkError:
+    """One clear error for a local folder that is missing files, or a hub id that failed to load."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if Path(source).exists():
+        return QuarkError(f"could not load {what} from the local folder {source!r} "
+                          f"({type(exc).__name__}: {first}); is it a save_pretrained folder?")
+    return QuarkError(
+        f"could not load {what} {source!r}: not a local folder, and the hub copy is not "
+        f"available ({type(exc).__name__}: {first}). "
+        "Offline, pass a local folder, e.g. the tiny world's (quarklab world build)."
+    )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
+                   padding_side: str = "left"):
+    """Load a tokenizer (``AutoTokenizer``), left-padding by default, with a pad token.
+
+    A tokenizer without a pad token (GPT-2, GPT-J) gets ``pad_token = eos_token``;
+    quarklab always uses attention masks, never pad ids, to tell padding apart.
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_source(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise load_error(source, "tokenizer", exc) from exc
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise QuarkError(f"tokenizer {source!r} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_policy(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | None = "auto",
+                device: str | torch.device | None = "auto", trust_remote_code: bool = False,
+                attn_implementation: str | None = None):
+    """Load a causal LM (``AutoModelForCausalLM``) from a hub id or a local folder, in eval mode.
+
+    ``dtype="auto"`` is float32 on CPU and bfloat16 on a GPU; ``device="auto"`` picks
+    CUDA when present. ``trust_remote_code`` stays off unless asked for.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(name_or_path, "model")
+    dev = resolve_device(device)
+    kwargs = dict(dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise load_error(source, "model", exc) from exc
+    return model.to(dev).eval()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens: 0 at each row's first non-pad token.
+
+    Left-padded batches need these explicitly: GPT-2 and GPT-J otherwise number the
+    pad tokens too, and every real token gets a shifted position.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,315 @@
+"""Model-based rewards: sequence classifiers and trlx/ALT-style value-head reward models.
+
+* :class:`SequenceClassifierReward` reads one label's logit (or probability) from an
+  ``AutoModelForSequenceClassification`` checkpoint, e.g. a sentiment classifier as in
+  the Quark paper.
+* :class:`ValueHeadReward` is the reward model of CarperAI's ``summarize_rlhf`` (used by
+  the ALT paper for TL;DR): a causal-LM backbone's last hidden states plus a linear
+  ``v_head`` (hidden -> 1, no bias), read at the last non-pad token of
+  ``"{post}\\nTL;DR: {summary}"``.
+
+Value-head weights are read without unpickling arbitrary objects, from either
+quarklab's folder layout (:func:`save_value_head_model`) or CarperAI's single
+state-dict file (``transformer.*`` + ``v_head.weight``) with ``base_model`` naming the
+backbone's config and tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import QuarkError
+from .models import load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_source
+
+STATE_DICT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
+V_HEAD_FILE = "v_head.safetensors"
+V_HEAD_KEY = "v_head.weight"
+BACKBONE_PREFIX = "transformer."
+_MAX_LENGTH_FALLBACK = 2048
+
+
+def guess_kind(spec: str | os.PathLike) -> str:
+    """``"value-head"`` or ``"seq-classification"`` for a hub id, local folder or state-dict file."""
+    from transformers import AutoConfig
+
+    s = os.fspath(spec)
+    if s.lower().endswith(STATE_DICT_SUFFIXES):
+        return "value-head"
+    source = resolve_source(s, "reward model")
+    if (Path(source) / V_HEAD_FILE).is_file():
+        return "value-head"
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise load_error(source, "reward model config", exc) from exc
+    if any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+        return "seq-classification"
+    raise QuarkError(f"cannot tell what kind of reward model {source!r} is (architectures: "
+                     f"{config.architectures}); pass kind='seq-classification' or kind='value-head'")
+
+
+class SequenceClassifierReward:
+    """Reward = one label's logit, probability or log-probability from a sequence classifier."""
+
+    SCORES = ("logit", "prob", "logprob")
+
+    def __init__(self, name_or_path: str | os.PathLike, *, label: str | int | None = None,
+                 score: str = "logit", template: str | None = None, device: str | None = "auto",
+                 dtype: str | torch.dtype | None = "auto", batch_size: int = 16,
+                 trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification
+
+        if score not in self.SCORES:
+            raise QuarkError(f"unknown score {score!r}: use one of {list(self.SCORES)}")
+        self.template = _check_template(template or "{completion}")
+        self.batch_size = _check_batch_size(batch_size)
+        self.score = score
+        source = resolve_source(name_or_path, "reward model")
+        dev = resolve_device(device)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise load_error(source, "reward model", exc) from exc
+        self.tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, padding_side="right")
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = model.to(dev).eval()
+        self.label_index = _resolve_label(model.config, label)
+        if score != "logit" and model.config.num_labels == 1:
+            raise QuarkError(f"score={score!r} needs a classifier with several labels; {source!r} has "
+                             "one output, use score='logit'")
+        self.max_length = _max_length(model.config, self.tokenizer)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        texts = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                ids, mask = _encode(self.tokenizer, texts[i:i + self.batch_size], self.max_length,
+                                    self.model.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+                if self.score == "prob":
+                    logits = logits.softmax(-1)
+                elif self.score == "logprob":
+                    logits = logits.log_softmax(-1)
+                out.append(logits[:, self.label_index].double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+
+
+class ValueHeadReward:
+    """Reward = ``v_head(last hidden state)`` at the last non-pad token of the formatted text.
+
+    ``name_or_path`` is a folder written by :func:`save_value_head_model`, or a bare
+    CarperAI-style state-dict file (``.bin``/``.pt``/``.pth``/``.safetensors``) whose
+    backbone config and tokenizer come from ``base_model``. The default template is
+    ``"{prompt} {completion}"``; the completion's leading whitespace is always stripped,
+    so ``"...TL;DR:"`` and ``" a summary"`` give ``"...TL;DR: a summary"``.
+    """
+
+    def __init__(self, name_or_path: str | os.PathLike, *, base_model: str | os.PathLike | None = None,
+                 template: str | None = None, device: str | None = "auto",
+                 dtype: str | torch.dtype | None = "auto", batch_size: int = 16,
+                 trust_remote_code: bool = False):
+        self.template = _check_template(template or "{prompt} {completion}")
+        self.batch_size = _check_batch_size(batch_size)
+        source = Path(resolve_source(name_or_path, "value-head reward model"))
+        if not source.exists():
+            raise QuarkError(f"value-head reward model {str(source)!r} must be a local folder or "
+                             "state-dict file; download it first")
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        if source.is_dir():
+            if base_model is not None:
+                raise QuarkError("base_model is only for a bare state-dict file; the folder "
+                                 f"{str(source)!r} holds its own backbone")
+            if not (source / V_HEAD_FILE).is_file():
+                raise QuarkError(f"{str(source)!r} is not a value-head reward model: it has no "
+                                 f"{V_HEAD_FILE} (write one with save_value_head_model)")
+            backbone, weight = _load_folder(source, torch_dtype, trust_remote_code)
+            tok_source = str(source)
+        elif source.name.lower().endswith(STATE_DICT_SUFFIXES):
+            if base_model is None:
+                raise QuarkError(f"the bare state dict {str(source)!r} needs base_model= (hub id or "
+                                 "folder of its backbone, e.g. CarperAI/openai_summarize_tldr_sft) "
+                                 "for the config and tokenizer")
+            backbone, weight = _load_state_dict_file(source, base_model, torch_dtype, trust_remote_code)
+            tok_source = base_model
+        else:
+            raise QuarkError(f"{str(source)!r} is not a value-head reward model: expected a folder with "
+                             f"{V_HEAD_FILE} or a state-dict file ({', '.join(STATE_DICT_SUFFIXES)})")
+        hidden = backbone.config.hidden_size
+        if weight.dim() != 2 or tuple(weight.shape) != (1, hidden):
+            raise QuarkError(f"{V_HEAD_KEY} has shape {tuple(weight.shape)}, expected (1, {hidden}) "
+                             "for this backbone")
+        self.backbone = backbone.to(dev).eval()
+        self.v_head_weight = weight.to(dev, torch.float32)
+        self.tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code, padding_side="right")
+        self.tokenizer.truncation_side = "left"
+        self.max_length = _max_length(backbone.config, self.tokenizer)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        texts = [self.template.format(prompt=p, completion=c.lstrip()) for p, c in zip(prompts, completions)]
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                ids, mask = _encode(self.tokenizer, texts[i:i + self.batch_size], self.max_length,
+                                    self.backbone.device)
+                hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                last = hidden[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
+                out.append((last.float() @ self.v_head_weight.T)[:, 0].double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+
+
+def save_value_head_model(backbone_model, tokenizer, v_head: torch.Tensor | torch.nn.Linear,
+                          folder: str | os.PathLike) -> Path:
+    """Write quarklab's value-head layout: backbone + tokenizer (``save_pretrained``) + ``v_head.safetensors``.
+
+    ``backbone_model`` may be a causal LM or its base model; only the base model is saved.
+    ``v_head`` is an ``nn.Linear(hidden, 1, bias=False)`` or its weight of shape ``(1, hidden)``.
+    """
+    from safetensors.torch import save_file
+
+    base = backbone_model.base_model
+    weight = v_head.weight if isinstance(v_head, torch.nn.Linear) else v_head
+    if isinstance(v_head, torch.nn.Linear) and v_head.bias is not None:
+        raise QuarkError("v_head must have no bias (nn.Linear(hidden, 1, bias=False))")
+    hidden = base.config.hidden_size
+    if tuple(weight.shape) != (1, hidden):
+        raise QuarkError(f"v_head weight has shape {tuple(weight.shape)}, expected (1, {hidden})")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    base.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_file({V_HEAD_KEY: weight.detach().to("cpu").contiguous()}, str(out / V_HEAD_FILE))
+    return out
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
+    """Backbone (``AutoModel``) and v_head weight from quarklab's folder layout."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    try:
+        backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise QuarkError(f"could not load the backbone of {str(folder)!r}: {exc}") from exc
+    tensors = load_file(str(folder / V_HEAD_FILE))
+    if V_HEAD_KEY not in tensors:
+        raise QuarkError(f"{str(folder / V_HEAD_FILE)!r} has no {V_HEAD_KEY!r} (keys: {sorted(tensors)})")
+    return backbone, tensors[V_HEAD_KEY]
+
+
+def _load_state_dict_file(path: Path, base_model: str | os.PathLike, dtype: torch.dtype,
+                          trust_remote_code: bool):
+    """Backbone and v_head weight from a CarperAI-style ``transformer.*`` + ``v_head.weight`` file."""
+    from transformers import MODEL_MAPPING, AutoConfig
+
+    state = _read_state_dict(path)
+    if V_HEAD_KEY not in state:
+        raise QuarkError(f"{str(path)!r} has no {V_HEAD_KEY!r}: not a value-head reward model "
+                         f"({len(state)} keys, e.g. {sorted(state)[:3]})")
+    weight = state.pop(V_HEAD_KEY)
+    state = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items()}
+    base_source = resolve_source(base_model, "base model")
+    try:
+        config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise load_error(base_source, "base model config", exc) from exc
+    if type(config) not in MODEL_MAPPING:
+        raise QuarkError(f"base model {base_source!r} has a config of type {type(config).__name__}, "
+                         "which transformers has no base model class for")
+    try:
+        backbone, info = MODEL_MAPPING[type(config)].from_pretrained(
+            None, config=config, state_dict=state, dtype=dtype, output_loading_info=True)
+    except (RuntimeError, ValueError) as exc:
+        raise QuarkError(f"the backbone weights in {str(path)!r} do not fit base model "
+                         f"{base_source!r}: {exc}") from exc
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    mismatched = sorted(str(k) for k in info["mismatched_keys"])
+    if missing or unexpected or mismatched:
+        raise QuarkError(
+            f"the backbone weights in {str(path)!r} do not match base model {base_source!r}: "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:3]}, {len(mismatched)} of the wrong shape {mismatched[:3]} (expected "
+            f"'{BACKBONE_PREFIX}<base model key>' and {V_HEAD_KEY!r})")
+    return backbone, weight
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` dict from a safetensors file or a weights-only torch file."""
+    if path.name.lower().endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise QuarkError(f"could not read the safetensors file {str(path)!r}: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise QuarkError(f"could not load {str(path)!r} as a plain tensor state dict: only files "
+                         "holding nothing but tensors are accepted (no pickled Python objects); "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise QuarkError(f"{str(path)!r} is not a flat state dict of tensors ({{name: tensor}}); only "
+                         "plain tensor state dicts are accepted")
+    return state
+
+
+def _resolve_label(config, label: str | int | None) -> int:
+    """Index of ``label`` (name, case-insensitive, or index); default: the last label."""
+    n = config.num_labels
+    if label is None:
+        return n - 1
+    if isinstance(label, int):
+        if not 0 <= label < n:
+            raise QuarkError(f"label index {label} is out of range: the classifier has {n} labels")
+        return label
+    names = {str(name).lower(): int(i) for i, name in config.id2label.items()}
+    if label.lower() not in names:
+        raise QuarkError(f"unknown label {label!r}: the classifier's labels are "
+                         f"{[config.id2label[i] for i in sorted(config.id2label)]}")
+    return names[label.lower()]
+
+
+def _check_template(template: str) -> str:
+    try:
+        template.format(prompt="", completion="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise QuarkError(f"bad reward template {template!r}: use only {{prompt}} and {{completion}} "
+                         f"({type(exc).__name__}: {exc})") from exc
+    return template
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        raise QuarkError(f"batch_size must be at least 1, got {batch_size}")
+    return batch_size
+
+
+def _max_length(config, tokenizer) -> int:
+    """The smaller of the model's positions and the tokenizer's limit; 2048 when neither is known."""
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    limits = [positions] if isinstance(positions, int) and positions > 0 else []
+    if 0 < tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits) if limits else _MAX_LENGTH_FALLBACK
+
+
+def _encode(tokenizer, texts: list[str], max_length: int, device: torch.device):
+    """Right-padded, truncated ids and mask; a text with no tokens becomes a lone pad (= eos) token."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if ids.shape[1] == 0:
+        ids, mask = ids.new_zeros((len(texts), 1)), mask.new_zeros((len(texts), 1))
+    empty = mask.sum(1) == 0
+    ids[empty, 0] = tokenizer.pad_token_id
+    mask[empty, 0] = 1
+    return ids.to(device), mask.to(device)

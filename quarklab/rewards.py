@@ -1,0 +1,109 @@
+"""Rewards: anything that maps ``(prompts, completions)`` to one finite float per row.
+
+``load_reward(spec)`` accepts
+
+* ``"tiny-tldr"``: the offline TL;DR summary reward (:mod:`quarklab.tldr_reward`), the default;
+* a hub id or folder of an ``AutoModelForSequenceClassification`` checkpoint (pick the
+  ``label`` whose logit or probability is the reward);
+* a trlx/ALT-style value-head reward model (causal-LM backbone plus a linear ``v_head``
+  read at the last non-pad token), see :class:`quarklab.reward_models.ValueHeadReward`;
+* any Python callable ``f(prompts, completions) -> sequence of floats``.
+
+Every reward is wrapped so that a wrong length, NaN or inf is one clear error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .errors import QuarkError
+
+
+class RewardFn(Protocol):
+    """``(prompts, completions) -> np.ndarray[float]`` of ``len(prompts)``, batched."""
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray: ...
+
+
+def check_rewards(values, n: int, name: str = "reward") -> np.ndarray:
+    """Return ``values`` as a float64 array of length ``n``; raise if its length or values are wrong."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise QuarkError(f"{name} returned something that is not a list of numbers: {exc}") from exc
+    if arr.shape[0] != n:
+        raise QuarkError(f"{name} returned {arr.shape[0]} values for {n} completions")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise QuarkError(f"{name} returned {int(bad.sum())} non-finite values (NaN or inf) "
+                         f"for {n} completions; the first at row {first}: {arr[first]}")
+    return arr
+
+
+class CheckedReward:
+    """Wraps any reward callable: checks its inputs and output, scores in batches."""
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str | None = None,
+                 batch_size: int | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
+        self.batch_size = batch_size
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        prompts, completions = list(prompts), list(completions)
+        if len(prompts) != len(completions):
+            raise QuarkError(f"reward {self.name!r}: {len(prompts)} prompts but {len(completions)} completions")
+        if not prompts:
+            return np.zeros(0, dtype=np.float64)
+        step = self.batch_size or len(prompts)
+        out = [check_rewards(self.fn(prompts[i:i + step], completions[i:i + step]),
+                             len(prompts[i:i + step]), f"reward {self.name!r}")
+               for i in range(0, len(prompts), step)]
+        return np.concatenate(out)
+
+    def __repr__(self) -> str:
+        return f"CheckedReward({self.name!r})"
+
+
+def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str = "auto",
+                label: str | int | None = None, score: str = "logit", template: str | None = None,
+                base_model: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
+                batch_size: int = 16, trust_remote_code: bool = False) -> CheckedReward:
+    """Return a checked, batched :class:`RewardFn` for ``spec``.
+
+    ``kind`` is ``"auto"`` (guess from ``spec``), ``"tiny-tldr"``, ``"seq-classification"``,
+    ``"value-head"`` or ``"callable"``. For model rewards, ``template`` formats the text the
+    model reads from ``{prompt}`` and ``{completion}``; ``label`` and ``score`` pick the
+    classifier output; ``base_model`` names the backbone of a bare value-head state dict.
+    """
+    if isinstance(spec, CheckedReward):
+        return spec
+    if callable(spec) and kind in ("auto", "callable"):
+        return CheckedReward(spec)
+    if kind == "callable":
+        raise QuarkError(f"reward kind 'callable' needs a Python callable, got {spec!r}")
+    spec_s = os.fspath(spec)
+    if kind == "auto":
+        kind = "tiny-tldr" if spec_s == "tiny-tldr" else _guess_model_kind(spec_s)
+    if kind == "tiny-tldr":
+        from .tldr_reward import TinyTLDRReward
+        return CheckedReward(TinyTLDRReward(), name="tiny-tldr", batch_size=None)
+    from . import reward_models
+    common = dict(template=template, device=device, dtype=dtype, batch_size=batch_size,
+                  trust_remote_code=trust_remote_code)
+    if kind == "seq-classification":
+        return CheckedReward(reward_models.SequenceClassifierReward(spec_s, label=label, score=score, **common),
+                             name=spec_s)
+    if kind == "value-head":
+        return CheckedReward(reward_models.ValueHeadReward(spec_s, base_model=base_model, **common), name=spec_s)
+    raise QuarkError(f"unknown reward kind {kind!r}: use 'auto', 'tiny-tldr', 'seq-classification', "
+                     "'value-head' or 'callable'")
+
+
+def _guess_model_kind(spec: str) -> str:
+    from .reward_models import guess_kind
+    return guess_kind(spec)

@@ -1,0 +1,150 @@
+"""Sampling completions: batched, left-padded ``generate`` with a KV cache, n samples per prompt.
+
+Prompts are tokenized once, cut to fit the context (from the left of the post body,
+keeping the ``SUBREDDIT``/``TITLE`` head when possible and always the trailing
+``TL;DR:``), optionally prefixed with a quantile token (no space), sorted by length so
+each batch carries little padding, and generated under ``inference_mode``. The result
+is a table with one row per completion, in the order of the prompts given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import QuarkError
+
+TLDR_TAIL = "\nTL;DR:"
+POST_MARK = "\nPOST:"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``do_sample=False`` is greedy decoding (temperature, top-p, top-k unused)."""
+
+    n: int = 1
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 48
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise QuarkError(f"n (samples per prompt) must be at least 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise QuarkError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.do_sample and not (self.temperature > 0):
+            raise QuarkError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise QuarkError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def context_length(model) -> int:
+    cfg = model.config
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, key, None)
+        if value:
+            return int(value)
+    return 2048
+
+
+def encode_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]:
+    """Token ids of ``prompt`` in at most ``budget`` tokens, and whether it was cut.
+
+    A prompt that does not fit loses the start of its post body; the head up to ``POST:``
+    stays while it fits with the ``TL;DR:`` tail, which always stays.
+    """
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return ids, False
+    body_end = prompt.rfind(TLDR_TAIL)
+    body_end = body_end if body_end >= 0 else len(prompt)
+    tail = tokenizer(prompt[body_end:], add_special_tokens=False)["input_ids"]
+    if len(tail) >= budget:
+        raise QuarkError(f"the context leaves {budget} tokens for the prompt, fewer than its "
+                         f"{len(tail)}-token ending {prompt[body_end:]!r}: lower max_new_tokens")
+    cut = prompt.find(POST_MARK)
+    head_end = cut + len(POST_MARK) if 0 <= cut < body_end else 0
+    head = tokenizer(prompt[:head_end], add_special_tokens=False)["input_ids"] if head_end else []
+    if len(head) + len(tail) >= budget:  # no room for the head: keep the end of everything before the tail
+        before = tokenizer(prompt[:body_end], add_special_tokens=False)["input_ids"]
+        return before[len(before) - (budget - len(tail)):] + tail, True
+    body = tokenizer(prompt[head_end:body_end], add_special_tokens=False)["input_ids"]
+    keep = budget - len(head) - len(tail)
+    return head + body[len(body) - keep:] + tail, True
+
+
+def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, token: int | None = None,
+           prefix_token_id: int | None = None, progress: bool = False, **overrides) -> pd.DataFrame:
+    """Generate ``params.n`` completions for each prompt.
+
+    ``prompts`` is a list of strings or a DataFrame with ``prompt`` (and ``prompt_id``).
+    ``prefix_token_id`` (with ``token`` its quantile index, recorded in the table) is
+    prepended to every prompt. Keyword ``overrides`` replace fields of ``params``.
+
+    Returns one row per completion: ``prompt_id``, ``sample``, ``prompt``, ``token``,
+    ``completion``, ``completion_ids``, ``num_tokens``, ``finished`` (ended with EOS),
+    ``prompt_truncated``.
+    """
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    params = replace(params or SamplingParams(), **overrides)
+    table = prompts if isinstance(prompts, pd.DataFrame) else pd.DataFrame({"prompt": list(prompts)})
+    if "prompt_id" not in table.columns:
+        table = table.assign(prompt_id=range(len(table)))
+    texts, pids = table["prompt"].tolist(), table["prompt_id"].tolist()
+    if not texts:
+        raise QuarkError("no prompts to sample from")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    budget = context_length(model) - params.max_new_tokens - (prefix_token_id is not None)
+    encoded = [encode_prompt(tokenizer, t, budget) for t in texts]
+    if prefix_token_id is not None:
+        encoded = [([prefix_token_id] + ids, cut) for ids, cut in encoded]
+
+    # every (prompt, sample) pair, longest first: batches of similar length carry little padding
+    jobs = sorted(((i, s) for i in range(len(texts)) for s in range(params.n)),
+                  key=lambda j: (-len(encoded[j[0]][0]), j))
+    device = next(model.parameters()).device
+    gen_kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, pad_token_id=pad,
+                      eos_token_id=eos)
+    if params.do_sample:
+        gen_kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    out_ids: dict[tuple[int, int], list[int]] = {}
+    batches = [jobs[b:b + params.batch_size] for b in range(0, len(jobs), params.batch_size)]
+    with torch.inference_mode():
+        for b, batch in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
+            seqs = [encoded[i][0] for i, _ in batch]
+            width = max(map(len, seqs))
+            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                input_ids[r, width - len(s):] = torch.tensor(s)
+                mask[r, width - len(s):] = 1
+            torch.manual_seed(params.seed * 1_000_003 + b)
+            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
+            for (i, s), row in zip(batch, gen[:, width:].tolist()):
+                out_ids[(i, s)] = row
+
+    rows = []
+    for i in range(len(texts)):
+        for s in range(params.n):
+            row = out_ids[(i, s)]
+            finished = eos in row
+            ids = row[: row.index(eos)] if finished else row
+            rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][1]))
+    df = pd.DataFrame(rows, columns=["prompt_id", "sample", "prompt", "token", "completion_ids", "finished",
+                                     "prompt_truncated"])
+    df.insert(4, "completion", tokenizer.batch_decode(df["completion_ids"].tolist(), skip_special_tokens=True))
+    df["num_tokens"] = df["completion_ids"].map(len).astype(np.int64)
+    return df

@@ -1,0 +1,57 @@
+"""Loading policies and tokenizers; left padding needs explicit position ids for GPT-2 and GPT-J."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM
+
+import quarklab as ql
+
+
+def test_local_folder_loads_with_dtype_and_device(world):
+    model = ql.load_policy(world.policy, dtype="bfloat16", device="cpu")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu" and not model.training
+    assert ql.load_policy(world.policy).dtype == torch.float32  # auto on CPU
+    with pytest.raises(ql.QuarkError, match="unknown dtype"):
+        ql.load_policy(world.policy, dtype="float8")
+
+
+@pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing", "a/b/c"])
+def test_missing_local_model_is_a_clear_error(name):
+    with pytest.raises(ql.QuarkError, match="does not exist"):
+        ql.load_policy(name)
+    with pytest.raises(ql.QuarkError, match="does not exist"):
+        ql.load_tokenizer(name)
+
+
+def test_hub_id_offline_and_folder_without_weights_are_clear_errors(tmp_path):
+    with pytest.raises(ql.QuarkError, match="not a local folder.*Offline"):
+        ql.load_policy("EleutherAI/gpt-j-6b")
+    with pytest.raises(ql.QuarkError, match="local folder .*save_pretrained"):
+        ql.load_policy(tmp_path)
+
+
+def _tiny(kind: str, vocab: int):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
+    return GPTJForCausalLM(GPTJConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                                      n_positions=64)).eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "gptj"])
+def test_left_padded_batch_needs_position_ids(kind, sft):
+    _, tokenizer = sft
+    model = _tiny(kind, len(tokenizer))
+    texts = ["a short one", "a much longer prompt that needs no padding at all here"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0, 0] == 0  # left-padded
+    alone = model(**tokenizer(texts[0], return_tensors="pt")).logits[0]
+    n = alone.shape[0]
+    with torch.no_grad():
+        right = model(**batch, position_ids=ql.position_ids_from_mask(batch["attention_mask"])).logits[0, -n:]
+        wrong = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0, -n:]
+    assert torch.allclose(right, alone, atol=1e-5)
+    if kind == "gpt2":  # GPT-2 numbers pad tokens too unless told otherwise
+        assert not torch.allclose(wrong, alone, atol=1e-3)

@@ -1,0 +1,57 @@
+"""The sampler: batching and padding change nothing, prompts too long are cut, never dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+import quarklab as ql
+from quarklab.sampling import encode_prompt
+
+
+def test_batched_greedy_equals_one_at_a_time(sft):
+    model, tokenizer = sft
+    prompts = ql.load_prompts("tiny-tldr", "test", limit=6)
+    batched = ql.sample(model, tokenizer, prompts, do_sample=False, batch_size=6)
+    alone = [ql.sample(model, tokenizer, [p], do_sample=False)["completion"][0] for p in prompts["prompt"]]
+    assert batched["completion"].tolist() == alone
+    assert batched["prompt_id"].tolist() == prompts["prompt_id"].tolist()
+
+
+def test_n_samples_per_prompt_are_seeded_and_keep_duplicates(sft):
+    model, tokenizer = sft
+    prompts = ql.load_prompts("tiny-tldr", "test", limit=2)
+    dup = [prompts["prompt"][0], prompts["prompt"][1], prompts["prompt"][0]]
+    a = ql.sample(model, tokenizer, dup, n=4, seed=1, max_new_tokens=24)
+    b = ql.sample(model, tokenizer, dup, n=4, seed=1, max_new_tokens=24)
+    c = ql.sample(model, tokenizer, dup, n=4, seed=2, max_new_tokens=24)
+    assert len(a) == 12 and a["prompt_id"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert a["completion"].tolist() == b["completion"].tolist()
+    assert a["completion"].tolist() != c["completion"].tolist()
+    assert a["completion"].nunique() > 3
+    unfinished = a[~a["finished"]]
+    assert (unfinished["num_tokens"] == 24).all()
+    assert (a["num_tokens"] == a["completion_ids"].map(len)).all()
+
+
+def test_long_real_prompts_are_cut_from_the_post_keeping_head_and_tail(sft, real_tldr):
+    model, tokenizer = sft
+    longest = real_tldr.loc[real_tldr["prompt"].str.len().idxmax(), "prompt"]
+    ids, cut = encode_prompt(tokenizer, longest, 120)
+    text = tokenizer.decode(ids)
+    assert cut and len(ids) <= 120
+    assert text.startswith(longest.split("\nPOST:")[0]) and text.endswith("\nTL;DR:")
+    assert longest.split("\nTL;DR:")[0].endswith(text.split("POST:")[1].split("\nTL;DR:")[0])
+    head_only, cut = encode_prompt(tokenizer, longest, 12)
+    assert cut and len(head_only) <= 12 and tokenizer.decode(head_only).endswith("TL;DR:")
+    out = ql.sample(model, tokenizer, real_tldr.head(8), do_sample=False, max_new_tokens=16)
+    assert len(out) == 8 and out["prompt_truncated"].any()
+
+
+def test_bad_sampling_parameters_are_clear_errors(sft):
+    model, tokenizer = sft
+    with pytest.raises(ql.QuarkError, match="n .samples per prompt"):
+        ql.sample(model, tokenizer, ["x"], n=0)
+    with pytest.raises(ql.QuarkError, match="top_p"):
+        ql.sample(model, tokenizer, ["x"], top_p=0)
+    with pytest.raises(ql.QuarkError, match="lower max_new_tokens"):
+        ql.sample(model, tokenizer, ["x" * 3000 + "\nTL;DR:"], max_new_tokens=510)
