@@ -120,3 +120,43 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     pad tokens too, and every real token gets a shifted position.
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def quantile_token(k: int) -> str:
+    """The name of quantile token ``k`` (0 = highest-reward quantile), as in the ALT-Quark checkpoint."""
+    return f"_QUANTILE_TOKEN_{k}_"
+
+
+def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0) -> list[int]:
+    """Make sure ``tokenizer`` and ``model`` hold the K quantile tokens; return their ids (index = k).
+
+    A tokenizer that already has them (a released Quark checkpoint) is reused as is: no
+    duplicates, no resize, its trained rows untouched. Missing tokens are added as special
+    tokens; their input and output embedding rows are drawn per dimension from the mean and
+    std of the existing rows (Quark's initialisation), with ``seed``.
+    """
+    if num_quantiles < 1:
+        raise QuarkError(f"num_quantiles must be at least 1, got {num_quantiles}")
+    names = [quantile_token(k) for k in range(num_quantiles)]
+    vocab = tokenizer.get_vocab()
+    missing = [n for n in names if n not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    new_ids = [i for n, i in zip(names, ids) if n in missing]
+    emb = model.get_input_embeddings()
+    if max(ids) >= emb.num_embeddings:
+        model.resize_token_embeddings(max(len(tokenizer), max(ids) + 1), mean_resizing=False)
+    if new_ids:
+        gen = torch.Generator().manual_seed(seed)
+        old = [i for i in range(model.get_input_embeddings().num_embeddings) if i not in set(new_ids)]
+        with torch.no_grad():
+            for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+                w = layer.weight
+                base = w[old].float()
+                mean, std = base.mean(0), base.std(0)
+                rows = torch.normal(mean.expand(len(new_ids), -1), std.expand(len(new_ids), -1), generator=gen)
+                w[new_ids] = rows.to(w.dtype)
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias[new_ids] = layer.bias[old].mean().to(layer.bias.dtype)
+    return ids

@@ -58,3 +58,66 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------- run directory
+#   config.json                     the QuarkConfig of the run
+#   pool/iter_NNN.parquet           each iteration's scored, quantized samples (train = drawn for training)
+#   checkpoints/iter_NNN/           the policy after iteration NNN (save_pretrained, safetensors)
+#   eval/iter_NNN.parquet           every evaluation sample of iteration NNN (0 = the reference, before training)
+#   metrics.jsonl                   one JSON object per row: kind "eval" (per token) or "train" (per step)
+# Every file is written atomically, and a stage's output is its marker of completion: a run
+# killed at any moment resumes at the first stage whose output is missing.
+
+def pool_path(run_dir: str | os.PathLike, iteration: int) -> Path:
+    return Path(run_dir) / "pool" / f"iter_{iteration:03d}.parquet"
+
+
+def checkpoint_path(run_dir: str | os.PathLike, iteration: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"iter_{iteration:03d}"
+
+
+def eval_path(run_dir: str | os.PathLike, iteration: int) -> Path:
+    return Path(run_dir) / "eval" / f"iter_{iteration:03d}.parquet"
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
+    found = sorted(Path(run_dir, "checkpoints").glob("iter_[0-9][0-9][0-9]"))
+    return (int(found[-1].name[5:]), found[-1]) if found else None
+
+
+def write_parquet(path: str | os.PathLike, df) -> None:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_metrics(run_dir: str | os.PathLike):
+    """metrics.jsonl as a DataFrame (empty when the run has none yet)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_json(path, lines=True)
+
+
+def record_metrics(run_dir: str | os.PathLike, rows: list[dict], iteration: int, kind: str) -> None:
+    """Replace the rows of ``(iteration, kind)`` in metrics.jsonl by ``rows``, atomically: idempotent,
+    so a stage redone after a kill never duplicates its rows."""
+    path = Path(run_dir) / "metrics.jsonl"
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if not (row.get("iteration") == iteration and row.get("kind") == kind):
+                kept.append(line)
+    new = [json.dumps({"iteration": iteration, "kind": kind, **r}, default=float) for r in rows]
+    atomic_write_text(path, "".join(line + "\n" for line in kept + new))
+
+
+def has_metrics(run_dir: str | os.PathLike, iteration: int, kind: str) -> bool:
+    df = read_metrics(run_dir)
+    return bool(len(df)) and bool(((df["iteration"] == iteration) & (df["kind"] == kind)).any())

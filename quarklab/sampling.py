@@ -54,6 +54,12 @@ def context_length(model) -> int:
     return 2048
 
 
+def prompt_budget(model, max_new_tokens: int) -> int:
+    """Prompt tokens that fit beside ``max_new_tokens`` and one quantile token, with or without it:
+    a prompt is cut the same way whether or not a token precedes it."""
+    return context_length(model) - max_new_tokens - 1
+
+
 def encode_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]:
     """Token ids of ``prompt`` in at most ``budget`` tokens, and whether it was cut.
 
@@ -81,12 +87,14 @@ def encode_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]
 
 
 def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, token: int | None = None,
-           prefix_token_id: int | None = None, progress: bool = False, **overrides) -> pd.DataFrame:
+           prefix_token_id: int | None = None, suppress: list[int] | None = None, progress: bool = False,
+           **overrides) -> pd.DataFrame:
     """Generate ``params.n`` completions for each prompt.
 
     ``prompts`` is a list of strings or a DataFrame with ``prompt`` (and ``prompt_id``).
     ``prefix_token_id`` (with ``token`` its quantile index, recorded in the table) is
-    prepended to every prompt. Keyword ``overrides`` replace fields of ``params``.
+    prepended to every prompt; ``suppress`` lists token ids never to generate (the quantile
+    tokens). Keyword ``overrides`` replace fields of ``params``.
 
     Returns one row per completion: ``prompt_id``, ``sample``, ``prompt``, ``token``,
     ``completion``, ``completion_ids``, ``num_tokens``, ``finished`` (ended with EOS),
@@ -105,8 +113,9 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
         raise QuarkError("no prompts to sample from")
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    budget = context_length(model) - params.max_new_tokens - (prefix_token_id is not None)
-    encoded = [encode_prompt(tokenizer, t, budget) for t in texts]
+    budget = prompt_budget(model, params.max_new_tokens)
+    cache: dict[str, tuple[list[int], bool]] = {}
+    encoded = [cache.get(t) or cache.setdefault(t, encode_prompt(tokenizer, t, budget)) for t in texts]
     if prefix_token_id is not None:
         encoded = [([prefix_token_id] + ids, cut) for ids, cut in encoded]
 
@@ -115,7 +124,7 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
                   key=lambda j: (-len(encoded[j[0]][0]), j))
     device = next(model.parameters()).device
     gen_kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, pad_token_id=pad,
-                      eos_token_id=eos)
+                      eos_token_id=eos, suppress_tokens=suppress or None)
     if params.do_sample:
         gen_kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
     else:

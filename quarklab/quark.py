@@ -1,0 +1,210 @@
+"""The Quark loop: sample, score, assign quantiles, pool, train, evaluate; resumable at any point.
+
+Iteration 0 evaluates the reference (SFT) model. Iteration ``i >= 1``:
+
+1. sample ``prompts_per_iteration x samples_per_prompt`` completions: iteration 1 from the
+   reference without a token, later ones from the policy conditioned on token 0;
+2. score them, assign quantiles (local per prompt or global) and write the pool file;
+3. train on the pool (ALT: this iteration's rows, ``per_quantile_per_prompt`` drawn per quantile
+   per prompt; Quark: every pool so far, quantiles re-assigned over all of it), then checkpoint;
+4. evaluate every token and the unconditioned policy on the evaluation prompts.
+
+Each stage's output is written atomically and is its own marker of completion (see
+:mod:`quarklab.runs`); everything random is seeded from ``(seed, iteration)``, so a run killed
+and resumed ends with the same metrics as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import runs
+from .config import QuarkConfig
+from .data import TINY, load_prompts
+from .errors import QuarkError
+from .evaluate import evaluate
+from .models import add_quantile_tokens, load_policy, load_tokenizer, quantile_token, resolve_device
+from .quantiles import assign_quantiles, select_per_quantile
+from .rewards import load_reward
+from .sampling import SamplingParams, encode_prompt, prompt_budget, sample
+from .train import train_on_rows
+
+
+def resolve_model(name: str | None) -> str | None:
+    """``"tiny-tldr"`` is the offline world's SFT model; anything else is a hub id or folder."""
+    if name == TINY:
+        from .world import tiny_world
+        return tiny_world().policy
+    return name
+
+
+@dataclass
+class Session:
+    """Everything a run holds in memory: models, tokenizer, reward, prompts."""
+
+    config: QuarkConfig
+    run_dir: Path
+    policy: object
+    reference: object
+    tokenizer: object
+    control_ids: list[int]
+    reward: object
+    train_prompts: pd.DataFrame
+    eval_prompts: pd.DataFrame
+    done: int  # iterations whose checkpoint exists
+
+    @classmethod
+    def open(cls, config: QuarkConfig, run_dir: Path) -> "Session":
+        device = resolve_device(config.device)
+        ref_source = resolve_model(config.reference or config.policy)
+        reference = load_policy(ref_source, dtype=config.dtype, device=device).requires_grad_(False)
+        latest = runs.latest_checkpoint(run_dir)
+        if latest:
+            done, folder = latest
+            policy, tokenizer = load_policy(folder, dtype=config.dtype, device=device), load_tokenizer(folder)
+            control_ids = tokenizer.convert_tokens_to_ids([quantile_token(k) for k in range(config.num_quantiles)])
+        else:
+            done, source = 0, resolve_model(config.policy)
+            policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
+            control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed)
+        return cls(config, run_dir, policy, reference, tokenizer, control_ids, load_reward(config.reward),
+                   load_prompts(config.dataset, config.train_split),
+                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done)
+
+
+def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: bool) -> QuarkConfig:
+    """Write (or, on resume, read back) the run's config.json."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if resume:
+        if not path.exists():
+            raise QuarkError(f"nothing to resume in {str(run_dir)!r}: it has no config.json")
+        stored = QuarkConfig.from_dict(json.loads(path.read_text()))
+        if config is not None and config != stored:
+            raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
+        return stored
+    if config is None:
+        raise QuarkError("a new run needs a config (a preset)")
+    if path.exists():
+        if QuarkConfig.from_dict(json.loads(path.read_text())) != config:
+            raise QuarkError(f"{str(run_dir)!r} holds another run (its config.json differs): pick a new --run-dir, "
+                             "or continue it with --resume")
+    else:
+        runs.atomic_write_json(path, config.to_dict())
+    return config
+
+
+def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) a Quark training run in ``run_dir``; returns its metrics table."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(run_dir, config, resume)
+    s = Session.open(config, run_dir)
+    if not runs.has_metrics(run_dir, 0, "eval"):
+        _evaluate(s, 0, s.reference, [None], "reference", progress)
+    for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
+        if it > s.done:
+            if not runs.pool_path(run_dir, it).exists():
+                _sample_pool(s, it, progress)
+            _train(s, it, progress)
+        if not runs.has_metrics(run_dir, it, "eval"):
+            _evaluate(s, it, s.policy, None, "policy", progress)
+    return runs.read_metrics(run_dir)
+
+
+def _seed(config: QuarkConfig, iteration: int, stage: int) -> int:
+    return (config.seed * 1_000 + iteration) * 10 + stage
+
+
+def _sample_pool(s: Session, it: int, progress: bool) -> None:
+    c = s.config
+    rng = np.random.default_rng(_seed(c, it, 0))
+    n = min(c.prompts_per_iteration, len(s.train_prompts))
+    prompts = s.train_prompts.iloc[np.sort(rng.choice(len(s.train_prompts), size=n, replace=False))]
+    params = SamplingParams(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p,
+                            top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
+                            seed=_seed(c, it, 1))
+    if it == 1:  # the first pass explores with the reference, without a token
+        pool = sample(s.reference, s.tokenizer, prompts, params, progress=progress)
+    else:
+        pool = sample(s.policy, s.tokenizer, prompts, params, token=0, prefix_token_id=s.control_ids[0],
+                      suppress=s.control_ids, progress=progress)
+    pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
+    pool.insert(0, "iteration", it)
+    pool["quantile"] = _quantiles(c, pool)
+    runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
+
+
+def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
+    groups = pool["prompt_id"].to_numpy() if c.quantile_scope == "local" else None
+    return assign_quantiles(pool["reward"].to_numpy(), c.num_quantiles, groups)
+
+
+def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataFrame:
+    """The rows iteration ``it`` trains on, from the pool files (a pure function of them and the seed)."""
+    if config.pool_strategy == "alt":
+        pool = pd.read_parquet(runs.pool_path(run_dir, it))
+        keep = select_per_quantile(pool["quantile"].to_numpy(), pool["prompt_id"].to_numpy(),
+                                   config.per_quantile_per_prompt, _seed(config, it, 2))
+        return pool.iloc[keep].reset_index(drop=True)
+    pool = pd.concat([pd.read_parquet(runs.pool_path(run_dir, i)) for i in range(1, it + 1)], ignore_index=True)
+    pool["quantile"] = _quantiles(config, pool)  # re-sorted over everything so far, as Quark does
+    if config.max_train_rows and len(pool) > config.max_train_rows:
+        rng = np.random.default_rng(_seed(config, it, 2))
+        pool = pool.iloc[np.sort(rng.choice(len(pool), config.max_train_rows, replace=False))]
+    return pool.reset_index(drop=True)
+
+
+def _train(s: Session, it: int, progress: bool) -> None:
+    c, tok = s.config, s.tokenizer
+    rows = training_rows(c, s.run_dir, it)
+    budget = prompt_budget(s.policy, c.max_new_tokens)
+    ids = {p: encode_prompt(tok, p, budget)[0] for p in rows["prompt"].unique()}
+    records = [{"prompt_ids": ids[p], "completion_ids": list(cids), "finished": bool(f), "quantile": int(q)}
+               for p, cids, f, q in zip(rows["prompt"], rows["completion_ids"], rows["finished"], rows["quantile"])]
+    log = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id, tok.eos_token_id,
+                        seed=_seed(c, it, 3), progress=progress)
+    runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
+                        it, "train")
+    with runs.atomic_dir(runs.checkpoint_path(s.run_dir, it)) as tmp:
+        s.policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    s.done = it
+    for old in sorted(Path(s.run_dir, "checkpoints").glob("iter_[0-9][0-9][0-9]"))[: -c.keep_checkpoints]:
+        shutil.rmtree(old)
+
+
+def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
+    c = s.config
+    modes = [SamplingParams(do_sample=False, max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size)]
+    if c.eval_sampled_n:
+        modes.append(SamplingParams(n=c.eval_sampled_n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                    max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size,
+                                    seed=_seed(c, it, 4)))
+    summaries, samples = [], []
+    for params in modes:
+        summary, scored = evaluate(model, s.tokenizer, s.eval_prompts, s.reward, reference=s.reference,
+                                   control_ids=s.control_ids if tokens is None else [], tokens=tokens,
+                                   params=params, progress=progress)
+        summaries.append(summary)
+        samples.append(scored.assign(mode=summary["mode"].iloc[0]))
+    runs.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))
+    rows = pd.concat(summaries, ignore_index=True).assign(model=name)
+    runs.record_metrics(s.run_dir, json.loads(rows.to_json(orient="records")), it, "eval")
+
+
+def final_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The reference (iteration 0) and the last iteration's greedy evaluation, one row per token."""
+    ev = metrics[(metrics["kind"] == "eval") & (metrics["mode"] == "greedy")]
+    last = ev["iteration"].max()
+    table = ev[ev["iteration"].isin([0, last])]
+    return table[["iteration", "model", "token", "reward", "perplexity", "length", "dist1", "dist2", "dist3",
+                  "finished"]].reset_index(drop=True)
+

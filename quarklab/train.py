@@ -1,0 +1,214 @@
+"""The Quark training step: completion-only NLL + beta * KL(to the frozen reference) - alpha * entropy.
+
+A training row is ``[quantile token; prompt] -> completion``. Batches put each prompt
+left-padded and each completion right-padded, so the completion block starts at the same
+column in every row and only its logits are computed (``logits_to_keep``). The reference
+sees the same tensor with the quantile token masked out (attention mask 0, positions
+recounted): exactly the prompt without the token, in one layout. Quantile-token logits are
+left out of every term, as in Quark.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import QuarkError
+from .models import position_ids_from_mask
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # (B, P + C): [pad..., token, prompt | completion, eos, pad...]
+    attention_mask: torch.Tensor  # (B, P + C)
+    labels: torch.Tensor          # (B, C): completion ids (+ eos when finished), -100 on padding
+    token_col: torch.Tensor       # (B,) column of each row's first real token (its quantile token, if any)
+    has_token: bool
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                     self.token_col.to(device), self.has_token)
+
+
+def build_batch(prompts: list[list[int]], completions: list[list[int]], finished: list[bool],
+                prefix_ids: list[int] | None, pad_id: int, eos_id: int) -> Batch:
+    """Lay out rows for a forward pass; ``prefix_ids`` gives each row's quantile token id (or None)."""
+    heads = [([t] if prefix_ids is not None else []) + p for p, t in
+             zip(prompts, prefix_ids if prefix_ids is not None else [None] * len(prompts))]
+    tails = [c + ([eos_id] if f else []) for c, f in zip(completions, finished)]
+    if any(not t for t in tails):
+        raise QuarkError("a completion with no tokens and no EOS cannot be scored")
+    P, C = max(map(len, heads)), max(map(len, tails))
+    ids = torch.full((len(heads), P + C), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full((len(heads), C), -100, dtype=torch.long)
+    for r, (h, t) in enumerate(zip(heads, tails)):
+        ids[r, P - len(h):P] = torch.tensor(h)
+        ids[r, P:P + len(t)] = torch.tensor(t)
+        mask[r, P - len(h):P + len(t)] = 1
+        labels[r, :len(t)] = torch.tensor(t)
+    token_col = torch.tensor([P - len(h) for h in heads])  # column of each row's first real token
+    return Batch(ids, mask, labels, token_col, prefix_ids is not None)
+
+
+def completion_logits(model, batch: Batch, *, without_token: bool = False, pad_id: int = 0) -> torch.Tensor:
+    """Logits predicting each completion position, (B, C, V). ``without_token`` hides the prefix token."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    if without_token and batch.has_token:
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        ids, mask = ids.clone(), mask.clone()
+        ids[rows, batch.token_col] = pad_id
+        mask[rows, batch.token_col] = 0
+    C = batch.labels.shape[1]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                logits_to_keep=C + 1, use_cache=False)
+    return out.logits[:, :-1]
+
+
+def kept_vocab(policy_vocab: int, ref_vocab: int | None, control_ids: list[int], device) -> torch.Tensor:
+    """Boolean mask over the vocabulary both models share, with the quantile tokens left out."""
+    size = min(policy_vocab, ref_vocab) if ref_vocab else policy_vocab
+    keep = torch.ones(size, dtype=torch.bool, device=device)
+    keep[[i for i in control_ids if i < size]] = False
+    return keep
+
+
+def quark_loss(policy_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, *,
+               ref_logits: torch.Tensor | None = None, kl_coef: float = 0.0, kl_direction: str = "policy||ref",
+               entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """``NLL + kl_coef * KL - entropy_coef * entropy``, each a mean over completion tokens."""
+    mask = labels != -100
+    n = mask.sum().clamp(min=1)
+    logp = F.log_softmax(policy_logits[..., : keep.numel()][..., keep].float(), dim=-1)
+    remap = keep.long().cumsum(0) - 1  # original id -> column after the control tokens are dropped
+    target = remap[labels.clamp(min=0)]
+    nll = -(logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask).sum() / n
+    loss, stats = nll, {"nll": nll.item()}
+    p = logp.exp()
+    entropy = (-(p * logp).sum(-1) * mask).sum() / n  # logged always, in the loss when entropy_coef > 0
+    stats["entropy"] = entropy.item()
+    loss = loss - entropy_coef * entropy
+    if ref_logits is not None:
+        ref_logp = F.log_softmax(ref_logits[..., : keep.numel()][..., keep].float(), dim=-1)
+        if kl_direction == "policy||ref":
+            kl_tok = (p * (logp - ref_logp)).sum(-1)
+        else:
+            kl_tok = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        kl = (kl_tok * mask).sum() / n
+        stats["kl"] = kl.item()
+        loss = loss + kl_coef * kl
+    stats["loss"] = loss.item()
+    return loss, stats
+
+
+def completion_nll(model, prompts: list[list[int]], completions: list[list[int]], finished: list[bool],
+                   pad_id: int, eos_id: int, batch_size: int = 32, prefix_ids: list[int] | None = None
+                   ) -> np.ndarray:
+    """Per-row mean token NLL of the completion (+ EOS when finished) given the prompt."""
+    device = next(model.parameters()).device
+    out = np.zeros(len(prompts))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            batch = build_batch([prompts[i] for i in idx], [completions[i] for i in idx],
+                                [finished[i] for i in idx],
+                                None if prefix_ids is None else [prefix_ids[i] for i in idx], pad_id, eos_id).to(device)
+            logp = F.log_softmax(completion_logits(model, batch).float(), dim=-1)
+            mask = batch.labels != -100
+            tok = -logp.gather(-1, batch.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            out[idx] = (tok.sum(1) / mask.sum(1)).cpu().numpy()
+    return out
+
+
+def set_trainable(model, fraction: float) -> int:
+    """Train only the top ``fraction`` of transformer blocks (plus embeddings, final norm and head)."""
+    if fraction >= 1.0:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return sum(p.numel() for p in model.parameters())
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
+    blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
+    if blocks is None:
+        raise QuarkError("trainable_fraction < 1 needs a model with one list of transformer blocks")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for block in list(blocks)[: n_layers - max(1, math.ceil(fraction * n_layers))]:
+        for p in block.parameters():
+            p.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def autocast_context(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()) \
+        else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_on_rows(policy, reference, rows: list[dict], config, control_ids: list[int], pad_id: int, eos_id: int,
+                  seed: int, progress: bool = False) -> list[dict]:
+    """One Quark iteration's optimisation over ``rows`` (prompt_ids, completion_ids, finished, quantile).
+
+    A fresh AdamW with linear warmup and decay, gradient clipping and accumulation; returns one
+    stats dict per optimizer step (loss, nll, kl, entropy, lr).
+    """
+    from tqdm.auto import tqdm
+
+    device = next(policy.parameters()).device
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    set_trainable(policy, config.trainable_fraction)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    micro_batches = math.ceil(len(rows) / config.batch_size) * config.epochs_per_iteration
+    total_steps = max(1, math.ceil(micro_batches / config.grad_accum))
+    warmup = max(1, int(config.warmup_ratio * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    use_ref = reference is not None and config.kl_coef > 0
+    keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
+                      reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and config.precision == "fp16")
+    policy.train()
+    epochs = []
+    for _ in range(config.epochs_per_iteration):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        epochs += [[rows[i] for i in order[b:b + config.batch_size]] for b in range(0, len(order), config.batch_size)]
+    log, acc = [], []
+    bar = tqdm(total=total_steps, desc="training", disable=not progress, leave=False)
+    for m, chunk in enumerate(epochs):
+        batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
+                            [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
+                            pad_id, eos_id).to(device)
+        with autocast_context(device, config.precision):
+            logits = completion_logits(policy, batch)
+            ref_logits = None
+            if use_ref:
+                with torch.inference_mode():
+                    ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
+                ref_logits = ref_logits.clone()  # an inference tensor cannot enter autograd
+            loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
+                                     kl_direction=config.kl_direction, entropy_coef=config.entropy_coef)
+        scaler.scale(loss / config.grad_accum).backward()
+        acc.append(stats)
+        if len(acc) == config.grad_accum or m == len(epochs) - 1:  # a last partial accumulation still counts
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
+            sched.step()
+            acc = []
+            bar.update(1)
+    bar.close()
+    policy.eval()
+    return log
