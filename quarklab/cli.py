@@ -36,6 +36,32 @@ def _demo(args) -> None:
           f"reference summaries {ref.mean():.3f}")
 
 
+def _train(args) -> None:
+    import pandas as pd
+
+    from .config import describe, preset
+    from .quark import final_table, run
+
+    if args.help_config:
+        print(describe())
+        return
+    if args.resume:
+        if args.set or args.preset_given:
+            raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
+        metrics = run(None, args.resume, resume=True)
+    else:
+        if not args.run_dir:
+            raise QuarkError("quarklab train needs --run-dir DIR (or --resume RUN_DIR)")
+        metrics = run(preset(args.preset).with_overrides(args.set), args.run_dir)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        print(final_table(metrics).to_string(index=False))
+
+
+class _PresetAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.preset, namespace.preset_given = values, True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, notebooks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     build.set_defaults(func=_world_build)
+
+    train = sub.add_parser("train", help="run Quark iterations into a run directory (resumable)")
+    train.add_argument("--preset", default="tiny", action=_PresetAction, help="tiny (offline CPU) or tldr-gptj")
+    train.add_argument("--run-dir", help="where the run lives: config, pools, checkpoints, metrics")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field (repeatable); see --help-config")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run")
+    train.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    train.set_defaults(func=_train, preset_given=False)
 
     demo = sub.add_parser("demo", help="the main job on the offline default")
     demo.add_argument("--seed", type=int, default=0)

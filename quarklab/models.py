@@ -151,7 +151,8 @@ def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0) -> 
         gen = torch.Generator().manual_seed(seed)
         old = [i for i in range(model.get_input_embeddings().num_embeddings) if i not in set(new_ids)]
         with torch.no_grad():
-            for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+            layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+            for layer in [l for i, l in enumerate(layers) if l is not None and l not in layers[:i]]:  # fixed order
                 w = layer.weight
                 base = w[old].float()
                 mean, std = base.mean(0), base.std(0)

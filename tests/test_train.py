@@ -1,0 +1,110 @@
+"""The Quark loss and training step on the tiny world's GPT-J, checked against plain forward passes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quarklab as ql
+from quarklab.config import preset
+from quarklab.models import add_quantile_tokens, quantile_token
+from quarklab.train import build_batch, completion_logits, kept_vocab, quark_loss, set_trainable, train_on_rows
+
+
+@pytest.fixture(scope="module")
+def models(sft, world):
+    reference, _ = sft
+    policy = ql.load_policy(world.policy)
+    tokenizer = ql.load_tokenizer(world.policy)
+    ids = add_quantile_tokens(policy, tokenizer, 5, seed=0)
+    return policy, reference, tokenizer, ids
+
+
+@pytest.fixture(scope="module")
+def rows(models):
+    _, _, tok, _ = models
+    prompts = ql.load_prompts("tiny-tldr", "valid", limit=4)
+    labels = prompts["label"].tolist()
+    return [{"prompt_ids": tok(p)["input_ids"], "completion_ids": tok(" " + l)["input_ids"], "finished": i % 2 == 0,
+             "quantile": i % 5} for i, (p, l) in enumerate(zip(prompts["prompt"], labels))]
+
+
+def test_quantile_tokens_are_added_once_and_prefix_the_prompt_without_a_space(models, tmp_path):
+    policy, _, tok, ids = models
+    assert [tok.convert_ids_to_tokens(i) for i in ids] == [quantile_token(k) for k in range(5)]
+    assert quantile_token(0) == "_QUANTILE_TOKEN_0_"
+    assert tok.tokenize("_QUANTILE_TOKEN_0_SUBREDDIT: r/x")[:2] == ["_QUANTILE_TOKEN_0_", "SUBREDDIT"]
+    emb = policy.get_input_embeddings().weight
+    base = emb[: ids[0]]
+    assert (emb[ids].mean() - base.mean()).abs() < 3 * base.std()  # drawn from the existing rows' statistics
+    policy.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    released = ql.load_policy(tmp_path)
+    released_tok = ql.load_tokenizer(tmp_path)
+    before = released.get_input_embeddings().weight.clone()
+    again = add_quantile_tokens(released, released_tok, 5)  # a checkpoint that already has them: reused as is
+    assert again == ids and len(released_tok) == len(tok)
+    assert torch.equal(released.get_input_embeddings().weight, before)
+    with pytest.raises(ql.QuarkError, match="num_quantiles"):
+        add_quantile_tokens(released, released_tok, 0)
+
+
+def test_completion_block_logits_match_an_unpadded_forward(models, rows):
+    policy, reference, tok, ids = models
+    batch = build_batch([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+                        [r["finished"] for r in rows], [ids[r["quantile"]] for r in rows], tok.pad_token_id,
+                        tok.eos_token_id)
+    with torch.no_grad():
+        pol = completion_logits(policy, batch)
+        ref = completion_logits(reference, batch, without_token=True, pad_id=tok.pad_token_id)
+    for r, row in enumerate(rows):
+        target = row["completion_ids"] + ([tok.eos_token_id] if row["finished"] else [])
+        full = [ids[row["quantile"]]] + row["prompt_ids"] + target
+        with torch.no_grad():
+            alone = policy(torch.tensor([full])).logits[0, -len(target) - 1:-1]
+            ref_alone = reference(torch.tensor([row["prompt_ids"] + target])).logits[0, -len(target) - 1:-1]
+        assert torch.allclose(pol[r, : len(target)], alone, atol=1e-4)
+        assert torch.allclose(ref[r, : len(target)], ref_alone, atol=1e-4)  # the reference never sees the token
+        assert batch.labels[r, : len(target)].tolist() == target and (batch.labels[r, len(target):] == -100).all()
+
+
+def test_loss_terms(models, rows):
+    policy, reference, tok, ids = models
+    batch = build_batch([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+                        [r["finished"] for r in rows], [ids[r["quantile"]] for r in rows], tok.pad_token_id,
+                        tok.eos_token_id)
+    with torch.no_grad():
+        logits = completion_logits(policy, batch)
+        ref_logits = completion_logits(reference, batch, without_token=True, pad_id=tok.pad_token_id)
+    keep = kept_vocab(logits.shape[-1], ref_logits.shape[-1], ids, "cpu")
+    assert keep.numel() == ref_logits.shape[-1] == ids[0]  # the control tokens are dropped
+    loss, stats = quark_loss(logits, batch.labels, keep)
+    mask = batch.labels != -100
+    expect = F.cross_entropy(logits[..., : ids[0]][mask], batch.labels[mask])
+    assert stats["nll"] == pytest.approx(expect.item(), rel=1e-5) and loss.item() == pytest.approx(stats["nll"])
+    _, same = quark_loss(ref_logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=1.0)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6)
+    _, fwd = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=0.05)
+    _, rev = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=0.05, kl_direction="ref||policy")
+    assert fwd["kl"] > 0 and rev["kl"] > 0 and fwd["kl"] != pytest.approx(rev["kl"])
+    assert fwd["loss"] == pytest.approx(fwd["nll"] + 0.05 * fwd["kl"], rel=1e-5)
+    _, ent = quark_loss(logits, batch.labels, keep, entropy_coef=0.06)
+    assert ent["loss"] == pytest.approx(ent["nll"] - 0.06 * ent["entropy"], rel=1e-5) and ent["entropy"] > 0
+
+
+def test_training_lowers_the_loss_and_freezes_lower_blocks(models, rows):
+    policy, reference, tok, ids = models
+    policy = copy.deepcopy(policy)
+    config = preset("tiny", lr=3e-3, batch_size=2, epochs_per_iteration=6, trainable_fraction=0.34, kl_coef=0.05,
+                    grad_accum=2)
+    bottom = policy.transformer.h[0].attn.q_proj.weight.clone()
+    top = policy.transformer.h[-1].attn.q_proj.weight.clone()
+    log = train_on_rows(policy, reference, rows, config, ids, tok.pad_token_id, tok.eos_token_id, seed=0)
+    assert len(log) == 6  # 2 micro-batches per epoch, accumulated in pairs
+    assert log[-1]["nll"] < log[0]["nll"] and {"loss", "nll", "kl", "entropy", "lr"} <= log[0].keys()
+    assert torch.equal(policy.transformer.h[0].attn.q_proj.weight, bottom)
+    assert not torch.equal(policy.transformer.h[-1].attn.q_proj.weight, top)
+    assert set_trainable(policy, 1.0) == sum(p.numel() for p in policy.parameters())
