@@ -22,7 +22,10 @@ class QuarkConfig:
     reference: str | None = None
     """Frozen reference for the KL term, perplexity and iteration 1's samples; None = same as policy."""
     reward: str = "tiny-tldr"
-    """Reward spec for quarklab.load_reward (name, model id/folder)."""
+    """Reward spec for quarklab.load_reward: "tiny-tldr", a classifier or value-head RM folder/hub id,
+    or a value-head state-dict file (e.g. CarperAI's summarize_rlhf rm_checkpoint/pytorch_model.bin)."""
+    reward_base_model: str | None = None
+    """Backbone (hub id or folder) of a bare value-head state-dict reward, e.g. CarperAI/openai_summarize_tldr_sft."""
     dataset: str = "tiny-tldr"
     """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a hub dataset id."""
     train_split: str = "train"
@@ -155,7 +158,7 @@ class QuarkConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The offline tiny world on a 2-core CPU, a few minutes end to end.
-    "tiny": dict(policy="tiny-tldr", reward="tiny-tldr", dataset="tiny-tldr", iterations=4,
+    "tiny": dict(policy="tiny-tldr", reward="tiny-tldr", dataset="tiny-tldr", iterations=3,
                  prompts_per_iteration=96, samples_per_prompt=16, max_new_tokens=48, sample_batch_size=128,
                  lr=1e-3, batch_size=32, epochs_per_iteration=2, kl_coef=0.05, entropy_coef=0.0,
                  eval_prompts=96, eval_max_new_tokens=48, eval_batch_size=96),
