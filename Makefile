@@ -7,7 +7,7 @@ STAMP := $(VENV)/.quarklab-installed
 .PHONY: demo test install world clean
 
 demo: $(STAMP)
-	$(BIN)/quarklab demo
+	$(BIN)/quarklab notebooks run --run-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,17 +10,38 @@ The public API, as notebooks use it (``import quarklab as ql``)::
     samples = ql.sample(policy, tokenizer, prompts, n=4)
 """
 
+import importlib
+
+from .config import PRESETS, QuarkConfig, preset
 from .data import load_prompts
 from .errors import QuarkError
-from .models import load_policy, load_tokenizer, position_ids_from_mask, resolve_device
+from .evaluate import evaluate
+from .models import (add_quantile_tokens, load_policy, load_tokenizer, position_ids_from_mask, quantile_token,
+                     resolve_device)
+from .quantiles import assign_quantiles, quantile_table, select_per_quantile
+from .quark import final_table, resolve_model
+from .quark import run as run_quark
 from .rewards import CheckedReward, RewardFn, load_reward
 from .sampling import SamplingParams, sample
 from .world import World, WorldSpec, build_world, quarklab_home, tiny_world
 
 __version__ = "0.1.0"
 
+_SUBMODULES = {"compare", "config", "metrics", "notebooks", "plots", "quantiles", "runs", "widgets"}
+_FROM_COMPARE = {"compare_tokens", "comparison_html"}
+
+
+def __getattr__(name):  # heavy or optional modules (matplotlib, ipywidgets) load on first use
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _FROM_COMPARE:
+        return getattr(importlib.import_module(".compare", __name__), name)
+    raise AttributeError(f"module 'quarklab' has no attribute {name!r}")
+
 __all__ = [
-    "CheckedReward", "QuarkError", "RewardFn", "SamplingParams", "World", "WorldSpec", "build_world",
+    "PRESETS", "QuarkConfig", "add_quantile_tokens", "assign_quantiles", "compare_tokens", "comparison_html",
+    "evaluate", "final_table", "preset", "quantile_table", "quantile_token", "resolve_model", "run_quark",
+    "select_per_quantile", "CheckedReward", "QuarkError", "RewardFn", "SamplingParams", "World", "WorldSpec", "build_world",
     "load_policy", "load_prompts", "load_reward", "load_tokenizer", "position_ids_from_mask",
     "quarklab_home", "resolve_device", "sample", "tiny_world",
 ]

@@ -18,22 +18,28 @@ def _world_build(args) -> None:
           f"built in {info['build_seconds']} s")
 
 
-def _demo(args) -> None:
-    import quarklab as ql
+def _notebooks_run(args) -> None:
+    from .notebooks import parse_value, run_notebooks
 
-    world = ql.tiny_world(args.seed)
-    policy, tokenizer = ql.load_policy(world.policy), ql.load_tokenizer(world.policy)
-    prompts = ql.load_prompts("tiny-tldr", "test", limit=args.num_prompts, seed=args.seed)
-    out = ql.sample(policy, tokenizer, prompts, do_sample=False)
-    reward = ql.load_reward("tiny-tldr")
-    out["reward"] = reward(out["prompt"].tolist(), out["completion"].tolist())
-    ref = reward(prompts["prompt"].tolist(), prompts["label"].tolist())
-    for (_, row), ref_score, label in zip(out.iterrows(), ref, prompts["label"]):
-        title = row["prompt"].split("\n")[1]
-        print(f"\n{title}\n  SFT greedy  ({row['reward']:.2f}): {row['completion']}"
-              f"\n  reference   ({ref_score:.2f}): {label}")
-    print(f"\nmean reward over {len(out)} prompts: SFT greedy {out['reward'].mean():.3f}, "
-          f"reference summaries {ref.mean():.3f}")
+    params = {name: parse_value(value) for name, value in args.param}
+    for path in run_notebooks(args.run_dir, params, notebooks=args.only or None):
+        print(f"executed {path}")
+    print(f"figures in {args.run_dir}/figures, results in {args.run_dir}/results")
+
+
+def _notebooks_sweep(args) -> None:
+    import pandas as pd
+
+    from .notebooks import parse_value, sweep
+
+    grid = {p[0]: [parse_value(v) for v in p[1:]] for p in args.param}
+    if any(len(values) < 1 for values in grid.values()):
+        raise QuarkError("each -p NAME needs at least one value: -p num_quantiles 3 5 7")
+    fixed = {name: parse_value(value) for name, value in args.fixed}
+    table = sweep(args.out, grid, fixed, notebooks=args.only or None)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+        print(table.to_string(index=False))
+    print(f"summary: {args.out}/summary.csv")
 
 
 def _train(args) -> None:
@@ -62,6 +68,16 @@ class _PresetAction(argparse.Action):
         namespace.preset, namespace.preset_given = values, True
 
 
+def _bench(args) -> None:
+    from .bench import BenchSettings, format_table, run_bench
+
+    make = BenchSettings.quick_settings if args.quick else BenchSettings
+    changes = {k: v for k, v in (("warmup", args.warmup), ("reps", args.reps)) if v is not None}
+    report = run_bench(make(model=args.model, device=args.device, **changes), args.out)
+    print(format_table(report))
+    print(f"report: {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, notebooks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,10 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
     train.set_defaults(func=_train, preset_given=False)
 
-    demo = sub.add_parser("demo", help="the main job on the offline default")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--num-prompts", type=int, default=5)
-    demo.set_defaults(func=_demo)
+    nbs = sub.add_parser("notebooks", help="run the four notebooks with papermill, or a sweep of them")
+    nsub = nbs.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
+    nrun = nsub.add_parser("run", help="execute the notebooks in order into a run directory")
+    nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run")
+    nrun.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                      help="a notebook parameter (repeatable); VALUE is read as JSON when it parses")
+    nrun.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
+    nrun.set_defaults(func=_notebooks_run)
+    nswp = nsub.add_parser("sweep", help="run the notebooks over a grid of parameters, one run dir each")
+    nswp.add_argument("-p", "--param", nargs="+", action="append", required=True, metavar="NAME VALUE",
+                      help="a parameter and the values to sweep: -p num_quantiles 3 5 7")
+    nswp.add_argument("--set", dest="fixed", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                      help="a parameter held fixed across the sweep")
+    nswp.add_argument("--out", required=True, help="folder for the run dirs and summary.csv")
+    nswp.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
+    nswp.set_defaults(func=_notebooks_sweep)
+    bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
+    bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention, vLLM when installed)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes, 1 warm-up and 2 repetitions (for tests)")
+    bench.add_argument("--reps", type=int, help="repetitions per figure (default 3; --quick: 2)")
+    bench.add_argument("--warmup", type=int, help="warm-up runs per figure (default 1)")
+    bench.add_argument("--out", default="bench.json", help="where to write the JSON report (default bench.json)")
+    bench.set_defaults(func=_bench)
     return parser
 
 

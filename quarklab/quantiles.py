@@ -156,3 +156,24 @@ def _factorize(groups, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise QuarkError(f"groups hold {int(missing.sum())} missing ids (None or NaN); "
                          f"the first at row {int(np.flatnonzero(missing)[0])}")
     return codes.astype(np.int64), np.asarray(uniques)
+
+
+def quantile_table(samples, num_quantiles: int, scope: str = "local"):
+    """Per quantile of ``samples`` (columns ``reward``, ``num_tokens``, ``prompt_id``), assigned by ``scope``:
+    count, mean reward, mean length and threshold (the lowest reward in the quantile; for local
+    quantiles the mean over prompts of each prompt's lowest reward in it)."""
+    import pandas as pd
+
+    if scope not in ("local", "global"):
+        raise QuarkError(f"scope must be 'local' or 'global', got {scope!r}")
+    rewards = samples["reward"].to_numpy(dtype=np.float64)
+    groups = samples["prompt_id"].to_numpy()
+    q = assign_quantiles(rewards, num_quantiles, groups if scope == "local" else None)
+    df = pd.DataFrame({"quantile": q, "reward": rewards, "length": samples["num_tokens"].to_numpy(dtype=np.float64),
+                       "group": groups})
+    out = df.groupby("quantile").agg(count=("reward", "size"), reward=("reward", "mean"), length=("length", "mean"))
+    out["threshold"] = (df.groupby(["quantile", "group"])["reward"].min().groupby(level=0).mean()
+                        if scope == "local" else df.groupby("quantile")["reward"].min())
+    out = out.reindex(range(num_quantiles))
+    out["count"] = out["count"].fillna(0).astype(np.int64)
+    return out.reset_index()

@@ -28,7 +28,7 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
 def test_the_quarklab_command_lists_its_subcommands():
     out = subprocess.run([sys.executable, "-m", "quarklab.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for sub in ("world", "demo"):
+    for sub in ("world", "train", "notebooks"):
         assert re.search(rf"^\s+{sub}\s", out, re.MULTILINE)
 
 

@@ -1,0 +1,168 @@
+"""Running the notebooks headless with papermill, one at a time or as a parameter sweep,
+and the small helpers the notebooks share (run-dir set-up, recorded results, example tables).
+
+A run directory is the record of a run: the Quark run itself (config.json, pools,
+checkpoints, metrics.jsonl), the executed notebooks, ``figures/*.png`` and
+``results/*.json`` (what each notebook measured, for tests and sweeps).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import QuarkError
+from .runs import atomic_write_json, atomic_write_text, read_metrics
+
+NOTEBOOKS = ["01_quantile_distributions.ipynb", "02_training_iterations.ipynb", "03_compare_tokens.ipynb",
+             "04_tradeoffs.ipynb"]
+SHARED_PARAMETERS = ["run_dir", "policy", "reference", "reward", "dataset", "num_quantiles", "quantile_scope",
+                     "seed", "device"]
+
+
+def notebooks_dir() -> Path:
+    """The project's ``notebooks/`` folder (beside the package in a source checkout)."""
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    if not folder.is_dir():
+        raise QuarkError(f"no notebooks folder at {folder}: pass --notebooks DIR")
+    return folder
+
+
+# ------------------------------------------------------------------ helpers the notebooks call
+
+def prepare(run_dir: str | os.PathLike) -> Path:
+    """The run directory as a Path, created if missing (figures and results go inside)."""
+    path = Path(run_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record(run_dir: str | os.PathLike, name: str, result: dict[str, Any]) -> Path:
+    """Write what a notebook measured to ``run_dir/results/<name>.json`` (atomically)."""
+    path = Path(run_dir) / "results" / f"{name}.json"
+    atomic_write_json(path, json.loads(pd.Series(result).to_json()))
+    return path
+
+
+def results(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """Every recorded notebook result of a run directory, by notebook name."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(run_dir, "results").glob("*.json"))}
+
+
+def policy_source(policy: str, run_dir: str | os.PathLike) -> str:
+    """``"auto"``: the latest checkpoint of the run in ``run_dir``; anything else as given."""
+    from .quark import resolve_model
+    from .runs import latest_checkpoint
+
+    if policy != "auto":
+        return resolve_model(policy)
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise QuarkError(f"policy='auto' takes the latest checkpoint of {str(run_dir)!r}, and it has none: run "
+                         "02_training_iterations first, or set policy to a Quark checkpoint folder or hub id")
+    return str(latest[1])
+
+
+def example_completions(run_dir: str | os.PathLike, *, prompts: int = 2, tokens=(0, None)) -> pd.DataFrame:
+    """A few greedy evaluation completions per iteration, side by side by token (from ``eval/``)."""
+    frames = []
+    for path in sorted(Path(run_dir, "eval").glob("iter_[0-9][0-9][0-9].parquet")):
+        ev = pd.read_parquet(path)
+        ev = ev[(ev["mode"] == "greedy") & ev["prompt_id"].isin(sorted(ev["prompt_id"].unique())[:prompts])]
+        ev = ev.assign(iteration=int(path.stem[5:]),
+                       column=ev["token"].map(lambda t: "no token" if pd.isna(t) else f"token {int(t)}"))
+        wanted = {"no token" if t is None else f"token {t}" for t in tokens}
+        frames.append(ev[ev["column"].isin(wanted)])
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames).pivot_table(index=["iteration", "prompt_id"], columns="column", values="completion",
+                                          aggfunc="first")
+    return table.reset_index()
+
+
+# ------------------------------------------------------------------ papermill
+
+def parse_value(raw: str) -> Any:
+    """A command-line parameter value: JSON when it parses (numbers, lists, null), else the text."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None = None, *,
+                  notebooks: list[str] | None = None, source_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> list[Path]:
+    """Execute the notebooks in order into ``run_dir`` with papermill; return the executed paths.
+
+    A failing cell stops the sequence with one :class:`QuarkError` naming the notebook, the cell
+    and the error; the partly executed notebook stays in ``run_dir`` for inspection.
+    """
+    import papermill as pm
+
+    run_dir = prepare(run_dir)
+    source = Path(source_dir) if source_dir else notebooks_dir()
+    params = {**(parameters or {}), "run_dir": str(run_dir.resolve())}
+    done = []
+    for name in notebooks or NOTEBOOKS:
+        src = source / name
+        if not src.exists():
+            raise QuarkError(f"notebook not found: {src}")
+        out = run_dir / name
+        try:
+            pm.execute_notebook(str(src), str(out), parameters=params, progress_bar=progress, cwd=str(run_dir),
+                                kernel_name="python3")
+        except pm.PapermillExecutionError as exc:
+            raise QuarkError(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+                             f"(the executed notebook is at {out})") from None
+        done.append(out)
+    return done
+
+
+def sweep(out_dir: str | os.PathLike, grid: dict[str, list[Any]], parameters: dict[str, Any] | None = None, *,
+          notebooks: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run the notebooks once per combination of ``grid``, one run dir each, and write ``summary.csv``.
+
+    Run dirs are named ``name=value,name=value`` under ``out_dir``; a combination whose notebooks all
+    ran before (every executed notebook present) is not run again.
+    """
+    out_dir = prepare(out_dir)
+    names = list(grid)
+    rows = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        combo = dict(zip(names, values))
+        run_dir = out_dir / ",".join(f"{k}={v}" for k, v in combo.items())
+        wanted = notebooks or NOTEBOOKS
+        if not all((run_dir / nb).exists() for nb in wanted) or not (run_dir / "results").exists():
+            run_notebooks(run_dir, {**(parameters or {}), **combo}, notebooks=notebooks, progress=progress)
+        rows.append({**combo, "run_dir": str(run_dir), **run_summary(run_dir)})
+    table = pd.DataFrame(rows)
+    atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False))
+    return table
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The headline figures of one run dir: SFT and final per-token greedy reward, perplexity, length."""
+    metrics = read_metrics(run_dir)
+    if metrics.empty:
+        return {}
+    ev = metrics[(metrics["kind"] == "eval") & (metrics["mode"] == "greedy")]
+    last = ev[ev["iteration"] == ev["iteration"].max()]
+    out: dict[str, Any] = {"iterations": int(ev["iteration"].max())}
+    sft = ev[ev["iteration"] == 0]
+    if len(sft):
+        out.update(sft_reward=float(sft["reward"].iloc[0]), sft_perplexity=float(sft["perplexity"].iloc[0]),
+                   sft_length=float(sft["length"].iloc[0]))
+    for _, row in last.iterrows():
+        key = "none" if str(row["token"]) == "none" else f"token{row['token']}"
+        out.update({f"{key}_reward": row["reward"], f"{key}_perplexity": row["perplexity"],
+                    f"{key}_length": row["length"]})
+    if "order_spearman" in last and last["order_spearman"].notna().any():
+        out["order_spearman"] = float(last["order_spearman"].dropna().iloc[0])
+        out["controllability"] = float(last["controllability"].dropna().iloc[0])
+    return out

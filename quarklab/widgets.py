@@ -1,0 +1,272 @@
+"""Interactive widgets (ipywidgets 8) for the notebooks: compare tokens, explore quantile cuts.
+
+Every callback is a plain method that reads its state from the instance (set in ``__init__``),
+never from notebook globals, so a test (or a headless papermill kernel) can call it directly.
+Building a widget needs no browser; displaying ``obj.widget`` in JupyterLab makes it live.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import time
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+from IPython.display import clear_output, display
+
+from .compare import compare_tokens, comparison_html, quantile_token_ids
+from .errors import QuarkError
+from .quantiles import assign_quantiles, quantile_table
+
+TLDR_MARK = "TL;DR:"
+
+
+def _prompt_label(i: int, prompt: str, width: int = 70) -> str:
+    """``"3 · <title>"`` from the TITLE line (else the first line), truncated to ``width`` characters."""
+    lines = [l.strip() for l in str(prompt).splitlines() if l.strip()]
+    title = next((l[len("TITLE:"):].strip() for l in lines if l.startswith("TITLE:")), lines[0] if lines else "")
+    if len(title) > width:
+        title = title[: width - 1].rstrip() + "…"
+    return f"{i} · {title}"
+
+
+def as_tldr_prompt(text: str) -> str:
+    """Free text as a prompt: stripped, with ``"\\nTL;DR:"`` appended unless it already ends with ``TL;DR:``."""
+    text = text.strip()
+    return text if text.endswith(TLDR_MARK) else text + "\n" + TLDR_MARK
+
+
+class TokenComparer:
+    """Pick a prompt (or type one), set the decoding knobs, press *Regenerate*: the completion for
+    each quantile token beside the reference's, with reward, perplexity and length.
+
+    ``prompts`` is a list of str or a DataFrame with ``prompt`` (and ``prompt_id``). Display
+    ``self.widget``. :meth:`regenerate` (what the button calls) returns the table and keeps it in
+    ``self.last``; errors are shown in ``self.status`` instead of being raised.
+    """
+
+    def __init__(self, policy, tokenizer, reward, prompts, *, reference=None, num_quantiles: int | None = None,
+                 max_new_tokens: int = 48, temperature: float = 0.9, top_p: float = 0.9, seed: int = 0):
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if isinstance(prompts, pd.DataFrame):
+            if "prompt" not in prompts.columns:
+                raise QuarkError(f"the prompts table has no 'prompt' column (columns: {list(prompts.columns)})")
+            texts = prompts["prompt"].tolist()
+            ids = prompts["prompt_id"].tolist() if "prompt_id" in prompts.columns else list(range(len(texts)))
+        else:
+            texts = list(prompts)
+            ids = list(range(len(texts)))
+        if not texts:
+            raise QuarkError("TokenComparer needs at least one prompt")
+        self.policy, self.tokenizer, self.reward, self.reference = policy, tokenizer, reward, reference
+        self.prompts = [str(t) for t in texts]
+        self.prompt_ids = ids
+        self.token_ids = quantile_token_ids(tokenizer, num_quantiles)  # fails early on a checkpoint without tokens
+        self.num_quantiles = len(self.token_ids)
+        self.last: pd.DataFrame | None = None
+        self.last_prompt: str | None = None
+        self.error: Exception | None = None
+
+        style = {"description_width": "110px"}
+        wide = widgets.Layout(width="420px")
+        self.picker = widgets.Dropdown(options=[(_prompt_label(i, p), i) for i, p in enumerate(self.prompts)],
+                                       value=0, description="prompt", style=style, layout=widgets.Layout(width="640px"))
+        self.free_text = widgets.Textarea(value="", placeholder="…or type a post here (used instead of the picked "
+                                          "prompt when not empty; \"TL;DR:\" is appended if missing)",
+                                          description="your post", style=style,
+                                          layout=widgets.Layout(width="640px", height="90px"))
+        self.temperature = widgets.FloatSlider(value=min(max(float(temperature), 0.1), 2.0), min=0.1, max=2.0,
+                                               step=0.05, description="temperature", style=style, layout=wide,
+                                               readout_format=".2f")
+        self.top_p = widgets.FloatSlider(value=min(max(float(top_p), 0.05), 1.0), min=0.05, max=1.0, step=0.05,
+                                         description="top-p", style=style, layout=wide, readout_format=".2f")
+        self.max_new_tokens = widgets.IntSlider(value=min(max(int(max_new_tokens), 8), 128), min=8, max=128, step=1,
+                                                description="max new tokens", style=style, layout=wide)
+        self.seed = widgets.IntText(value=int(seed), description="seed", style=style,
+                                    layout=widgets.Layout(width="220px"))
+        self.greedy = widgets.Checkbox(value=False, description="greedy (ignore temperature, top-p, seed)",
+                                       indent=False)
+        self.button = widgets.Button(description="Regenerate", button_style="primary", icon="refresh",
+                                     tooltip="generate one completion per quantile token for the chosen prompt")
+        self.output = widgets.HTML(value="<i>Press <b>Regenerate</b> to generate.</i>")
+        self.status = widgets.Label(value=f"{self.num_quantiles} quantile tokens; token 0 = best reward quantile")
+        self.button.on_click(self.regenerate)
+        self.greedy.observe(self._sync_sampling_controls, names="value")
+
+        knobs = widgets.VBox([self.temperature, self.top_p, self.max_new_tokens])
+        side = widgets.VBox([self.seed, self.greedy, widgets.HBox([self.button, self.status])])
+        self.widget = widgets.VBox([self.picker, self.free_text, widgets.HBox([knobs, side]), self.output])
+
+    def _sync_sampling_controls(self, *_):
+        for w in (self.temperature, self.top_p, self.seed):
+            w.disabled = bool(self.greedy.value)
+
+    def current_prompt(self) -> tuple[object, str]:
+        """(prompt_id, prompt) the controls select: the free text when not blank, else the picked prompt."""
+        text = self.free_text.value or ""
+        if text.strip():
+            return "free text", as_tldr_prompt(text)
+        i = int(self.picker.value)
+        return self.prompt_ids[i], self.prompts[i]
+
+    def regenerate(self, *_) -> pd.DataFrame | None:
+        """Generate for the chosen prompt with the current control values; show and return the table.
+
+        On an error the message goes to ``self.status`` (and ``self.error``) and None is returned.
+        """
+        self.button.disabled = True
+        start = time.perf_counter()
+        try:
+            pid, prompt = self.current_prompt()
+            self.status.value = "generating…"
+            table = compare_tokens(
+                self.policy, self.tokenizer, pd.DataFrame({"prompt_id": [pid], "prompt": [prompt]}), self.reward,
+                reference=self.reference, num_quantiles=self.num_quantiles, do_sample=not self.greedy.value,
+                temperature=float(self.temperature.value), top_p=float(self.top_p.value),
+                max_new_tokens=int(self.max_new_tokens.value), seed=int(self.seed.value))
+            self.output.value = comparison_html(table)
+        except Exception as exc:  # a widget callback must not raise into the front end
+            self.error = exc
+            kind = "" if isinstance(exc, QuarkError) else f"{type(exc).__name__}: "
+            self.status.value = f"error: {kind}{exc}"
+            return None
+        finally:
+            self.button.disabled = False
+        self.error, self.last, self.last_prompt = None, table, prompt
+        mode = "greedy" if self.greedy.value else f"T={self.temperature.value:.2f}, top-p={self.top_p.value:.2f}"
+        self.status.value = f"{len(table)} completions ({mode}) in {time.perf_counter() - start:.1f} s"
+        return table
+
+
+class QuantileExplorer:
+    """Slide K and switch local/global: how a scored pool splits into reward quantiles.
+
+    ``samples`` holds ``prompt_id`` and ``reward_name`` (and ``num_tokens`` for lengths). Shows a
+    summary table (per quantile: count, mean reward, mean length, threshold) and the figure of
+    ``quarklab.plots.quantile_comparison``. :meth:`redraw` (what the controls call) keeps the
+    assignment in ``self.assignment`` and the figure in ``self.figure``.
+    """
+
+    def __init__(self, samples: pd.DataFrame, *, num_quantiles: int = 5, scope: str = "local",
+                 reward_name: str = "reward"):
+        if not isinstance(samples, pd.DataFrame):
+            raise QuarkError(f"samples must be a DataFrame, got {type(samples).__name__}")
+        if reward_name not in samples.columns:
+            raise QuarkError(f"samples have no {reward_name!r} column (columns: {list(samples.columns)})")
+        if scope not in ("local", "global"):
+            raise QuarkError(f"scope must be 'local' or 'global', got {scope!r}")
+        if scope == "local" and "prompt_id" not in samples.columns:
+            raise QuarkError("local quantiles need a 'prompt_id' column in the samples")
+        if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, (int, np.integer)) or num_quantiles < 1:
+            raise QuarkError(f"num_quantiles must be an int >= 1, got {num_quantiles!r}")
+        if len(samples) == 0:
+            raise QuarkError("no samples to explore")
+        self.samples = samples.reset_index(drop=True)
+        self.reward_name = reward_name
+        self.rewards = self.samples[reward_name].to_numpy(dtype=np.float64)
+        # what quarklab.plots reads: the reward in 'reward' (reward_name only labels the axes), lengths in 'num_tokens'
+        plot = self.samples.assign(reward=self.rewards)
+        if "num_tokens" not in plot.columns and "length" in plot.columns:
+            plot = plot.assign(num_tokens=plot["length"])
+        self._plot_samples = plot
+        self.assignment: np.ndarray | None = None
+        self.figure = None
+        self.error: Exception | None = None
+
+        k = int(num_quantiles)
+        self.k = widgets.IntSlider(value=k, min=min(2, k), max=max(10, k), step=1, description="K (quantiles)",
+                                   style={"description_width": "100px"}, continuous_update=False)
+        self.scope = widgets.ToggleButtons(options=["local", "global"], value=scope,
+                                           tooltips=["quantiles within each prompt's samples (ALT)",
+                                                     "quantiles over the whole pool (Quark)"])
+        self.output = widgets.Output()
+        self.summary = widgets.HTML()
+        self.k.observe(self.redraw, names="value")
+        self.scope.observe(self.redraw, names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.k, self.scope]), self.summary, self.output])
+        self.redraw()
+
+    def summary_table(self, num_quantiles: int, scope: str) -> pd.DataFrame:
+        """Per quantile: count, mean reward, mean length, threshold (see :func:`quarklab.quantile_table`)."""
+        return quantile_table(self._plot_samples, num_quantiles, scope).set_index("quantile")
+
+    def _summary_html(self, table: pd.DataFrame, scope: str) -> str:
+        thr = "mean per-prompt min reward" if scope == "local" else "min reward"
+        rows = "".join(
+            f'<tr data-quantile="{q}"><td>{q}{" (best)" if q == 0 else ""}</td><td>{int(r["count"])}</td>'
+            f"<td>{_num(r['reward'])}</td><td>{_num(r['length'], '.1f')}</td>"
+            f"<td>{_num(r['threshold'])}</td></tr>"
+            for q, r in table.iterrows())
+        return ('<table class="quarklab-quantiles" style="border-collapse:collapse;font-size:12px">'
+                f"<caption style='text-align:left;caption-side:top'>K = {len(table)}, {html.escape(scope)} "
+                f"quantiles of {len(self.rewards)} samples (quantile 0 = highest rewards)</caption>"
+                "<thead><tr><th>quantile</th><th>count</th><th>mean reward</th><th>mean length</th>"
+                f"<th>threshold ({html.escape(thr)})</th></tr></thead><tbody>{rows}</tbody></table>"
+                "<style>.quarklab-quantiles td,.quarklab-quantiles th{padding:2px 10px;text-align:right;"
+                "border-bottom:1px solid #ddd}</style>")
+
+    def redraw(self, *_) -> np.ndarray:
+        """Re-assign quantiles for the current K and scope; update the summary and the figure."""
+        k, scope = int(self.k.value), str(self.scope.value)
+        groups = self.samples["prompt_id"].to_numpy() if scope == "local" else None
+        self.assignment = assign_quantiles(self.rewards, k, groups)
+        self.summary.value = self._summary_html(self.summary_table(k, scope), scope)
+        self._draw_figure(k, scope)
+        return self.assignment
+
+    def _draw_figure(self, k: int, scope: str) -> None:
+        old, self.figure = self.figure, None
+        try:
+            from .plots import quantile_comparison  # lazily: plots (and matplotlib) load only when drawing
+
+            kwargs = {"reward_name": self.reward_name}
+            if "scope" in inspect.signature(quantile_comparison).parameters:
+                kwargs["scope"] = scope
+            self.figure = quantile_comparison(self._plot_samples, k, **kwargs)
+            self.error = None
+        except Exception as exc:  # an observer must not raise into the front end
+            self.error = exc
+        _close(old)
+        with self.output:
+            clear_output(wait=True)
+            if self.figure is not None:
+                display(_png(self.figure))
+            else:
+                print(f"no figure: {type(self.error).__name__}: {self.error}")
+        _close(self.figure)  # shown once, in the Output; the Figure stays usable (savefig)
+
+
+def _num(x, spec: str = ".3f") -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return format(x, spec) if np.isfinite(x) else "–"
+
+
+def _png(fig):
+    """``fig`` as a PNG image to display: works whatever the matplotlib backend (a Figure built
+    without pyplot has no inline display formatter in a kernel)."""
+    import io
+
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    return Image(data=buf.getvalue(), format="png")
+
+
+def _close(fig) -> None:
+    """Detach ``fig`` from pyplot, so the inline backend does not show it a second time at the end of
+    the cell; the Figure object itself stays usable."""
+    if fig is None:
+        return
+    try:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    except Exception:
+        pass
