@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import QuarkError
+from .errors import QuarkError, finite_1d
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -47,7 +47,7 @@ def distinct_n_per_group(texts: Sequence[str], groups: Sequence | np.ndarray, n:
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); NaN if ``len < 2`` or either side is constant."""
-    a, b = _as_finite_1d(x, "x"), _as_finite_1d(y, "y")
+    a, b = finite_1d(x, "x"), finite_1d(y, "y")
     if len(a) != len(b):
         raise QuarkError(f"spearman needs equal lengths, got {len(a)} and {len(b)}")
     if len(a) < 2:
@@ -111,15 +111,3 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     if bad:
         raise QuarkError(f"texts must be strings: {len(bad)} are not; the first at row {bad[0]}: {texts[bad[0]]!r}")
     return texts
-
-
-def _as_finite_1d(values, name: str) -> np.ndarray:
-    try:
-        a = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise QuarkError(f"{name} must be numbers: {exc}") from exc
-    if a.ndim != 1:
-        raise QuarkError(f"{name} must be 1-D, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise QuarkError(f"{name} holds {int((~np.isfinite(a)).sum())} non-finite values (NaN or inf)")
-    return a

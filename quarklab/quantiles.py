@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import QuarkError
+from .errors import QuarkError, finite_1d
 
 
 def assign_quantiles(rewards: Sequence[float] | np.ndarray, num_quantiles: int,
@@ -110,19 +110,7 @@ def _check_num_quantiles(num_quantiles: int) -> int:
 
 
 def _as_rewards(rewards) -> np.ndarray:
-    """``rewards`` as a finite 1-D float64 array, or a QuarkError naming what is wrong."""
-    try:
-        r = np.asarray(rewards, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise QuarkError(f"rewards must be numbers: {exc}") from exc
-    if r.ndim != 1:
-        raise QuarkError(f"rewards must be 1-D (one reward per row), got shape {r.shape}")
-    bad = ~np.isfinite(r)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise QuarkError(f"rewards hold {int(bad.sum())} non-finite values (NaN or inf); "
-                         f"the first at row {first}: {r[first]}")
-    return r
+    return finite_1d(rewards, "rewards")
 
 
 def _as_quantiles(quantiles, n: int | None, k: int | None) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import QuarkError
+from .errors import QuarkError, finite_1d
 
 
 class RewardFn(Protocol):
@@ -30,17 +30,11 @@ class RewardFn(Protocol):
 
 def check_rewards(values, n: int, name: str = "reward") -> np.ndarray:
     """Return ``values`` as a float64 array of length ``n``; raise if its length or values are wrong."""
-    try:
-        arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise QuarkError(f"{name} returned something that is not a list of numbers: {exc}") from exc
+    if np.ndim(values) == 1 and len(values) != n:
+        raise QuarkError(f"{name} returned {len(values)} values for {n} completions")
+    arr = finite_1d(values, f"{name}'s output")
     if arr.shape[0] != n:
         raise QuarkError(f"{name} returned {arr.shape[0]} values for {n} completions")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise QuarkError(f"{name} returned {int(bad.sum())} non-finite values (NaN or inf) "
-                         f"for {n} completions; the first at row {first}: {arr[first]}")
     return arr
 
 
