@@ -21,12 +21,18 @@ so that a load change on a shared machine hits all cases alike:
    reward object per repetition) and warm (its per-prompt cache filled).
 4. **one tiny Quark iteration** (:func:`quarklab.run_quark`, ``iterations=1``) in a subprocess:
    wall time, peak RSS, and where the time goes (seconds and share per stage).
+
+``--threads`` sets torch's CPU threads (default: torch's own, one per core). On a CPU that other
+processes keep busy, one thread is the steadier choice: while another process held both cores of a
+2-core machine, a training step took ~20x longer with 2 threads than with 1 (threads waiting on each
+other at every op), and the figures measured the neighbour, not quarklab.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import importlib.metadata
@@ -40,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -75,6 +81,8 @@ class BenchSettings:
     model: str | None = None
     """A causal LM folder or hub id; None = the tiny world's SFT model."""
     device: str = "cpu"
+    threads: int | None = None
+    """torch CPU threads (``torch.set_num_threads``); None = torch's default (one per core)."""
     quick: bool = False
     warmup: int = 1
     reps: int = 3
@@ -115,6 +123,8 @@ class BenchSettings:
                      "iteration_samples", "iteration_eval_prompts", "iteration_batch_size", "iteration_epochs"):
             if getattr(self, name) < 1:
                 raise QuarkError(f"bench setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise QuarkError(f"bench --threads must be >= 1, got {self.threads}")
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -156,6 +166,37 @@ def _interleaved(cases: dict[str, Callable[[int, bool], tuple[float, float]]], w
 
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_hf():
+    """transformers' warnings and datasets' progress bars off (inside the bench process only)."""
+    import datasets
+    from transformers import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _process_seconds() -> float | None:
+    """Seconds since this process started (interpreter start and imports included), where /proc tells."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _sync(device) -> None:
@@ -354,7 +395,8 @@ def bench_sampling(model, tokenizer, source: str, prompts: list[str], s: BenchSe
     for name in cases:
         section[name] = {"tokens_per_s": rec[name]["rate"], "tokens": rec[name]["units"],
                          "seconds": rec[name]["seconds"]}
-    section["sampler"]["how"] = "quarklab.sample, every prompt x n in one batch (tokenize, cut, generate, decode, table)"
+    section["sampler"]["how"] = ("quarklab.sample, every prompt x n in one batch (tokenize, cut, generate, decode, "
+                                 "table)")
     section["loop"]["how"] = ("for each prompt: tokenizer(prompt) + model.generate(num_return_sequences=n) + "
                               "batch_decode (warm-up: 2 prompts)")
     section["raw"]["how"] = "one model.generate on pre-tokenized, left-padded prompts x n (tokenization not timed)"
@@ -459,7 +501,7 @@ class _StepClock:
         return float(sum(int(t) for t in self.tokens[1:])), self.ends[-1] - self.ends[0]
 
 
-def _training_rows(samples, tokenizer, model, s: BenchSettings, budget: int) -> list[dict]:
+def _training_rows(samples, tokenizer, s: BenchSettings, budget: int) -> list[dict]:
     """Quark rows from the sampled completions: prompt ids cut as quarklab cuts them, quantiles per prompt
     by the tiny reward; cycled to fill ``train_batch_size x (train_steps + 1)`` rows."""
     from .quantiles import assign_quantiles
@@ -487,7 +529,7 @@ def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: P
     policy = copy.deepcopy(model)
     control_ids = add_quantile_tokens(policy, tokenizer, s.num_quantiles, seed=s.seed)
     reference = model.requires_grad_(False)  # the sampling model, untouched by training: the frozen copy
-    rows = _training_rows(samples, tokenizer, policy, s, prompt_budget(policy, s.max_new_tokens))
+    rows = _training_rows(samples, tokenizer, s, prompt_budget(policy, s.max_new_tokens))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     base = preset("tiny", batch_size=s.train_batch_size, grad_accum=1, epochs_per_iteration=1, lr=s.lr,
                   warmup_ratio=0.0, num_quantiles=s.num_quantiles, device=str(device), seed=s.seed)
@@ -504,7 +546,7 @@ def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: P
         return run
 
     cases = {"nll": quark_case("nll"), "kl": quark_case("kl")}
-    trl_section = _trl_case(model, policy, tokenizer, rows, control_ids, s, device, tmp, cases)
+    trl_section = _trl_case(policy, tokenizer, rows, control_ids, s, device, tmp, cases)
     rec = _interleaved(cases, s.warmup, s.reps, "training")
     tokens_per_row = [len(r["completion_ids"]) + r["finished"] for r in rows]
     out = {"rows_per_call": len(rows), "batch_size": s.train_batch_size, "timed_steps_per_rep": s.train_steps,
@@ -529,19 +571,19 @@ def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: P
     return out
 
 
-def _trl_case(model, policy, tokenizer, rows, control_ids, s: BenchSettings, device, tmp: Path, cases: dict) -> dict:
+def _trl_case(policy, tokenizer, rows, control_ids, s: BenchSettings, device, tmp: Path, cases: dict) -> dict:
     """Add TRL's SFTTrainer to ``cases`` (same model, rows, batch size; completion-only loss), or say why not."""
     try:
         import trl
         from datasets import Dataset
-        from transformers import logging as hf_logging
         from trl import SFTConfig, SFTTrainer
     except Exception as exc:  # not installed, or broken against these transformers
-        return {"skipped": f"trl cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"}
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return {"skipped": f"trl cannot be imported ({type(exc).__name__}: {first})"}
 
     cuda = device.type == "cuda"
     eos = tokenizer.eos_token_id
-    # the very token sequences quarklab trains on: [quantile token, prompt] -> completion (+ EOS), loss on the completion
+    # the very token sequences quarklab trains on: [quantile token, prompt] -> completion (+ EOS), loss on completions
     seqs = [[control_ids[r["quantile"]]] + r["prompt_ids"] + r["completion_ids"] + ([eos] if r["finished"] else [])
             for r in rows]
     masks = [[0] * (1 + len(r["prompt_ids"])) + [1] * (len(r["completion_ids"]) + r["finished"]) for r in rows]
@@ -554,22 +596,25 @@ def _trl_case(model, policy, tokenizer, rows, control_ids, s: BenchSettings, dev
             counts.append((inputs["labels"][:, 1:] != -100).sum())
             return super().training_step(*args, **kwargs)
 
-    args = SFTConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=s.train_batch_size,
-                     gradient_accumulation_steps=1, max_steps=s.train_steps + 1, learning_rate=s.lr,
-                     lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-                     gradient_checkpointing=False, completion_only_loss=True, max_length=None,
-                     logging_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
-                     use_cpu=not cuda, bf16=cuda, seed=s.seed, dataloader_num_workers=0)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    # SFTConfig turns activation (gradient) checkpointing on by default; quarklab does not checkpoint
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    no_ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     try:
+        args = SFTConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=s.train_batch_size,
+                         gradient_accumulation_steps=1, max_steps=s.train_steps + 1, learning_rate=s.lr,
+                         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                         completion_only_loss=True, max_length=None, logging_strategy="no", save_strategy="no",
+                         report_to="none", disable_tqdm=True, use_cpu=not cuda, bf16=cuda, seed=s.seed,
+                         dataloader_num_workers=0, **{no_ckpt: False})
         t0 = time.perf_counter()
-        trainer = TimedSFTTrainer(model=copy.deepcopy(policy), args=args, train_dataset=dataset,
-                                  processing_class=tokenizer)
+        with _quiet_hf():
+            trainer = TimedSFTTrainer(model=copy.deepcopy(policy), args=args, train_dataset=dataset,
+                                      processing_class=tokenizer)
         setup = time.perf_counter() - t0
     except Exception as exc:  # an incompatible trl/transformers pair must not sink the whole bench
-        hf_logging.set_verbosity(verbosity)
         return {"skipped": f"SFTTrainer could not be set up ({type(exc).__name__}: {str(exc).splitlines()[0]})"}
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)  # it prints every log (disable_tqdm=True adds it)
 
     def run_trl(rep: int, warm: bool):
         counts.clear()
@@ -580,8 +625,8 @@ def _trl_case(model, policy, tokenizer, rows, control_ids, s: BenchSettings, dev
         return clock.steady()
 
     cases["trl"] = run_trl
-    hf_logging.set_verbosity(verbosity)
     return {"version": trl.__version__, "setup_seconds_excluded": setup,
+            "optim": str(args.optim), "activation_checkpointing": bool(getattr(args, no_ckpt)),
             "how": ("trl.SFTTrainer (completion_only_loss, no gradient checkpointing, AdamW as its default optim) "
                     "on the same token sequences, batch size and lr; steps timed like quarklab's, the first left out; "
                     "dataset preparation in the constructor, not timed")}
@@ -680,10 +725,13 @@ def _iteration_child(settings_json: str, run_dir: str, out: str) -> None:
     import torch
 
     from . import quark, runs
-    from . import evaluate as evaluate_mod
     from . import train as train_mod
 
+    evaluate_mod = importlib.import_module("quarklab.evaluate")  # quarklab.evaluate is also a function's name
+
     s = BenchSettings(**json.loads(settings_json))
+    if s.threads:
+        torch.set_num_threads(s.threads)
     config = iteration_config(s)
     timer = StageTimer()
     session = {}
@@ -775,7 +823,19 @@ def run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     from .runs import atomic_write_json
 
     settings.validate()
+    with _quiet_hf():
+        return _run_bench(settings, out)
+
+
+def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
+    import torch
+
+    from .models import load_tokenizer
+    from .runs import atomic_write_json
+
     t_start = time.perf_counter()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -815,6 +875,7 @@ def run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
         report["iteration"]["section_seconds"] = time.perf_counter() - t
     report["setup_seconds"] = setup_seconds
     report["wall_seconds"] = time.perf_counter() - t_start
+    report["process_seconds"] = _process_seconds()  # with interpreter start and imports
     report["ratios"] = {**report["sampling"]["ratios"], **report["training"]["ratios"]}
     report["targets"] = targets(report)
     atomic_write_json(out, _finite(report))
@@ -822,7 +883,7 @@ def run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
 
 
 def targets(report: dict) -> dict:
-    values = {**report["ratios"], "bench_wall_seconds": report["wall_seconds"]}
+    values = {**report["ratios"], "bench_wall_seconds": report.get("process_seconds") or report["wall_seconds"]}
     s = report["settings"]
     out = {}
     for name, (op, threshold, what) in TARGETS.items():
@@ -867,7 +928,7 @@ def format_table(report: dict) -> str:
         return f"{'skipped':>10}  ({d.get('skipped')})"
 
     dev = m["gpu"]["name"] if m.get("gpu") and s["device"] != "cpu" else f"{m['cpus_usable']} CPU cores"
-    lines = [f"quarklab bench: {Path(s['model_source']).name if s['model'] is None else s['model']} on {s['device']} "
+    lines = [f"quarklab bench: {'the tiny world SFT GPT-J' if s['model'] is None else s['model']} on {s['device']} "
              f"({dev}, {m['torch_threads']} torch threads, {s['dtype']}); medians of {s['reps']} reps after "
              f"{s['warmup']} warm-up [min .. max, IQR]" + ("  --quick" if s["quick"] else "")]
     sp = report["sampling"]
@@ -883,7 +944,8 @@ def format_table(report: dict) -> str:
               f"  cold (fresh object)      {fig(rw['cold']['rows_per_s'], 'rows/s')}",
               f"  warm (cached prompts)    {fig(rw['warm']['rows_per_s'], 'rows/s')}"]
     tr = report["training"]
-    lines += ["", f"training: optimizer steps of {tr['batch_size']} rows ({tr['prompt_tokens_per_row_mean']:.0f} prompt + "
+    lines += ["", f"training: optimizer steps of {tr['batch_size']} rows "
+              f"({tr['prompt_tokens_per_row_mean']:.0f} prompt + "
               f"{tr['completion_tokens_per_row_mean']:.0f} completion tokens a row; completion tokens/s)",
               f"  quarklab NLL             {fig(tr['nll']['tokens_per_s'], 'tok/s')}",
               f"  quarklab NLL+KL+entropy  {fig(tr['kl']['tokens_per_s'], 'tok/s')}",
@@ -901,8 +963,12 @@ def format_table(report: dict) -> str:
     for name, t in report["targets"].items():
         verdict = "n/a " if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
-        lines.append(f"  {verdict}  {name:<20} {value:>8} {t['op']} {t['target']:g}" + (f"  ({t['note']})" if t.get("note") else ""))
-    lines.append(f"\nbench wall time {report['wall_seconds']:.1f} s (setup {report['setup_seconds']:.1f} s)")
+        note = f"  ({t['note']})" if t.get("note") else ""
+        lines.append(f"  {verdict}  {name:<20} {value:>8} {t['op']} {t['target']:g}{note}")
+    lines.append(f"\nbench wall time {report['wall_seconds']:.1f} s "
+                 f"(world and model load {report['setup_seconds']:.1f} s)"
+                 + (f"; {report['process_seconds']:.1f} s with interpreter start and imports"
+                    if report.get("process_seconds") else ""))
     return "\n".join(lines)
 
 

@@ -72,7 +72,8 @@ def _bench(args) -> None:
     from .bench import BenchSettings, format_table, run_bench
 
     make = BenchSettings.quick_settings if args.quick else BenchSettings
-    changes = {k: v for k, v in (("warmup", args.warmup), ("reps", args.reps)) if v is not None}
+    changes = {k: v for k, v in (("warmup", args.warmup), ("reps", args.reps), ("threads", args.threads))
+               if v is not None}
     report = run_bench(make(model=args.model, device=args.device, **changes), args.out)
     print(format_table(report))
     print(f"report: {args.out}")
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny sizes, 1 warm-up and 2 repetitions (for tests)")
     bench.add_argument("--reps", type=int, help="repetitions per figure (default 3; --quick: 2)")
     bench.add_argument("--warmup", type=int, help="warm-up runs per figure (default 1)")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     bench.add_argument("--out", default="bench.json", help="where to write the JSON report (default bench.json)")
     bench.set_defaults(func=_bench)
     return parser

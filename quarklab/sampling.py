@@ -9,6 +9,7 @@ is a table with one row per completion, in the order of the prompts given.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,10 @@ import pandas as pd
 import torch
 
 from .errors import QuarkError
+from .models import position_ids_from_mask
 
 TLDR_TAIL = "\nTL;DR:"
+
 POST_MARK = "\nPOST:"
 
 
@@ -43,6 +46,11 @@ class SamplingParams:
             raise QuarkError(f"temperature must be > 0 when sampling, got {self.temperature}")
         if not (0 < self.top_p <= 1):
             raise QuarkError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def cache_field(model) -> str:
+    """The name of the KV-cache argument and output field: ``cache`` in transformers 5, else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def context_length(model) -> int:
@@ -114,14 +122,17 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     budget = prompt_budget(model, params.max_new_tokens)
-    cache: dict[str, tuple[list[int], bool]] = {}
-    encoded = [cache.get(t) or cache.setdefault(t, encode_prompt(tokenizer, t, budget)) for t in texts]
+    seen: dict[str, tuple[list[int], bool]] = {}
+    encoded = [seen.get(t) or seen.setdefault(t, encode_prompt(tokenizer, t, budget)) for t in texts]
     if prefix_token_id is not None:
         encoded = [([prefix_token_id] + ids, cut) for ids, cut in encoded]
 
-    # every (prompt, sample) pair, longest first: batches of similar length carry little padding
-    jobs = sorted(((i, s) for i in range(len(texts)) for s in range(params.n)),
-                  key=lambda j: (-len(encoded[j[0]][0]), j))
+    # distinct prompts, longest first: batches of similar length carry little padding. Each prompt is
+    # run through the model once and its KV cache repeated for its n samples (the prefill of a TL;DR
+    # post costs far more than the few dozen tokens generated after it).
+    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i][0]), i))
+    per_batch = max(1, params.batch_size // params.n)
+    batches = [order[b:b + per_batch] for b in range(0, len(order), per_batch)]
     device = next(model.parameters()).device
     gen_kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample, pad_token_id=pad,
                       eos_token_id=eos, suppress_tokens=suppress or None)
@@ -130,20 +141,32 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     out_ids: dict[tuple[int, int], list[int]] = {}
-    batches = [jobs[b:b + params.batch_size] for b in range(0, len(jobs), params.batch_size)]
+    cache_kw = cache_field(model)
     with torch.inference_mode():
         for b, batch in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
-            seqs = [encoded[i][0] for i, _ in batch]
+            seqs = [encoded[i][0] for i in batch]
             width = max(map(len, seqs))
             input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                input_ids[r, width - len(s):] = torch.tensor(s)
-                mask[r, width - len(s):] = 1
+            for r, seq in enumerate(seqs):
+                input_ids[r, width - len(seq):] = torch.tensor(seq)
+                mask[r, width - len(seq):] = 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            cache = None
+            if width > 1:  # prefill all but the last prompt token once per prompt, then share it n ways
+                out = model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
+                            position_ids=position_ids_from_mask(mask[:, :-1]), use_cache=True)
+                cache = getattr(out, cache_kw)
+                if params.n > 1:
+                    cache.batch_repeat_interleave(params.n)
             torch.manual_seed(params.seed * 1_000_003 + b)
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
-            for (i, s), row in zip(batch, gen[:, width:].tolist()):
-                out_ids[(i, s)] = row
+            gen = model.generate(input_ids=input_ids.repeat_interleave(params.n, 0),
+                                 attention_mask=mask.repeat_interleave(params.n, 0), **{cache_kw: cache},
+                                 **gen_kwargs)
+            rows_out = gen[:, width:].tolist()
+            for r, i in enumerate(batch):
+                for s in range(params.n):
+                    out_ids[(i, s)] = rows_out[r * params.n + s]
 
     rows = []
     for i in range(len(texts)):
