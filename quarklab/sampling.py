@@ -94,6 +94,16 @@ def encode_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]
     return head + body[len(body) - keep:] + tail, True
 
 
+def prompt_lists(prompts) -> tuple[list[str], list]:
+    """``(texts, prompt_ids)`` from a list of strings or a DataFrame with ``prompt`` (and ``prompt_id``)."""
+    table = prompts if isinstance(prompts, pd.DataFrame) else pd.DataFrame({"prompt": list(prompts)})
+    if "prompt_id" not in table.columns:
+        table = table.assign(prompt_id=range(len(table)))
+    if table.empty:
+        raise QuarkError("no prompts to sample from")
+    return table["prompt"].tolist(), table["prompt_id"].tolist()
+
+
 def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, token: int | None = None,
            prefix_token_id: int | None = None, suppress: list[int] | None = None, progress: bool = False,
            **overrides) -> pd.DataFrame:
@@ -113,12 +123,7 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     from tqdm.auto import tqdm
 
     params = replace(params or SamplingParams(), **overrides)
-    table = prompts if isinstance(prompts, pd.DataFrame) else pd.DataFrame({"prompt": list(prompts)})
-    if "prompt_id" not in table.columns:
-        table = table.assign(prompt_id=range(len(table)))
-    texts, pids = table["prompt"].tolist(), table["prompt_id"].tolist()
-    if not texts:
-        raise QuarkError("no prompts to sample from")
+    texts, pids = prompt_lists(prompts)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     budget = prompt_budget(model, params.max_new_tokens)

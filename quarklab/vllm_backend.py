@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import QuarkError
-from .sampling import SamplingParams, encode_prompt
+from .sampling import SamplingParams, encode_prompt, prompt_lists
 
 COLUMNS = ["prompt_id", "sample", "prompt", "token", "completion", "completion_ids", "finished",
            "prompt_truncated", "num_tokens"]
@@ -87,12 +87,7 @@ class VLLMSampler:
                prefix_token_id: int | None = None, suppress: list[int] | None = None, **overrides) -> pd.DataFrame:
         """``params.n`` completions per prompt, as a table with :func:`quarklab.sample`'s columns."""
         params = replace(params or SamplingParams(), **overrides)
-        table = prompts if isinstance(prompts, pd.DataFrame) else pd.DataFrame({"prompt": list(prompts)})
-        if "prompt_id" not in table.columns:
-            table = table.assign(prompt_id=range(len(table)))
-        texts, pids = table["prompt"].tolist(), table["prompt_id"].tolist()
-        if not texts:
-            raise QuarkError("no prompts to sample from")
+        texts, pids = prompt_lists(prompts)
         budget = self.context_length - params.max_new_tokens - 1
         encoded = [encode_prompt(self.tokenizer, t, budget) for t in texts]
         inputs = [{"prompt_token_ids": ([prefix_token_id] if prefix_token_id is not None else []) + ids}

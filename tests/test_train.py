@@ -52,14 +52,21 @@ def test_quantile_tokens_are_added_once_and_prefix_the_prompt_without_a_space(mo
         add_quantile_tokens(released, released_tok, 0)
 
 
-def test_completion_block_logits_match_an_unpadded_forward(models, rows):
+@pytest.fixture(scope="module")
+def batch_logits(models, rows):
+    """The rows as one batch, with the policy's and the reference's completion logits."""
     policy, reference, tok, ids = models
     batch = build_batch([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
                         [r["finished"] for r in rows], [ids[r["quantile"]] for r in rows], tok.pad_token_id,
                         tok.eos_token_id)
     with torch.no_grad():
-        pol = completion_logits(policy, batch)
-        ref = completion_logits(reference, batch, without_token=True, pad_id=tok.pad_token_id)
+        return (batch, completion_logits(policy, batch),
+                completion_logits(reference, batch, without_token=True, pad_id=tok.pad_token_id))
+
+
+def test_completion_block_logits_match_an_unpadded_forward(models, rows, batch_logits):
+    policy, reference, tok, ids = models
+    batch, pol, ref = batch_logits
     for r, row in enumerate(rows):
         target = row["completion_ids"] + ([tok.eos_token_id] if row["finished"] else [])
         full = [ids[row["quantile"]]] + row["prompt_ids"] + target
@@ -71,14 +78,9 @@ def test_completion_block_logits_match_an_unpadded_forward(models, rows):
         assert batch.labels[r, : len(target)].tolist() == target and (batch.labels[r, len(target):] == -100).all()
 
 
-def test_loss_terms(models, rows):
-    policy, reference, tok, ids = models
-    batch = build_batch([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
-                        [r["finished"] for r in rows], [ids[r["quantile"]] for r in rows], tok.pad_token_id,
-                        tok.eos_token_id)
-    with torch.no_grad():
-        logits = completion_logits(policy, batch)
-        ref_logits = completion_logits(reference, batch, without_token=True, pad_id=tok.pad_token_id)
+def test_loss_terms(models, batch_logits):
+    ids = models[3]
+    batch, logits, ref_logits = batch_logits
     keep = kept_vocab(logits.shape[-1], ref_logits.shape[-1], ids, "cpu")
     assert keep.numel() == ref_logits.shape[-1] == ids[0]  # the control tokens are dropped
     loss, stats = quark_loss(logits, batch.labels, keep)
