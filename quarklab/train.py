@@ -192,9 +192,8 @@ def train_on_rows(policy, reference, rows: list[dict], config, control_ids: list
             logits = completion_logits(policy, batch)
             ref_logits = None
             if use_ref:
-                with torch.inference_mode():
+                with torch.no_grad():  # not inference_mode: its tensors could not enter the loss's graph uncopied
                     ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
-                ref_logits = ref_logits.clone()  # an inference tensor cannot enter autograd
             loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
                                      kl_direction=config.kl_direction, entropy_coef=config.entropy_coef)
         scaler.scale(loss / config.grad_accum).backward()
