@@ -722,6 +722,7 @@ def stage_of(path: str) -> str:
 
 def _iteration_child(settings_json: str, run_dir: str, out: str) -> None:
     """Run one Quark iteration (``quarklab.run_quark``) with its stages timed; write the profile."""
+    import pandas as pd
     import torch
 
     from . import quark, runs
@@ -790,7 +791,7 @@ def _iteration_child(settings_json: str, run_dir: str, out: str) -> None:
     for path, sec in timer.seconds.items():
         stages[stage_of(path)] += sec
     stages["other"] += total - sum(timer.seconds.values())  # untimed glue (config, resume checks, encode prompts)
-    pool = pd_read(runs.pool_path(run_dir, 1))
+    pool = pd.read_parquet(runs.pool_path(run_dir, 1))
     train_steps = metrics[metrics["kind"] == "train"] if len(metrics) else metrics
     runs.atomic_write_json(out, {
         "run_seconds": total,
@@ -808,20 +809,9 @@ def _iteration_child(settings_json: str, run_dir: str, out: str) -> None:
     })
 
 
-def pd_read(path):
-    import pandas as pd
-
-    return pd.read_parquet(path)
-
-
 # ------------------------------------------------------------------------------------ the bench
 def run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     """Run every section and write the JSON report (atomically) to ``out``; return it."""
-    import torch
-
-    from .models import load_tokenizer
-    from .runs import atomic_write_json
-
     settings.validate()
     with _quiet_hf():
         return _run_bench(settings, out)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,10 +118,6 @@ def build_world(spec: WorldSpec | None = None, *, home: str | os.PathLike | None
             "torch_threads": torch.get_num_threads(),
         })
     return World(root)
-
-
-def remove_world(seed: int = 0, home: str | os.PathLike | None = None) -> None:
-    shutil.rmtree(world_dir(WorldSpec(seed=seed), home), ignore_errors=True)
 
 
 def _write_data(spec: WorldSpec, folder: Path) -> dict[str, list[dict]]:
