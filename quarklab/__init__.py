@@ -27,15 +27,17 @@ from .world import World, WorldSpec, build_world, quarklab_home, tiny_world
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"compare", "config", "metrics", "notebooks", "plots", "quantiles", "runs", "widgets"}
-_FROM_COMPARE = {"compare_tokens", "comparison_html"}
+_SUBMODULES = {"compare": ".compare", "config": ".config", "metrics": ".metrics", "notebooks": ".notebooks",
+               "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr", "plots": ".present.plots",
+               "widgets": ".present.widgets", "html": ".present.html"}
+_LAZY = {"compare_tokens": ".compare", "comparison_html": ".present.html"}
 
 
 def __getattr__(name):  # heavy or optional modules (matplotlib, ipywidgets) load on first use
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _FROM_COMPARE:
-        return getattr(importlib.import_module(".compare", __name__), name)
+        return importlib.import_module(_SUBMODULES[name], __name__)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'quarklab' has no attribute {name!r}")
 
 __all__ = [

@@ -69,7 +69,13 @@ class _PresetAction(argparse.Action):
 
 
 def _bench(args) -> None:
-    from .bench import BenchSettings, format_table, run_bench
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "bench.py").is_file():
+        raise QuarkError(f"quarklab bench runs the benchmarks/ folder of a source checkout; there is none at {root}")
+    sys.path.insert(0, str(root))
+    from benchmarks.bench import BenchSettings, format_table, run_bench
 
     make = BenchSettings.quick_settings if args.quick else BenchSettings
     changes = {k: v for k, v in (("warmup", args.warmup), ("reps", args.reps), ("threads", args.threads))

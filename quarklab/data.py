@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import QuarkError
+from .world import TINY
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-TINY = "tiny-tldr"
 
 
 def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit: int | None = None,
@@ -28,6 +28,7 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
     """
     if os.fspath(source) == TINY:
         from .world import tiny_world
+
         source, split = tiny_world(seed).data_file(split), None
     df = _read(os.fspath(source), split)
     if "prompt" not in df.columns:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .metrics import distinct_n, distinct_n_per_group, spearman
-from .sampling import SamplingParams, encode_prompt, prompt_budget, sample
+from .sampling import SamplingParams, sample
+from .tldr import encode_prompt, prompt_budget
 from .train import completion_nll
 
 

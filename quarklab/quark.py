@@ -26,13 +26,16 @@ import pandas as pd
 
 from . import runs
 from .config import QuarkConfig
-from .data import TINY, load_prompts
+from .data import load_prompts
+from .world import TINY
 from .errors import QuarkError
 from .evaluate import evaluate
 from .models import add_quantile_tokens, load_policy, load_tokenizer, quantile_token, resolve_device
 from .quantiles import assign_quantiles, select_per_quantile
 from .rewards import load_reward
-from .sampling import SamplingParams, encode_prompt, prompt_budget, sample
+from .stages import stage
+from .sampling import SamplingParams, sample
+from .tldr import encode_prompt, prompt_budget
 from .train import train_on_rows
 
 
@@ -107,16 +110,19 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
 
     run_dir = Path(run_dir)
     config = prepare_run_dir(run_dir, config, resume)
-    s = Session.open(config, run_dir)
+    with stage("load"):
+        s = Session.open(config, run_dir)
     if not runs.has_metrics(run_dir, 0, "eval"):
-        _evaluate(s, 0, s.reference, [None], "reference", progress)
+        with stage("evaluate"):
+            _evaluate(s, 0, s.reference, [None], "reference", progress)
     for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
         if it > s.done:
             if not runs.pool_path(run_dir, it).exists():
                 _sample_pool(s, it, progress)
             _train(s, it, progress)
         if not runs.has_metrics(run_dir, it, "eval"):
-            _evaluate(s, it, s.policy, None, "policy", progress)
+            with stage("evaluate"):
+                _evaluate(s, it, s.policy, None, "policy", progress)
     return runs.read_metrics(run_dir)
 
 
@@ -132,15 +138,18 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
     params = SamplingParams(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p,
                             top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
                             seed=_seed(c, it, 1))
-    if it == 1:  # the first pass explores with the reference, without a token
-        pool = sample(s.reference, s.tokenizer, prompts, params, progress=progress)
-    else:
-        pool = sample(s.policy, s.tokenizer, prompts, params, token=0, prefix_token_id=s.control_ids[0],
-                      suppress=s.control_ids, progress=progress)
-    pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
-    pool.insert(0, "iteration", it)
-    pool["quantile"] = _quantiles(c, pool)
-    runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
+    with stage("sample"):
+        if it == 1:  # the first pass explores with the reference, without a token
+            pool = sample(s.reference, s.tokenizer, prompts, params, progress=progress)
+        else:
+            pool = sample(s.policy, s.tokenizer, prompts, params, token=0, prefix_token_id=s.control_ids[0],
+                          suppress=s.control_ids, progress=progress)
+    with stage("score"):
+        pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
+    with stage("pool"):
+        pool.insert(0, "iteration", it)
+        pool["quantile"] = _quantiles(c, pool)
+        runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
 
 
 def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
@@ -165,7 +174,8 @@ def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataF
 
 def _train(s: Session, it: int, progress: bool) -> None:
     c, tok = s.config, s.tokenizer
-    rows = training_rows(c, s.run_dir, it)
+    with stage("pool"):
+        rows = training_rows(c, s.run_dir, it)
     budget = prompt_budget(s.policy, c.max_new_tokens)
     ids = {p: encode_prompt(tok, p, budget)[0] for p in rows["prompt"].unique()}
     records = [{"prompt_ids": ids[p], "completion_ids": list(cids), "finished": bool(f), "quantile": int(q)}
@@ -174,7 +184,7 @@ def _train(s: Session, it: int, progress: bool) -> None:
                         seed=_seed(c, it, 3), progress=progress)
     runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
                         it, "train")
-    with runs.atomic_dir(runs.checkpoint_path(s.run_dir, it)) as tmp:
+    with stage("checkpoint"), runs.atomic_dir(runs.checkpoint_path(s.run_dir, it)) as tmp:
         s.policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     s.done = it

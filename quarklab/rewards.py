@@ -2,7 +2,7 @@
 
 ``load_reward(spec)`` accepts
 
-* ``"tiny-tldr"``: the offline TL;DR summary reward (:mod:`quarklab.tldr_reward`), the default;
+* ``"tiny-tldr"``: the offline TL;DR summary reward (:mod:`quarklab.world.reward`), the default;
 * a hub id or folder of an ``AutoModelForSequenceClassification`` checkpoint (pick the
   ``label`` whose logit or probability is the reward);
 * a trlx/ALT-style value-head reward model (causal-LM backbone plus a linear ``v_head``
@@ -84,7 +84,7 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
     if kind == "auto":
         kind = "tiny-tldr" if spec_s == "tiny-tldr" else _guess_model_kind(spec_s)
     if kind == "tiny-tldr":
-        from .tldr_reward import TinyTLDRReward
+        from .world.reward import TinyTLDRReward
         return CheckedReward(TinyTLDRReward(), name="tiny-tldr", batch_size=None)
     from . import reward_models
     common = dict(template=template, device=device, dtype=dtype, batch_size=batch_size,

@@ -18,11 +18,7 @@ import torch
 
 from .errors import QuarkError
 from .models import position_ids_from_mask
-
-TLDR_TAIL = "\nTL;DR:"
-
-POST_MARK = "\nPOST:"
-
+from .tldr import encode_prompt, prompt_budget, prompt_lists
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -51,57 +47,6 @@ class SamplingParams:
 def cache_field(model) -> str:
     """The name of the KV-cache argument and output field: ``cache`` in transformers 5, else ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def context_length(model) -> int:
-    cfg = model.config
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, key, None)
-        if value:
-            return int(value)
-    return 2048
-
-
-def prompt_budget(model, max_new_tokens: int) -> int:
-    """Prompt tokens that fit beside ``max_new_tokens`` and one quantile token, with or without it:
-    a prompt is cut the same way whether or not a token precedes it."""
-    return context_length(model) - max_new_tokens - 1
-
-
-def encode_prompt(tokenizer, prompt: str, budget: int) -> tuple[list[int], bool]:
-    """Token ids of ``prompt`` in at most ``budget`` tokens, and whether it was cut.
-
-    A prompt that does not fit loses the start of its post body; the head up to ``POST:``
-    stays while it fits with the ``TL;DR:`` tail, which always stays.
-    """
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if len(ids) <= budget:
-        return ids, False
-    body_end = prompt.rfind(TLDR_TAIL)
-    body_end = body_end if body_end >= 0 else len(prompt)
-    tail = tokenizer(prompt[body_end:], add_special_tokens=False)["input_ids"]
-    if len(tail) >= budget:
-        raise QuarkError(f"the context leaves {budget} tokens for the prompt, fewer than its "
-                         f"{len(tail)}-token ending {prompt[body_end:]!r}: lower max_new_tokens")
-    cut = prompt.find(POST_MARK)
-    head_end = cut + len(POST_MARK) if 0 <= cut < body_end else 0
-    head = tokenizer(prompt[:head_end], add_special_tokens=False)["input_ids"] if head_end else []
-    if len(head) + len(tail) >= budget:  # no room for the head: keep the end of everything before the tail
-        before = tokenizer(prompt[:body_end], add_special_tokens=False)["input_ids"]
-        return before[len(before) - (budget - len(tail)):] + tail, True
-    body = tokenizer(prompt[head_end:body_end], add_special_tokens=False)["input_ids"]
-    keep = budget - len(head) - len(tail)
-    return head + body[len(body) - keep:] + tail, True
-
-
-def prompt_lists(prompts) -> tuple[list[str], list]:
-    """``(texts, prompt_ids)`` from a list of strings or a DataFrame with ``prompt`` (and ``prompt_id``)."""
-    table = prompts if isinstance(prompts, pd.DataFrame) else pd.DataFrame({"prompt": list(prompts)})
-    if "prompt_id" not in table.columns:
-        table = table.assign(prompt_id=range(len(table)))
-    if table.empty:
-        raise QuarkError("no prompts to sample from")
-    return table["prompt"].tolist(), table["prompt_id"].tolist()
 
 
 def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, token: int | None = None,

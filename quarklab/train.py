@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .errors import QuarkError
 from .models import position_ids_from_mask
+from .stages import stage
 
 
 @dataclass
@@ -188,22 +189,25 @@ def train_on_rows(policy, reference, rows: list[dict], config, control_ids: list
         batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
                             [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
                             pad_id, eos_id).to(device)
-        with autocast_context(device, config.precision):
-            logits = completion_logits(policy, batch)
-            ref_logits = None
-            if use_ref:
-                with torch.no_grad():  # not inference_mode: its tensors could not enter the loss's graph uncopied
-                    ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
-            loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
-                                     kl_direction=config.kl_direction, entropy_coef=config.entropy_coef)
-        scaler.scale(loss / config.grad_accum).backward()
+        ref_logits = None
+        if use_ref:
+            with stage("train.reference"), autocast_context(device, config.precision), torch.no_grad():
+                # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
+                ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
+        with stage("train.policy"):
+            with autocast_context(device, config.precision):
+                logits = completion_logits(policy, batch)
+                loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
+                                         kl_direction=config.kl_direction, entropy_coef=config.entropy_coef)
+            scaler.scale(loss / config.grad_accum).backward()
         acc.append(stats)
         if len(acc) == config.grad_accum or m == len(epochs) - 1:  # a last partial accumulation still counts
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            with stage("train.optimizer"):
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
             log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
             sched.step()
             acc = []

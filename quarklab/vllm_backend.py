@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import QuarkError
-from .sampling import SamplingParams, encode_prompt, prompt_lists
+from .sampling import SamplingParams
+from .tldr import encode_prompt, prompt_lists
 
 COLUMNS = ["prompt_id", "sample", "prompt", "token", "completion", "completion_ids", "finished",
            "prompt_truncated", "num_tokens"]

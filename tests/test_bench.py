@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from quarklab import QuarkError
-from quarklab.bench import (QUANTILE_LEVELS, STAGES, TARGETS, TLDR_PROMPT_WORD_QUANTILES, BenchSettings, StageTimer,
+from benchmarks.bench import (QUANTILE_LEVELS, STAGES, TARGETS, TLDR_PROMPT_WORD_QUANTILES, BenchSettings, StageTimer,
                             prompt_word_lengths, run_bench, synthetic_prompts)
 
 QUICK = BenchSettings.quick_settings()
@@ -196,10 +196,10 @@ def test_bad_bench_settings_are_clear_errors(tmp_path):
 def test_trl_stays_optional(tmp_path, monkeypatch):
     import torch
 
-    from quarklab.bench import _trl_case
+    from benchmarks.bench import _trl_case
 
     # importing quarklab and its bench never imports trl
-    out = subprocess.run([sys.executable, "-c", "import sys, quarklab, quarklab.bench, quarklab.cli; "
+    out = subprocess.run([sys.executable, "-c", "import sys, quarklab, benchmarks.bench, quarklab.cli; "
                           "print('trl' in sys.modules)"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     # without trl, the TRL comparison is recorded as skipped, with the reason, and nothing else changes

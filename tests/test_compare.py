@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 import quarklab as ql
-from quarklab.compare import compare_tokens, comparison_html, quantile_token_ids, shorten_prompt
+from quarklab.compare import compare_tokens, quantile_token_ids
+from quarklab.present.html import comparison_html
+from quarklab.tldr import shorten as shorten_prompt
 from quarklab.models import add_quantile_tokens, quantile_token
 
 NEW = 12  # max_new_tokens: keep the tests fast

@@ -14,7 +14,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from quarklab import plots, runs  # noqa: E402
+from quarklab import runs
+from quarklab.present import plots  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.metrics import pareto_mask  # noqa: E402
 from quarklab.quantiles import assign_quantiles, quantile_thresholds  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import quarklab as ql
-from quarklab.sampling import encode_prompt
+from quarklab.tldr import encode_prompt
 
 
 def test_batched_greedy_equals_one_at_a_time(sft):

@@ -12,7 +12,8 @@ import pytest
 import quarklab as ql
 from quarklab.models import add_quantile_tokens
 from quarklab.quantiles import assign_quantiles
-from quarklab.widgets import QuantileExplorer, TokenComparer, as_tldr_prompt
+from quarklab.present.widgets import QuantileExplorer, TokenComparer
+from quarklab.tldr import as_prompt as as_tldr_prompt
 
 K = 3
 
@@ -137,7 +138,7 @@ def test_explorer_assignment_and_summary(samples):
 
 
 def test_explorer_draws_the_figure(samples):
-    plots = pytest.importorskip("quarklab.plots")
+    plots = pytest.importorskip("quarklab.present.plots")
     if not hasattr(plots, "quantile_comparison"):
         pytest.skip("quarklab.plots has no quantile_comparison yet")
     import matplotlib
@@ -166,6 +167,6 @@ def test_explorer_with_another_reward_column(samples):
     explorer = QuantileExplorer(other, num_quantiles=4, scope="global", reward_name="score")
     np.testing.assert_array_equal(explorer.assignment, assign_quantiles(other["score"].to_numpy(), 4))
     assert _quantile_rows(explorer.summary.value) == ["0", "1", "2", "3"]
-    plots = pytest.importorskip("quarklab.plots")
+    plots = pytest.importorskip("quarklab.present.plots")
     if hasattr(plots, "quantile_comparison"):
         assert explorer.figure is not None, explorer.error

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import quarklab as ql
-from quarklab.tldr_reward import content_stems
+from quarklab.world.reward import content_stems
 
 LAYOUT = re.compile(r"^SUBREDDIT: r/\w+\nTITLE: [^\n]+\nPOST: .+\nTL;DR:$", re.DOTALL)
 SMALL = dict(n_train=200, n_valid=20, n_test=20, vocab_size=400, n_embd=32, n_layer=1, n_head=2,

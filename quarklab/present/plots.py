@@ -38,10 +38,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .errors import QuarkError
-from .metrics import pareto_mask
-from .quantiles import assign_quantiles, quantile_thresholds
-from .runs import atomic_write_bytes
+from ..errors import QuarkError
+from ..metrics import pareto_mask
+from ..quantiles import assign_quantiles, quantile_thresholds
+from ..runs import atomic_write_bytes
 
 __all__ = [
     "palette", "save_figure", "reward_label", "reward_distribution", "quantile_comparison", "k_and_n_effect",

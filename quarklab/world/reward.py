@@ -27,6 +27,8 @@ from collections import Counter
 
 import numpy as np
 
+from ..tldr import parse
+
 STOPWORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being
 below between both but by can could did do does doing don down during each few for from further
@@ -40,7 +42,6 @@ tl dr tldr subreddit title post r
 """.split())
 
 _WORD = re.compile(r"[a-z0-9$][a-z0-9$,]*[a-z0-9]|[a-z0-9]")
-_HEADER = re.compile(r"^(SUBREDDIT|TITLE|POST):\s*", re.MULTILINE)
 _SUFFIXES = ("ing", "ed", "es", "ly", "s")
 
 
@@ -59,15 +60,6 @@ def content_stems(text: str) -> list[str]:
     return [_stem(w) for w in words(text) if w not in STOPWORDS]
 
 
-def split_prompt(prompt: str) -> tuple[str, str]:
-    """``(title, body)`` of a TL;DR-format prompt; a free-form prompt is all body."""
-    text = prompt.rsplit("TL;DR:", 1)[0]
-    m = re.search(r"^TITLE:(.*)$", text, re.MULTILINE)
-    title = m.group(1) if m else ""
-    body = re.sub(r"^(SUBREDDIT:.*|TITLE:.*)$", "", text, flags=re.MULTILINE)
-    return title, _HEADER.sub("", body)
-
-
 class TinyTLDRReward:
     """``(prompts, completions) -> np.ndarray`` of summary-quality scores (higher is better)."""
 
@@ -80,7 +72,8 @@ class TinyTLDRReward:
     def _salience(self, prompt: str) -> tuple[dict[str, float], float]:
         hit = self._cache.get(prompt)
         if hit is None:
-            title, body = split_prompt(prompt)
+            post = parse(prompt)
+            title, body = post.title, post.body
             counts = Counter(content_stems(body))
             for s in content_stems(title):
                 counts[s] += 2

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import QuarkError
-from .runs import atomic_dir, atomic_write_json
+from ..errors import QuarkError
+from ..runs import atomic_dir, atomic_write_json
 
 WORLD_VERSION = 1
 EOS = "<|endoftext|>"
+TINY = "tiny-tldr"
+"""The name that stands for the offline world wherever a model, dataset or reward is named."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def build_world(spec: WorldSpec | None = None, *, home: str | os.PathLike | None
 
 
 def _write_data(spec: WorldSpec, folder: Path) -> dict[str, list[dict]]:
-    from .tldr_synth import make_splits
+    from .synth import make_splits
 
     folder.mkdir(parents=True)
     sizes = {"train": spec.n_train, "valid": spec.n_valid, "test": spec.n_test}

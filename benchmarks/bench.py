@@ -52,7 +52,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import QuarkError
+from quarklab.errors import QuarkError
 
 # Prompt length, in words (``len(prompt.split())`` of the whole prompt: the SUBREDDIT/TITLE/POST
 # header, the post and "TL;DR:"), of real Reddit TL;DR posts at the quantile levels 0, 0.05, ..., 1
@@ -229,7 +229,7 @@ def synthetic_prompts(count: int, seed: int = 0, source: list[str] | None = None
     to the tiny world's train split.
     """
     if source is None:
-        from .data import load_prompts
+        from quarklab.data import load_prompts
         source = load_prompts("tiny-tldr", "train")["prompt"].tolist()
     heads, sentences = [], []
     for p in source:
@@ -298,7 +298,7 @@ def versions() -> dict:
 def _load(source: str, device, cuda: bool):
     """The model in the bench's precision: float32 on CPU; bf16 with SDPA attention on CUDA (where the
     architecture supports SDPA; otherwise its default attention)."""
-    from .models import load_policy
+    from quarklab.models import load_policy
 
     if not cuda:
         return load_policy(source, dtype="float32", device=device)
@@ -325,8 +325,9 @@ def bench_sampling(model, tokenizer, source: str, prompts: list[str], s: BenchSe
     (and the vLLM backend on CUDA). Returns the section and the sampler's warm-up samples."""
     import torch
 
-    from .models import load_tokenizer
-    from .sampling import prompt_budget, sample
+    from quarklab.models import load_tokenizer
+    from quarklab.sampling import sample
+    from quarklab.tldr import prompt_budget
 
     cuda = device.type == "cuda"
     eos = tokenizer.eos_token_id
@@ -413,7 +414,7 @@ def bench_sampling(model, tokenizer, source: str, prompts: list[str], s: BenchSe
 
 def _vllm_case(source: str, prompts: list[str], s: BenchSettings, cuda: bool, cases: dict) -> dict:
     """Add the vLLM case to ``cases`` when it can run; otherwise return why not."""
-    from .vllm_backend import VLLMSampler, vllm_available
+    from quarklab.vllm_backend import VLLMSampler, vllm_available
 
     if not cuda:
         return {"skipped": "vLLM is compared on --device cuda only"}
@@ -438,7 +439,7 @@ def _vllm_case(source: str, prompts: list[str], s: BenchSettings, cuda: bool, ca
 # --------------------------------------------------------------------------------------- reward
 def bench_reward(samples, s: BenchSettings) -> dict:
     """Rows/s of the default reward: cold (fresh object, empty per-prompt cache) and warm."""
-    from .rewards import load_reward
+    from quarklab.rewards import load_reward
 
     prompts, completions = samples["prompt"].tolist(), samples["completion"].tolist()
     state = {}
@@ -504,9 +505,9 @@ class _StepClock:
 def _training_rows(samples, tokenizer, s: BenchSettings, budget: int) -> list[dict]:
     """Quark rows from the sampled completions: prompt ids cut as quarklab cuts them, quantiles per prompt
     by the tiny reward; cycled to fill ``train_batch_size x (train_steps + 1)`` rows."""
-    from .quantiles import assign_quantiles
-    from .rewards import load_reward
-    from .sampling import encode_prompt
+    from quarklab.quantiles import assign_quantiles
+    from quarklab.rewards import load_reward
+    from quarklab.tldr import encode_prompt
 
     rewards = load_reward("tiny-tldr")(samples["prompt"].tolist(), samples["completion"].tolist())
     quantiles = assign_quantiles(rewards, s.num_quantiles, samples["prompt_id"].to_numpy())
@@ -519,10 +520,10 @@ def _training_rows(samples, tokenizer, s: BenchSettings, budget: int) -> list[di
 
 
 def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: Path) -> dict:
-    from .config import preset
-    from .models import add_quantile_tokens, load_tokenizer
-    from .sampling import prompt_budget
-    from .train import train_on_rows
+    from quarklab.config import preset
+    from quarklab.models import add_quantile_tokens, load_tokenizer
+    from quarklab.tldr import prompt_budget
+    from quarklab.train import train_on_rows
 
     cuda = device.type == "cuda"
     tokenizer = load_tokenizer(source)
@@ -637,7 +638,7 @@ STAGES = ("sampling", "scoring", "reference_forward", "policy_forward_backward",
 
 
 def iteration_config(s: BenchSettings):
-    from .config import preset
+    from quarklab.config import preset
 
     changes = dict(iterations=1, prompts_per_iteration=s.iteration_prompts, samples_per_prompt=s.iteration_samples,
                    eval_prompts=s.iteration_eval_prompts, batch_size=s.iteration_batch_size,
@@ -652,7 +653,7 @@ def bench_iteration(s: BenchSettings, tmp: Path) -> dict:
     """One tiny Quark iteration in a child process: its wall time, peak RSS and stage profile."""
     run_dir, out = tmp / "iteration_run", tmp / "iteration_profile.json"
     log = tmp / "iteration.log"
-    cmd = [sys.executable, "-m", "quarklab.bench", "iteration", json.dumps(asdict(s)), str(run_dir), str(out)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "iteration", json.dumps(asdict(s)), str(run_dir), str(out)]
     _log("iteration: one Quark iteration in a subprocess")
     t0 = time.perf_counter()
     with open(log, "wb") as f:
@@ -725,8 +726,8 @@ def _iteration_child(settings_json: str, run_dir: str, out: str) -> None:
     import pandas as pd
     import torch
 
-    from . import quark, runs
-    from . import train as train_mod
+    from quarklab import quark, runs
+    from quarklab import train as train_mod
 
     evaluate_mod = importlib.import_module("quarklab.evaluate")  # quarklab.evaluate is also a function's name
 
@@ -820,8 +821,8 @@ def run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
 def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     import torch
 
-    from .models import load_tokenizer
-    from .runs import atomic_write_json
+    from quarklab.models import load_tokenizer
+    from quarklab.runs import atomic_write_json
 
     t_start = time.perf_counter()
     if settings.threads:
@@ -831,10 +832,10 @@ def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     if cuda and not torch.cuda.is_available():
         raise QuarkError("bench --device cuda, but torch sees no CUDA device here")
     if settings.model is None:
-        from .world import tiny_world
+        from quarklab.world import tiny_world
         source = tiny_world(progress=False).policy
     else:
-        from .models import resolve_source
+        from quarklab.models import resolve_source
         source = resolve_source(settings.model)
     torch.manual_seed(settings.seed)
     model = _load(source, device, cuda)

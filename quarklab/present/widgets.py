@@ -16,26 +16,18 @@ import numpy as np
 import pandas as pd
 from IPython.display import clear_output, display
 
-from .compare import compare_tokens, comparison_html, quantile_token_ids
-from .errors import QuarkError
-from .quantiles import assign_quantiles, quantile_table
-
-TLDR_MARK = "TL;DR:"
-
+from ..compare import compare_tokens, quantile_token_ids
+from ..errors import QuarkError
+from ..quantiles import assign_quantiles, quantile_table
+from ..tldr import as_prompt, title_of
+from .html import comparison_html
 
 def _prompt_label(i: int, prompt: str, width: int = 70) -> str:
     """``"3 · <title>"`` from the TITLE line (else the first line), truncated to ``width`` characters."""
-    lines = [l.strip() for l in str(prompt).splitlines() if l.strip()]
-    title = next((l[len("TITLE:"):].strip() for l in lines if l.startswith("TITLE:")), lines[0] if lines else "")
+    title = title_of(prompt)
     if len(title) > width:
         title = title[: width - 1].rstrip() + "…"
     return f"{i} · {title}"
-
-
-def as_tldr_prompt(text: str) -> str:
-    """Free text as a prompt: stripped, with ``"\\nTL;DR:"`` appended unless it already ends with ``TL;DR:``."""
-    text = text.strip()
-    return text if text.endswith(TLDR_MARK) else text + "\n" + TLDR_MARK
 
 
 class TokenComparer:
@@ -108,7 +100,7 @@ class TokenComparer:
         """(prompt_id, prompt) the controls select: the free text when not blank, else the picked prompt."""
         text = self.free_text.value or ""
         if text.strip():
-            return "free text", as_tldr_prompt(text)
+            return "free text", as_prompt(text)
         i = int(self.picker.value)
         return self.prompt_ids[i], self.prompts[i]
 

@@ -1,0 +1,155 @@
+"""The token comparison as static, self-contained HTML (headless and papermill runs, the widget's output)."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..compare import REFERENCE
+from ..errors import QuarkError
+from ..models import quantile_token
+from ..tldr import shorten
+
+# viridis at 0, 1/8, ..., 1 (colour-blind safe, perceptually uniform, sequential)
+_VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"]
+
+_STYLE = """
+<style>
+.quarklab-compare { border-collapse: collapse; font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
+  font-size: 13px; line-height: 1.35; width: 100%; table-layout: fixed; }
+.quarklab-compare caption { caption-side: top; text-align: left; padding: 4px 0 8px; color: #444; font-size: 12px; }
+.quarklab-compare th { background: #f3f3f3; text-align: left; padding: 6px 8px; border-bottom: 2px solid #bbb;
+  font-weight: 600; vertical-align: bottom; }
+.quarklab-compare td { padding: 6px 8px; border-bottom: 1px solid #ddd; vertical-align: top;
+  white-space: pre-wrap; overflow-wrap: anywhere; }
+.quarklab-compare td.prompt { color: #333; background: #fafafa; font-size: 12px; }
+.quarklab-compare td.completion { border-left: 4px solid var(--qc-reward, #ccc); }
+.quarklab-compare .meta { display: block; margin-top: 4px; white-space: nowrap; font-size: 11px; color: #555; }
+.quarklab-compare .reward { padding: 0 4px; border-radius: 3px; font-variant-numeric: tabular-nums; }
+.quarklab-compare .cut { color: #a33; }
+.quarklab-compare th .hint { display: block; font-weight: 400; font-size: 11px; color: #666; }
+</style>
+"""
+
+
+def _viridis(x: float) -> str:
+    """Hex colour at ``x`` in [0, 1] on viridis (linear between the anchors)."""
+    x = min(max(float(x), 0.0), 1.0) * (len(_VIRIDIS) - 1)
+    i = min(int(x), len(_VIRIDIS) - 2)
+    t = x - i
+    a, b = (tuple(int(c[j:j + 2], 16) for j in (1, 3, 5)) for c in (_VIRIDIS[i], _VIRIDIS[i + 1]))
+    return "#" + "".join(f"{round(p + (q - p) * t):02x}" for p, q in zip(a, b))
+
+
+def _text_colour(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[j:j + 2], 16) / 255 for j in (1, 3, 5))
+    return "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "#fff"
+
+
+def _fmt(x, spec: str = ".2f", missing: str = "–") -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return missing
+    return format(x, spec) if math.isfinite(x) else missing
+
+
+def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: str | None = None) -> str:
+    """A static HTML table of :func:`compare_tokens` output: one row per prompt, the prompt first
+    (shortened in the middle of its post), then one cell per column (token 0..K-1, then the
+    reference or the unconditioned policy): the completion and ``reward · ppl · tokens``.
+
+    All text is HTML-escaped. Reward cells carry a viridis colour (dark = low, yellow = high,
+    scaled over the whole table). Self-contained: a scoped ``<style>`` block, no scripts.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise QuarkError(f"comparison_html needs the DataFrame from compare_tokens, got {type(df).__name__}")
+    need = ["prompt", "column", "completion", "reward"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise QuarkError(f"comparison_html: the table lacks the columns {missing} (use compare_tokens' output)")
+    if len(df) == 0:
+        raise QuarkError("comparison_html: the table is empty")
+    df = df.reset_index(drop=True)
+    if "prompt_id" not in df.columns:
+        df = df.assign(prompt_id=pd.factorize(df["prompt"])[0])
+    if "token" not in df.columns:
+        df = df.assign(token=None)
+
+    # columns: the quantile tokens by index, then the others (reference / no token) as they come
+    tokens, others = {}, []
+    for col, tok in zip(df["column"], df["token"]):
+        if tok is not None and not (isinstance(tok, float) and math.isnan(tok)):
+            tokens.setdefault(col, int(tok))
+        elif col not in others:
+            others.append(col)
+    columns = sorted(tokens, key=lambda c: tokens[c]) + [c for c in others if c not in tokens]
+
+    rewards = pd.to_numeric(df["reward"], errors="coerce").to_numpy(dtype=np.float64)
+    finite = rewards[np.isfinite(rewards)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
+
+    def cell(row) -> str:
+        r = float(row["reward"]) if np.isfinite(pd.to_numeric(row["reward"], errors="coerce")) else math.nan
+        colour = _viridis(0.5 if hi <= lo or not math.isfinite(r) else (r - lo) / (hi - lo))
+        parts = [f'<span class="reward" style="background:{colour};color:{_text_colour(colour)}">'
+                 f"reward {_fmt(r)}</span>"]
+        if "perplexity" in row.index:
+            parts.append(f"ppl {_fmt(row['perplexity'])}")
+        if "length" in row.index:
+            parts.append(f"{_fmt(row['length'], '.0f')} tok")
+        meta = " · ".join(parts)
+        if "finished" in row.index and not bool(row["finished"]):
+            meta += ' · <span class="cut" title="hit max_new_tokens before EOS">cut</span>'
+        return f'{html.escape(str(row["completion"]))}<span class="meta">{meta}</span>'
+
+    groups: dict = {}
+    for _, row in df.iterrows():
+        groups.setdefault((row["prompt_id"], row["prompt"]), {}).setdefault(row["column"], []).append(row)
+
+    head_cells = ['<th scope="col" class="prompt-head">prompt</th>']
+    for col in columns:
+        hint = ""
+        if col in tokens:
+            k = tokens[col]
+            hint = "best quantile" if k == 0 else ("worst quantile" if k == max(tokens.values()) and k > 0 else "")
+            hint = f'<span class="hint">{html.escape(quantile_token(k))}{" · " + hint if hint else ""}</span>'
+        elif col == REFERENCE:
+            hint = '<span class="hint">no token</span>'
+        head_cells.append(f'<th scope="col">{html.escape(str(col))}{hint}</th>')
+
+    body = []
+    for (pid, prompt), by_col in groups.items():
+        cells = [f'<td class="prompt" title="prompt {html.escape(str(pid))}">'
+                 f"{html.escape(shorten(str(prompt), max_prompt_chars))}</td>"]
+        for col in columns:
+            rows = by_col.get(col, [])
+            if not rows:
+                cells.append('<td class="completion empty">–</td>')
+                continue
+            mean = np.nanmean([pd.to_numeric(r["reward"], errors="coerce") for r in rows])
+            colour = _viridis(0.5 if hi <= lo or not np.isfinite(mean) else (mean - lo) / (hi - lo))
+            inner = '<hr style="border:0;border-top:1px dashed #ccc">'.join(cell(r) for r in rows)
+            cells.append(f'<td class="completion" style="--qc-reward:{colour}">{inner}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+
+    if caption is None:
+        settings = df.attrs.get("settings", {}) if hasattr(df, "attrs") else {}
+        decoding = ""
+        if settings:
+            decoding = (" Greedy decoding" if not settings.get("do_sample") else
+                        f" Sampled (temperature {settings.get('temperature')}, top-p {settings.get('top_p')})")
+            decoding += f", at most {settings.get('max_new_tokens')} new tokens, seed {settings.get('seed')}."
+        under = "the policy" if settings.get("perplexity_under") == "policy" else "the reference"
+        caption = (f"Completions for {len(groups)} prompt(s), conditioned on each quantile token "
+                   f"(token 0 = highest-reward quantile) and without a token.{decoding} "
+                   f"reward: higher is better (colour: viridis over this table, {_fmt(lo)} to {_fmt(hi)}); "
+                   f"ppl: perplexity under {under}; tok: length in tokens; cut: no EOS before the limit.")
+    widths = f'<col style="width:{max(18, 100 // (len(columns) + 2))}%">'
+    return (_STYLE + '<div class="quarklab-compare-wrap" style="overflow-x:auto">'
+            f'<table class="quarklab-compare"><caption>{html.escape(caption)}</caption>'
+            f"<colgroup>{widths}{'<col>' * len(columns)}</colgroup>"
+            f"<thead><tr>{''.join(head_cells)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
