@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
 
 import quarklab as ql
 from quarklab.compare import compare_tokens, quantile_token_ids
@@ -145,6 +147,14 @@ def test_comparison_html(quark, greedy_table):
     for _, row in greedy_table.iterrows():
         assert f"reward {row['reward']:.2f}" in page
         assert f"ppl {row['perplexity']:.2f} · {row['length']} tok" in page
+    # rewards coloured on matplotlib's viridis over the table (dark = lowest, yellow = highest), readable text
+    lo, hi = greedy_table["reward"].min(), greedy_table["reward"].max()
+    for _, row in greedy_table.iterrows():
+        x = 0.5 if hi <= lo else (row["reward"] - lo) / (hi - lo)
+        assert f'style="background:{to_hex(colormaps["viridis"](x))};color:' in page
+    if hi > lo:
+        assert f'background:#fde725;color:#000">reward {hi:.2f}' in page  # yellow, black text
+        assert f'background:#440154;color:#fff">reward {lo:.2f}' in page  # dark purple, white text
 
 
 def test_shorten_prompt_keeps_head_and_tail():

@@ -7,14 +7,15 @@ import math
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import to_hex, to_rgb
 
 from ..compare import REFERENCE
 from ..errors import QuarkError
 from ..models import quantile_token
 from ..tldr import shorten
 
-# viridis at 0, 1/8, ..., 1 (colour-blind safe, perceptually uniform, sequential)
-_VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"]
+_VIRIDIS = colormaps["viridis"]  # colour-blind safe, perceptually uniform, sequential
 
 _STYLE = """
 <style>
@@ -36,16 +37,14 @@ _STYLE = """
 
 
 def _viridis(x: float) -> str:
-    """Hex colour at ``x`` in [0, 1] on viridis (linear between the anchors)."""
-    x = min(max(float(x), 0.0), 1.0) * (len(_VIRIDIS) - 1)
-    i = min(int(x), len(_VIRIDIS) - 2)
-    t = x - i
-    a, b = (tuple(int(c[j:j + 2], 16) for j in (1, 3, 5)) for c in (_VIRIDIS[i], _VIRIDIS[i + 1]))
-    return "#" + "".join(f"{round(p + (q - p) * t):02x}" for p, q in zip(a, b))
+    """Hex colour at ``x`` in [0, 1] on matplotlib's viridis (clipped to the ends)."""
+    return to_hex(_VIRIDIS(min(max(float(x), 0.0), 1.0)))
 
 
-def _text_colour(hex_colour: str) -> str:
-    r, g, b = (int(hex_colour[j:j + 2], 16) / 255 for j in (1, 3, 5))
+def _text_colour(colour: str) -> str:
+    """Black on a light background, white on a dark one (Rec. 709 luma of the sRGB values above 0.45:
+    near where both reach the same WCAG contrast)."""
+    r, g, b = to_rgb(colour)
     return "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "#fff"
 
 
