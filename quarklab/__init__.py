@@ -27,9 +27,10 @@ from .world import World, WorldSpec, build_world, quarklab_home, tiny_world
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"compare": ".compare", "config": ".config", "metrics": ".metrics", "notebooks": ".notebooks",
-               "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr", "plots": ".present.plots",
-               "widgets": ".present.widgets", "html": ".present.html"}
+_SUBMODULES = {"analysis": ".analysis", "compare": ".compare", "config": ".config", "metrics": ".metrics",
+               "notebooks": ".notebooks", "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr",
+               "figures": ".present.figures", "quantile_plots": ".present.quantile_plots",
+               "run_plots": ".present.run_plots", "widgets": ".present.widgets", "html": ".present.html"}
 _LAZY = {"compare_tokens": ".compare", "comparison_html": ".present.html"}
 
 

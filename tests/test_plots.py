@@ -1,4 +1,5 @@
-"""Figures: built from realistic samples and a real metrics.jsonl, checked by reading back what was drawn."""
+"""Figures (quarklab.present): built from realistic samples and a real metrics.jsonl, checked by reading back
+what was drawn against the tables of quarklab.analysis."""
 
 from __future__ import annotations
 
@@ -14,57 +15,20 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from quarklab import runs
-from quarklab.present import plots  # noqa: E402
+from quarklab import analysis  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
-from quarklab.metrics import pareto_mask  # noqa: E402
+from quarklab.present import figures, quantile_plots, run_plots  # noqa: E402
 from quarklab.quantiles import assign_quantiles, quantile_thresholds  # noqa: E402
+from test_analysis import N_PROMPTS, N_SAMPLES, QUOTED, make_metrics, make_samples  # noqa: E402
 
 UNIT = re.compile(r"\(.+\)")
-N_PROMPTS, N_SAMPLES = 12, 16
 
 
 # ---------------------------------------------------------------------------- data
 
 @pytest.fixture(scope="module")
 def samples() -> pd.DataFrame:
-    """12 prompts x 16 samples; reward = a per-prompt baseline + a length bonus + noise (as the tiny-tldr RM)."""
-    rng = np.random.default_rng(0)
-    offsets = rng.permutation(np.linspace(-1.5, 1.5, N_PROMPTS))
-    rows = []
-    for p in range(N_PROMPTS):
-        prompt = f"SUBREDDIT: r/test\nTITLE: post {p}\nPOST: something happened {p}\nTL;DR:"
-        for s in range(N_SAMPLES):
-            n_tok = int(rng.integers(5, 40))
-            finished = bool(n_tok < 38)
-            rows.append({"prompt_id": 100 + p, "sample": s, "prompt": prompt, "token": None,
-                         "completion": " ".join(["word"] * n_tok), "completion_ids": list(range(n_tok)),
-                         "finished": finished, "num_tokens": n_tok,
-                         "reward": 3.0 + offsets[p] + 0.03 * n_tok + rng.normal(0, 0.2)})
-    return pd.DataFrame(rows)
-
-
-def make_metrics(run_dir, k: int, iterations: int = 3) -> pd.DataFrame:
-    """A run's metrics.jsonl written by the real writer and read back: iteration 0 (reference), then
-    ``iterations`` iterations with tokens 0..k-1 + none (greedy), sampled rows (to be ignored), train rows."""
-    runs.record_metrics(run_dir, [{"token": "none", "mode": "greedy", "n": 96, "reward": 3.3, "reward_std": 0.5,
-                                   "perplexity": 1.24, "length": 13.0, "finished": 1.0, "dist1": 0.2, "dist2": 0.5,
-                                   "dist3": 0.6, "model": "reference"}], 0, "eval")
-    for it in range(1, iterations + 1):
-        train = [{"step": s, "rows": 480, "nll": 0.3 - 0.01 * s, "entropy": 0.3, "kl": 0.02 * it + 0.001 * s,
-                  "loss": 0.3, "lr": 1e-3} for s in range(5)]
-        runs.record_metrics(run_dir, train, it, "train")
-        evals = []
-        for mode in ("greedy", "sampled"):
-            for token in [*range(k), "none"]:
-                t = k if token == "none" else token
-                evals.append({"token": token, "mode": mode, "n": 96,
-                              "reward": (3.3 + 0.2 * it - 0.1 * t) if mode == "greedy" else 100.0,
-                              "reward_std": 0.4, "perplexity": 1.25 + 0.02 * it + 0.01 * t, "length": 13 + 3 * it - t,
-                              "finished": 1.0, "dist1": 0.2, "dist2": 0.4, "dist3": 0.5, "model": "policy",
-                              "controllability": -0.3, "order_spearman": -1.0})
-        runs.record_metrics(run_dir, evals, it, "eval")
-    return runs.read_metrics(run_dir)
+    return make_samples()
 
 
 @pytest.fixture(scope="module")
@@ -108,39 +72,39 @@ def legend_texts(ax) -> list[str]:
 def test_palette_is_the_colorblind_palette():
     import seaborn as sns
 
-    assert plots.palette(5) == list(sns.color_palette("colorblind", 5))
-    assert plots.palette(0) == []
+    assert figures.palette(5) == list(sns.color_palette("colorblind", 5))
+    assert figures.palette(0) == []
     with pytest.raises(QuarkError):
-        plots.palette(-1)
+        figures.palette(-1)
 
 
 def test_save_figure_writes_a_png_atomically_and_overwrites(tmp_path, samples):
-    path = plots.save_figure(plots.reward_distribution(samples), tmp_path, "rewards")
+    path = figures.save_figure(quantile_plots.reward_distribution(samples), tmp_path, "rewards")
     assert path == tmp_path / "figures" / "rewards.png"
     first = path.read_bytes()
     assert first[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(path).ndim == 3  # decodes as an image
 
-    again = plots.save_figure(plots.k_and_n_effect(samples, ks=(2, 3)), tmp_path, "rewards.png")
+    again = figures.save_figure(quantile_plots.k_and_n_effect(samples, ks=(2, 3)), tmp_path, "rewards.png")
     assert again == path
     assert path.read_bytes() != first and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["rewards.png"]  # no temp file left
 
     for bad in ("", "../escape", "sub/name", ".hidden"):
         with pytest.raises(QuarkError):
-            plots.save_figure(Figure(), tmp_path, bad)
+            figures.save_figure(Figure(), tmp_path, bad)
 
 
 def test_reward_label_units():
-    assert plots.reward_label() == "reward (tiny-tldr score)"
-    assert plots.reward_label("OpenAssistant RM") == "reward (OpenAssistant RM)"
-    assert plots.reward_label("RM score (logit)") == "RM score (logit)"
+    assert figures.reward_label() == "reward (tiny-tldr score)"
+    assert figures.reward_label("OpenAssistant RM") == "reward (OpenAssistant RM)"
+    assert figures.reward_label("RM score (logit)") == "RM score (logit)"
 
 
 # ---------------------------------------------------------------------------- samples figures
 
 def test_reward_distribution(samples):
-    fig = plots.reward_distribution(samples, reward_name="toy RM")
+    fig = quantile_plots.reward_distribution(samples, reward_name="toy RM")
     check_readable(fig, 2)
     hist = panel(fig, "histogram")
     assert sum(p.get_height() for p in hist.patches) == len(samples)  # every sample counted once
@@ -155,13 +119,13 @@ def test_reward_distribution(samples):
 def test_reward_distribution_caps_prompts_at_30():
     rng = np.random.default_rng(1)
     many = pd.DataFrame({"prompt_id": np.repeat(np.arange(50), 3), "reward": rng.normal(size=150)})
-    shown = panel(plots.reward_distribution(many), "per_prompt").get_xticklabels()
+    shown = panel(quantile_plots.reward_distribution(many), "per_prompt").get_xticklabels()
     assert len(shown) == 30
 
 
 def test_quantile_comparison_global_vs_local(samples):
     k = 4
-    fig = plots.quantile_comparison(samples, k)
+    fig = quantile_plots.quantile_comparison(samples, k)
     check_readable(fig, 6)
     r, pid = samples["reward"].to_numpy(), samples["prompt_id"].to_numpy()
 
@@ -176,6 +140,11 @@ def test_quantile_comparison_global_vs_local(samples):
     q = assign_quantiles(r, k)
     for row, p in zip(np.asarray(glob), prompts):
         assert list(row) == [int(((pid == p) & (q == j)).sum()) for j in range(k)]
+    # it draws analysis.prompt_quantile_counts, in its order (best prompt on top)
+    for scope, drawn in (("global", glob), ("local", local)):
+        table = analysis.prompt_quantile_counts(samples, k, scope)
+        assert prompts == list(table.index)
+        assert (np.asarray(drawn) == table.to_numpy()).all()
     # and the annotated numbers are those counts
     texts = [int(t.get_text()) for t in panel(fig, "global/heatmap").texts]
     assert texts == [int(v) for v in np.asarray(glob).ravel()]
@@ -189,16 +158,16 @@ def test_quantile_comparison_global_vs_local(samples):
 
 def test_quantile_comparison_rejects_bad_input(samples):
     with pytest.raises(QuarkError):
-        plots.quantile_comparison(samples, 0)
+        quantile_plots.quantile_comparison(samples, 0)
     with pytest.raises(QuarkError, match="num_tokens"):
-        plots.quantile_comparison(samples.drop(columns="num_tokens"), 3)
+        quantile_plots.quantile_comparison(samples.drop(columns="num_tokens"), 3)
     with pytest.raises(QuarkError, match="non-finite"):
-        plots.quantile_comparison(samples.assign(reward=np.nan), 3)
+        quantile_plots.quantile_comparison(samples.assign(reward=np.nan), 3)
 
 
 def test_k_and_n_effect(samples):
     ks = (2, 3, 5, 7)
-    fig = plots.k_and_n_effect(samples, ks=ks, seed=3)
+    fig = quantile_plots.k_and_n_effect(samples, ks=ks, seed=3)
     check_readable(fig, 2)
     contrast = panel(fig, "contrast")
     for scope in ("global", "local"):
@@ -218,10 +187,19 @@ def test_k_and_n_effect(samples):
     assert (np.asarray(top.get_ydata()) > np.asarray(bottom.get_ydata())).all()
     assert len(best.get_legend().get_texts()) == 3
 
-    again = panel(plots.k_and_n_effect(samples, ks=ks, seed=3), "best_of_n")
+    # the lines are analysis' tables
+    table = analysis.quantile_contrast(samples, ks).set_index(["scope", "K"])["contrast"]
+    for scope in ("global", "local"):
+        (line,) = [ln for ln in contrast.lines if ln.get_gid() == f"contrast/{scope}"]
+        assert list(line.get_ydata()) == pytest.approx(list(table[scope]))
+    table = analysis.best_of_n(samples, seed=3)
+    assert list(top.get_ydata()) == pytest.approx(list(table["top"]))
+    assert list(bottom.get_ydata()) == pytest.approx(list(table["bottom"]))
+
+    again = panel(quantile_plots.k_and_n_effect(samples, ks=ks, seed=3), "best_of_n")
     assert [list(ln.get_ydata()) for ln in again.lines] == [list(ln.get_ydata()) for ln in best.lines]
     with pytest.raises(QuarkError, match="only 16"):
-        plots.k_and_n_effect(samples, ns=[4, 32])
+        quantile_plots.k_and_n_effect(samples, ns=[4, 32])
 
 
 # ---------------------------------------------------------------------------- iteration curves
@@ -230,7 +208,7 @@ def test_k_and_n_effect(samples):
 def test_iteration_curves_any_k(tmp_path, k):
     metrics = make_metrics(tmp_path, k)
     assert metrics["token"].dtype == object  # mixed "none" / ints, as read from JSON
-    fig = plots.iteration_curves(metrics)
+    fig = run_plots.iteration_curves(metrics)
     check_readable(fig, 6)
     reward = panel(fig, "reward")
     labels = legend_texts(reward)
@@ -255,54 +233,23 @@ def test_iteration_curves_any_k(tmp_path, k):
 
 def test_iteration_curves_before_training(tmp_path, metrics5):
     only_ref = metrics5[metrics5["iteration"] == 0].dropna(axis=1, how="all")
-    fig = plots.iteration_curves(only_ref)
+    fig = run_plots.iteration_curves(only_ref)
     check_readable(fig, 6)
     for gid in ("kl", "loss", "control", "reward"):
         assert "no training yet" in [t.get_text() for t in panel(fig, gid).texts]
     ref = [ln for ln in panel(fig, "reward").lines if ln.get_label() == "reference (SFT)"]
     assert ref and ref[0].get_ydata()[0] == pytest.approx(3.3)
     with pytest.raises(QuarkError):
-        plots.iteration_curves(pd.DataFrame())
+        run_plots.iteration_curves(pd.DataFrame())
 
 
 # ---------------------------------------------------------------------------- trade-offs
 
-QUOTED = [{"label": "ALT-Quark GPT-J", "reward": 99.0, "perplexity": 0.5, "length": 1.0}]  # dominates everything
-
-
-def test_tradeoff_points(metrics5):
-    pts = plots.tradeoff_points(metrics5, quoted=QUOTED, label_prefix="run A: ")
-    assert list(pts.columns) == ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted"]
-    measured = pts[~pts["quoted"]]
-    assert len(measured) == 1 + 3 * 6  # reference + 3 iterations x (5 tokens + none); sampled rows ignored
-    assert measured["reward"].max() < 50
-    assert measured.iloc[0]["label"] == "run A: SFT (reference)" and measured.iloc[0]["group"] == "reference"
-    assert "run A: iter 3 · token 0" in set(pts["label"]) and "run A: iter 3 · no token" in set(pts["label"])
-    assert set(measured["group"]) == {"reference", "no token", *[f"token {j}" for j in range(5)]}
-    quoted = pts[pts["quoted"]]
-    assert len(quoted) == 1 and quoted.iloc[0]["group"] == "quoted"
-    assert pd.isna(quoted.iloc[0]["iteration"]) and pd.isna(quoted.iloc[0]["token"])
-
-    # the Pareto front is over measured points only: the dominating quoted point removes none of them
-    for x in ("perplexity", "length"):
-        front = plots.pareto_front(pts, x)
-        expected = pareto_mask(measured[["reward", x]].to_numpy(), [True, False])
-        assert list(front[~pts["quoted"]]) == list(expected)
-        assert not front[pts["quoted"]].any()
-        assert front.sum() >= 1
-
-
-def test_tradeoff_points_rejects_bad_quoted(metrics5):
-    with pytest.raises(QuarkError, match="reward"):
-        plots.tradeoff_points(metrics5, quoted=[{"label": "x", "perplexity": 1.0}])
-    with pytest.raises(QuarkError):
-        plots.tradeoff_points(metrics5, quoted=[{"label": "x", "reward": "high"}])
-
 
 def test_tradeoff_scatter(metrics5, tmp_path):
-    other = plots.tradeoff_points(make_metrics(tmp_path, 3, iterations=1), label_prefix="K=3: ")
-    pts = pd.concat([plots.tradeoff_points(metrics5, quoted=QUOTED), other], ignore_index=True)
-    fig = plots.tradeoff_scatter(pts)
+    other = analysis.tradeoff_points(make_metrics(tmp_path, 3, iterations=1), label_prefix="K=3: ")
+    pts = pd.concat([analysis.tradeoff_points(metrics5, quoted=QUOTED), other], ignore_index=True)
+    fig = run_plots.tradeoff_scatter(pts)
     check_readable(fig, 2)
     assert "another" in fig.get_suptitle()  # the note about quoted figures
     for x in ("perplexity", "length"):
@@ -314,28 +261,16 @@ def test_tradeoff_scatter(metrics5, tmp_path):
         assert "ALT-Quark GPT-J (quoted)" in [t.get_text() for t in ax.texts]
         assert {"quoted from model card", "Pareto front"} <= set(legend_texts(ax))
         (line,) = [ln for ln in ax.lines if ln.get_gid() == "pareto_front"]
-        front = plots.pareto_front(pts, x)
+        front = analysis.pareto_front(pts, x)
         assert sorted(line.get_xdata()) == list(line.get_xdata())
         assert sorted(line.get_xdata()) == sorted(pts.loc[front, x])
     assert panel(fig, "perplexity").get_xlabel() == "perplexity (exp mean NLL, reference model)"
 
 
-def test_model_card_table(metrics5):
-    pts = plots.tradeoff_points(metrics5, quoted=[{"label": "card", "reward": 3.14159, "perplexity": 1.23456,
-                                                   "length": 25.5551}])
-    table = plots.model_card_table(pts)
-    assert list(table.columns) == ["model", "RM", "PPL", "Avg. len", "source"]
-    assert list(table["model"]) == list(pts["label"])
-    last = table.iloc[-1]
-    assert (last["RM"], last["PPL"], last["Avg. len"], last["source"]) == (3.14, 1.23, 25.56, "quoted")
-    assert set(table["source"].iloc[:-1]) == {"measured"}
-    assert (table[["RM", "PPL", "Avg. len"]].round(2) == table[["RM", "PPL", "Avg. len"]]).all().all()
-
-
 def test_tradeoff_scatter_reward_only_quote(metrics5):
-    pts = plots.tradeoff_points(metrics5, quoted=[{"label": "card", "reward": 3.8}])
+    pts = analysis.tradeoff_points(metrics5, quoted=[{"label": "card", "reward": 3.8}])
     assert pts["quoted"].sum() == 1 and pd.isna(pts["perplexity"].iloc[-1])
-    fig = plots.tradeoff_scatter(pts)
+    fig = run_plots.tradeoff_scatter(pts)
     for x in ("perplexity", "length"):
         ax = panel(fig, x)
         (level,) = [ln for ln in ax.lines if ln.get_gid() == "quoted_reward_only"]

@@ -1,19 +1,27 @@
-"""quarklab.widgets: the token comparer and the quantile explorer, driven headless (no browser)."""
+"""quarklab.present.widgets: the token comparer and the quantile explorer, driven headless (no browser)."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import re
 
-import numpy as np
-import pandas as pd
-import pytest
+import matplotlib
 
-import quarklab as ql
-from quarklab.models import add_quantile_tokens
-from quarklab.quantiles import assign_quantiles
-from quarklab.present.widgets import QuantileExplorer, TokenComparer
-from quarklab.tldr import as_prompt as as_tldr_prompt
+matplotlib.use("Agg")
+
+import matplotlib.image  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import quarklab as ql  # noqa: E402
+from quarklab.models import add_quantile_tokens  # noqa: E402
+from quarklab.present.widgets import QuantileExplorer, TokenComparer  # noqa: E402
+from quarklab.quantiles import assign_quantiles  # noqa: E402
+from quarklab.tldr import as_prompt as as_tldr_prompt  # noqa: E402
 
 K = 3
 
@@ -137,22 +145,41 @@ def test_explorer_assignment_and_summary(samples):
     assert np.isclose(table["threshold"][2], r.min())
 
 
-def test_explorer_draws_the_figure(samples):
-    plots = pytest.importorskip("quarklab.present.plots")
-    if not hasattr(plots, "quantile_comparison"):
-        pytest.skip("quarklab.plots has no quantile_comparison yet")
-    import matplotlib
+@pytest.fixture()
+def ipython(tmp_path, monkeypatch):
+    """A real IPython shell (no kernel, no history file), so that what a widget displays can be captured."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = Config()
+    config.HistoryManager.enabled = False
+    yield InteractiveShell.instance(config=config)
+    InteractiveShell.clear_instance()
+
+
+def test_explorer_draws_the_figure(samples, ipython):
+    from IPython.utils.capture import capture_output
 
     explorer = QuantileExplorer(samples, num_quantiles=4)
     assert explorer.error is None, explorer.error
     assert isinstance(explorer.figure, Figure)
+    assert "K = 4" in explorer.figure.get_suptitle()
     first = explorer.figure
-    explorer.k.value = 3
+    with capture_output() as shown:
+        explorer.scope.value = "global"
+        explorer.k.value = 3
     assert isinstance(explorer.figure, Figure) and explorer.figure is not first
-    assert len(explorer.output.outputs) >= 0  # drawn into the Output (headless: nothing to capture)
+    assert "K = 3" in explorer.figure.get_suptitle()
+    heatmap = [ax for ax in explorer.figure.axes if ax.get_gid() == "global/heatmap"][0]
+    assert heatmap.images[0].get_array().shape[1] == 3  # one column per quantile
+    # after two redraws the user sees exactly one image, the last figure as a PNG (old ones cleared, not piled up)
+    (image,) = shown.outputs
+    png = base64.b64decode(image.data["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(io.BytesIO(png)).shape[:2]
+    fig_width, fig_height = explorer.figure.get_size_inches() * 96  # drawn at 96 dpi, tight box
+    assert 0.8 * fig_width < width <= 1.05 * fig_width and 0.8 * fig_height < height <= 1.05 * fig_height
 
 
 def test_explorer_rejects_bad_input(samples):
@@ -167,6 +194,6 @@ def test_explorer_with_another_reward_column(samples):
     explorer = QuantileExplorer(other, num_quantiles=4, scope="global", reward_name="score")
     np.testing.assert_array_equal(explorer.assignment, assign_quantiles(other["score"].to_numpy(), 4))
     assert _quantile_rows(explorer.summary.value) == ["0", "1", "2", "3"]
-    plots = pytest.importorskip("quarklab.present.plots")
-    if hasattr(plots, "quantile_comparison"):
-        assert explorer.figure is not None, explorer.error
+    assert explorer.figure is not None, explorer.error
+    reward_axes = [ax for ax in explorer.figure.axes if ax.get_gid() == "global/reward"][0]
+    assert reward_axes.get_ylabel() == "reward (score)"  # the figure names the reward column

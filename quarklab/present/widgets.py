@@ -8,7 +8,6 @@ Building a widget needs no browser; displaying ``obj.widget`` in JupyterLab make
 from __future__ import annotations
 
 import html
-import inspect
 import time
 
 import ipywidgets as widgets
@@ -21,6 +20,8 @@ from ..errors import QuarkError
 from ..quantiles import assign_quantiles, quantile_table
 from ..tldr import as_prompt, title_of
 from .html import comparison_html
+from .quantile_plots import quantile_comparison
+
 
 def _prompt_label(i: int, prompt: str, width: int = 70) -> str:
     """``"3 · <title>"`` from the TITLE line (else the first line), truncated to ``width`` characters."""
@@ -138,8 +139,9 @@ class QuantileExplorer:
 
     ``samples`` holds ``prompt_id`` and ``reward_name`` (and ``num_tokens`` for lengths). Shows a
     summary table (per quantile: count, mean reward, mean length, threshold) and the figure of
-    ``quarklab.plots.quantile_comparison``. :meth:`redraw` (what the controls call) keeps the
-    assignment in ``self.assignment`` and the figure in ``self.figure``.
+    :func:`quarklab.present.quantile_plots.quantile_comparison` (both scopes side by side).
+    :meth:`redraw` (what the controls call) keeps the assignment in ``self.assignment`` and the
+    figure in ``self.figure``.
     """
 
     def __init__(self, samples: pd.DataFrame, *, num_quantiles: int = 5, scope: str = "local",
@@ -159,7 +161,7 @@ class QuantileExplorer:
         self.samples = samples.reset_index(drop=True)
         self.reward_name = reward_name
         self.rewards = self.samples[reward_name].to_numpy(dtype=np.float64)
-        # what quarklab.plots reads: the reward in 'reward' (reward_name only labels the axes), lengths in 'num_tokens'
+        # what the quantile figure reads: the reward in 'reward' (reward_name only labels the axes), lengths in 'num_tokens'
         plot = self.samples.assign(reward=self.rewards)
         if "num_tokens" not in plot.columns and "length" in plot.columns:
             plot = plot.assign(num_tokens=plot["length"])
@@ -206,18 +208,13 @@ class QuantileExplorer:
         groups = self.samples["prompt_id"].to_numpy() if scope == "local" else None
         self.assignment = assign_quantiles(self.rewards, k, groups)
         self.summary.value = self._summary_html(self.summary_table(k, scope), scope)
-        self._draw_figure(k, scope)
+        self._draw_figure(k)
         return self.assignment
 
-    def _draw_figure(self, k: int, scope: str) -> None:
+    def _draw_figure(self, k: int) -> None:
         old, self.figure = self.figure, None
         try:
-            from .plots import quantile_comparison  # lazily: plots (and matplotlib) load only when drawing
-
-            kwargs = {"reward_name": self.reward_name}
-            if "scope" in inspect.signature(quantile_comparison).parameters:
-                kwargs["scope"] = scope
-            self.figure = quantile_comparison(self._plot_samples, k, **kwargs)
+            self.figure = quantile_comparison(self._plot_samples, k, reward_name=self.reward_name)
             self.error = None
         except Exception as exc:  # an observer must not raise into the front end
             self.error = exc

@@ -1,0 +1,215 @@
+"""quarklab.analysis: the tables behind the figures, from realistic samples and a real metrics.jsonl."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quarklab import analysis, runs
+from quarklab.errors import QuarkError
+from quarklab.metrics import pareto_mask
+from quarklab.quantiles import assign_quantiles
+
+N_PROMPTS, N_SAMPLES = 12, 16
+
+
+def make_samples() -> pd.DataFrame:
+    """12 prompts x 16 samples; reward = a per-prompt baseline + a length bonus + noise (as the tiny-tldr RM)."""
+    rng = np.random.default_rng(0)
+    offsets = rng.permutation(np.linspace(-1.5, 1.5, N_PROMPTS))
+    rows = []
+    for p in range(N_PROMPTS):
+        prompt = f"SUBREDDIT: r/test\nTITLE: post {p}\nPOST: something happened {p}\nTL;DR:"
+        for s in range(N_SAMPLES):
+            n_tok = int(rng.integers(5, 40))
+            finished = bool(n_tok < 38)
+            rows.append({"prompt_id": 100 + p, "sample": s, "prompt": prompt, "token": None,
+                         "completion": " ".join(["word"] * n_tok), "completion_ids": list(range(n_tok)),
+                         "finished": finished, "num_tokens": n_tok,
+                         "reward": 3.0 + offsets[p] + 0.03 * n_tok + rng.normal(0, 0.2)})
+    return pd.DataFrame(rows)
+
+
+def make_metrics(run_dir, k: int, iterations: int = 3) -> pd.DataFrame:
+    """A run's metrics.jsonl written by the real writer and read back: iteration 0 (reference), then
+    ``iterations`` iterations with tokens 0..k-1 + none (greedy), sampled rows (to be ignored), train rows."""
+    runs.record_metrics(run_dir, [{"token": "none", "mode": "greedy", "n": 96, "reward": 3.3, "reward_std": 0.5,
+                                   "perplexity": 1.24, "length": 13.0, "finished": 1.0, "dist1": 0.2, "dist2": 0.5,
+                                   "dist3": 0.6, "model": "reference"}], 0, "eval")
+    for it in range(1, iterations + 1):
+        train = [{"step": s, "rows": 480, "nll": 0.3 - 0.01 * s, "entropy": 0.3, "kl": 0.02 * it + 0.001 * s,
+                  "loss": 0.3, "lr": 1e-3} for s in range(5)]
+        runs.record_metrics(run_dir, train, it, "train")
+        evals = []
+        for mode in ("greedy", "sampled"):
+            for token in [*range(k), "none"]:
+                t = k if token == "none" else token
+                evals.append({"token": token, "mode": mode, "n": 96,
+                              "reward": (3.3 + 0.2 * it - 0.1 * t) if mode == "greedy" else 100.0,
+                              "reward_std": 0.4, "perplexity": 1.25 + 0.02 * it + 0.01 * t, "length": 13 + 3 * it - t,
+                              "finished": 1.0, "dist1": 0.2, "dist2": 0.4, "dist3": 0.5, "model": "policy",
+                              "controllability": -0.3, "order_spearman": -1.0})
+        runs.record_metrics(run_dir, evals, it, "eval")
+    return runs.read_metrics(run_dir)
+
+
+@pytest.fixture(scope="module")
+def samples() -> pd.DataFrame:
+    return make_samples()
+
+
+@pytest.fixture(scope="module")
+def metrics5(tmp_path_factory) -> pd.DataFrame:
+    return make_metrics(tmp_path_factory.mktemp("run5"), 5)
+
+
+def test_analysis_needs_no_matplotlib():
+    code = "import sys, quarklab.analysis; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------- a run's metrics
+
+def test_eval_rows_keep_greedy_evaluations_with_str_tokens(metrics5):
+    ev = analysis.eval_rows(metrics5)
+    assert len(ev) == 1 + 3 * 6  # reference + 3 iterations x (5 tokens + none); sampled and train rows dropped
+    assert set(ev["mode"]) == {"greedy"} and set(ev["kind"]) == {"eval"}
+    assert set(ev["token"]) == {"none", "0", "1", "2", "3", "4"}
+    assert ev["iteration"].dtype.kind == "i"
+    assert analysis.token_order(ev["token"]) == ["0", "1", "2", "3", "4", "none"]
+    train = analysis.train_rows(metrics5)
+    assert len(train) == 3 * 5 and sorted(train["iteration"].unique()) == [1, 2, 3]
+    with pytest.raises(QuarkError, match="no greedy"):
+        analysis.eval_rows(metrics5[metrics5["mode"] != "greedy"])
+    with pytest.raises(QuarkError, match="lacks the column"):
+        analysis.eval_rows(pd.DataFrame({"reward": [1.0]}))
+
+
+# ---------------------------------------------------------------------------- quantiles of a scored pool
+
+def test_prompt_quantile_counts(samples):
+    k = 4
+    r, pid = samples["reward"].to_numpy(), samples["prompt_id"].to_numpy()
+    local = analysis.prompt_quantile_counts(samples, k, "local")
+    glob = analysis.prompt_quantile_counts(samples, k, "global")
+    assert local.shape == glob.shape == (N_PROMPTS, k) and list(glob.columns) == list(range(k))
+    assert (local.to_numpy() == N_SAMPLES // k).all()  # every prompt spreads its samples evenly
+    assert (glob.sum(axis=1) == N_SAMPLES).all()
+    assert len({tuple(row) for row in glob.to_numpy()}) > 1  # global: prompts differ
+    means = samples.groupby("prompt_id")["reward"].mean()
+    assert list(glob.index) == list(means.sort_values(ascending=False).index)  # best prompt first
+    q = assign_quantiles(r, k)
+    for p, row in glob.iterrows():
+        assert list(row) == [int(((pid == p) & (q == j)).sum()) for j in range(k)]
+    assert glob.iloc[0, 0] > glob.iloc[-1, 0]  # the high-baseline prompt fills the best quantile
+    with pytest.raises(QuarkError, match="scope"):
+        analysis.prompt_quantile_counts(samples, k, "pool")
+    with pytest.raises(QuarkError, match="num_quantiles"):
+        analysis.prompt_quantile_counts(samples, 0, "local")
+
+
+def test_quantile_contrast(samples):
+    table = analysis.quantile_contrast(samples, ks=(5, 2, 3))
+    assert list(table.columns) == ["scope", "K", "top", "bottom", "contrast"]
+    assert list(table["scope"]) == ["global"] * 3 + ["local"] * 3 and list(table["K"]) == [2, 3, 5] * 2
+    assert (table["contrast"] > 0).all()  # the top quantile beats the bottom one
+    assert np.allclose(table["contrast"], table["top"] - table["bottom"])
+    r = samples["reward"].to_numpy()
+    q = assign_quantiles(r, 2)
+    first = table.iloc[0]
+    assert (first["top"], first["bottom"]) == pytest.approx((r[q == 0].mean(), r[q == 1].mean()))
+    # more quantiles than a prompt has samples: local quantile K-1 is empty, so no contrast
+    few = samples.groupby("prompt_id").head(3)
+    local = analysis.quantile_contrast(few, ks=[5]).set_index("scope")
+    assert np.isnan(local.loc["local", "contrast"]) and np.isfinite(local.loc["global", "contrast"])
+    with pytest.raises(QuarkError, match="ks"):
+        analysis.quantile_contrast(samples, ks=[])
+    with pytest.raises(QuarkError, match="non-finite"):
+        analysis.quantile_contrast(samples.assign(reward=np.nan))
+
+
+def test_best_of_n(samples):
+    table = analysis.best_of_n(samples, seed=3)
+    assert list(table.columns) == ["n", "K", "top", "bottom"]
+    assert list(table["n"]) == [2, 4, 8, 16]  # default ns: powers of two up to the 16 available
+    assert list(table["K"]) == [2, 4, 5, 5]
+    assert (table["top"] > table["bottom"]).all()
+    assert table["top"].iloc[-1] > table["top"].iloc[0]  # best of 16 beats best of 2
+    # n = all samples: the subsample is the whole pool, whatever the seed
+    r, pid = samples["reward"].to_numpy(), samples["prompt_id"].to_numpy()
+    q = assign_quantiles(r, 5, groups=pid)
+    assert table["top"].iloc[-1] == pytest.approx(r[q == 0].mean())
+    pd.testing.assert_frame_equal(analysis.best_of_n(samples, seed=3), table)  # deterministic
+    assert not analysis.best_of_n(samples, ns=[2, 4], seed=4).equals(table.head(2))
+    with pytest.raises(QuarkError, match="only 16"):
+        analysis.best_of_n(samples, ns=[4, 32])
+    with pytest.raises(QuarkError, match="seed"):
+        analysis.best_of_n(samples, seed="3")
+
+
+# ---------------------------------------------------------------------------- trade-offs
+
+QUOTED = [{"label": "ALT-Quark GPT-J", "reward": 99.0, "perplexity": 0.5, "length": 1.0}]  # dominates everything
+
+
+def test_tradeoff_points(metrics5):
+    pts = analysis.tradeoff_points(metrics5, quoted=QUOTED, label_prefix="run A: ")
+    assert list(pts.columns) == ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted"]
+    measured = pts[~pts["quoted"]]
+    assert len(measured) == 1 + 3 * 6  # reference + 3 iterations x (5 tokens + none); sampled rows ignored
+    assert measured["reward"].max() < 50
+    assert measured.iloc[0]["label"] == "run A: SFT (reference)" and measured.iloc[0]["group"] == "reference"
+    assert "run A: iter 3 · token 0" in set(pts["label"]) and "run A: iter 3 · no token" in set(pts["label"])
+    assert set(measured["group"]) == {"reference", "no token", *[f"token {j}" for j in range(5)]}
+    row = pts.set_index("label").loc["run A: iter 2 · token 1"]
+    assert (row["reward"], row["perplexity"], row["length"]) == pytest.approx((3.3 + 0.4 - 0.1, 1.25 + 0.04 + 0.01,
+                                                                               13 + 6 - 1))
+    quoted = pts[pts["quoted"]]
+    assert len(quoted) == 1 and quoted.iloc[0]["group"] == "quoted"
+    assert pd.isna(quoted.iloc[0]["iteration"]) and pd.isna(quoted.iloc[0]["token"])
+
+
+def test_pareto_front_is_over_measured_points_only(metrics5):
+    pts = analysis.tradeoff_points(metrics5, quoted=QUOTED)
+    measured = pts[~pts["quoted"]]
+    for x in ("perplexity", "length"):
+        front = analysis.pareto_front(pts, x)
+        expected = pareto_mask(measured[["reward", x]].to_numpy(), [True, False])
+        assert list(front[~pts["quoted"]]) == list(expected)  # the dominating quoted point removes none
+        assert not front[pts["quoted"]].any()
+        assert front.sum() >= 1
+    with pytest.raises(QuarkError, match="'perplexity' or 'length'"):
+        analysis.pareto_front(pts, "reward")
+
+
+def test_tradeoff_points_rejects_bad_quoted(metrics5):
+    with pytest.raises(QuarkError, match="reward"):
+        analysis.tradeoff_points(metrics5, quoted=[{"label": "x", "perplexity": 1.0}])
+    with pytest.raises(QuarkError):
+        analysis.tradeoff_points(metrics5, quoted=[{"label": "x", "reward": "high"}])
+    with pytest.raises(QuarkError, match="list of dicts"):
+        analysis.tradeoff_points(metrics5, quoted=["x"])
+
+
+def test_reward_only_quote_keeps_missing_figures_missing(metrics5):
+    pts = analysis.tradeoff_points(metrics5, quoted=[{"label": "card", "reward": 3.8}])
+    last = pts.iloc[-1]
+    assert bool(last["quoted"]) and last["reward"] == 3.8
+    assert pd.isna(last["perplexity"]) and pd.isna(last["length"])
+
+
+def test_model_card_table(metrics5):
+    pts = analysis.tradeoff_points(metrics5, quoted=[{"label": "card", "reward": 3.14159, "perplexity": 1.23456,
+                                                      "length": 25.5551}])
+    table = analysis.model_card_table(pts)
+    assert list(table.columns) == ["model", "RM", "PPL", "Avg. len", "source"]
+    assert list(table["model"]) == list(pts["label"])
+    last = table.iloc[-1]
+    assert (last["RM"], last["PPL"], last["Avg. len"], last["source"]) == (3.14, 1.23, 25.56, "quoted")
+    assert set(table["source"].iloc[:-1]) == {"measured"}
+    assert (table[["RM", "PPL", "Avg. len"]].round(2) == table[["RM", "PPL", "Avg. len"]]).all().all()
