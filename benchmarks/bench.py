@@ -82,7 +82,7 @@ def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     prompts = synthetic_prompts(settings.sample_prompts, c.seed)
     setup_seconds = time.perf_counter() - t_start
     report = {"schema": 2, "settings": {**settings.to_dict(), "model": settings.model, "model_source": source,
-                                        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                                        "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                                         "attn_implementation": getattr(model.config, "_attn_implementation", None)},
               "machine": machine_info(device), "versions": versions()}
     with tempfile.TemporaryDirectory(prefix="quarklab-bench-") as tmp:

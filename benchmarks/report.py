@@ -58,7 +58,7 @@ def format_table(report: dict) -> str:
     c = s["config"]
     dev = m["gpu"]["name"] if m.get("gpu") and c["device"] != "cpu" else f"{m['cpus_usable']} CPU cores"
     lines = [f"quarklab bench: {'the tiny world SFT GPT-J' if s['model'] is None else s['model']} on {c['device']} "
-             f"({dev}, {m['torch_threads']} torch threads, {s['dtype']}); medians of {s['reps']} reps after "
+             f"({dev}, {m['torch_threads']} torch threads, {s['model_dtype']}); medians of {s['reps']} reps after "
              f"{s['warmup']} warm-up [min .. max, IQR]" + ("  --quick" if s["quick"] else "")]
     sp = report["sampling"]
     lines += ["", f"sampling: {sp['prompts']['count']} TL;DR-length prompts x {c['samples_per_prompt']}, "
