@@ -47,7 +47,10 @@ def bench_sampling(model, tokenizer, source: str, prompts: list[str], s: BenchSe
     from quarklab.models import load_tokenizer
 
     c = s.config
-    seed = lambda rep, warm: c.seed * 1000 + rep + (500 if warm else 0)  # noqa: E731
+
+    def seed(rep: int, warm: bool) -> int:
+        return c.seed * 1000 + rep + (500 if warm else 0)
+
     params = SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                             max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size)
     eos = tokenizer.eos_token_id
