@@ -4,13 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.quarklab-installed
 
-.PHONY: demo test install world clean
+.PHONY: demo test bench install world clean
 
 demo: $(STAMP)
 	$(BIN)/quarklab notebooks run --run-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The benchmark (benchmarks/, about 3 minutes on a 2-core CPU): the table on stdout, everything in bench.json.
+bench: $(STAMP)
+	$(BIN)/quarklab bench --out bench.json
 
 install: $(STAMP)
 

@@ -77,10 +77,10 @@ def _bench(args) -> None:
     sys.path.insert(0, str(root))
     from benchmarks.bench import BenchSettings, format_table, run_bench
 
-    make = BenchSettings.quick_settings if args.quick else BenchSettings
     changes = {k: v for k, v in (("warmup", args.warmup), ("reps", args.reps), ("threads", args.threads))
                if v is not None}
-    report = run_bench(make(model=args.model, device=args.device, **changes), args.out)
+    settings = BenchSettings.make(quick=args.quick, model=args.model, device=args.device, **changes)
+    report = run_bench(settings, args.out)
     print(format_table(report))
     print(f"report: {args.out}")
 

@@ -6,21 +6,28 @@ No test here asserts a speed: timings belong in the report, not in pass/fail.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from quarklab import QuarkError
-from benchmarks.bench import (QUANTILE_LEVELS, STAGES, TARGETS, TLDR_PROMPT_WORD_QUANTILES, BenchSettings, StageTimer,
-                            prompt_word_lengths, run_bench, synthetic_prompts)
+from quarklab.tldr import format_prompt, parse
+from benchmarks.bench import run_bench
+from benchmarks.prompts import prompt_word_lengths, synthetic_prompts
+from benchmarks.settings import QUANTILE_LEVELS, TARGETS, TLDR_PROMPT_WORD_QUANTILES, BenchSettings
 
-QUICK = BenchSettings.quick_settings()
+QUICK = BenchSettings.make(quick=True)
+QC = QUICK.config
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +46,13 @@ def report(world, tmp_path_factory):
     return json.loads(text, parse_constant=no_constant)
 
 
+def marked_stages() -> set[str]:
+    """The stage names the loop marks in its source (quark.py and train.py)."""
+    from quarklab import quark, train
+
+    return {name for mod in (quark, train) for name in re.findall(r'stage\("([\w.]+)"\)', inspect.getsource(mod))}
+
+
 def _figures(report):
     """(where, spread) of every throughput in the report."""
     out = [(f"sampling.{k}", report["sampling"][k]["tokens_per_s"]) for k in ("sampler", "raw", "loop")]
@@ -49,12 +63,18 @@ def _figures(report):
     return out
 
 
-def test_the_report_has_every_section(report):
+def test_the_report_has_every_section_and_every_setting(report):
     for key in ("settings", "machine", "versions", "sampling", "reward", "training", "iteration", "ratios",
                 "targets", "wall_seconds"):
         assert key in report, key
-    assert report["settings"]["quick"] and report["settings"]["reps"] == QUICK.reps
-    assert report["settings"]["model_source"].endswith("sft")
+    s = report["settings"]
+    assert s["quick"] and s["reps"] == QUICK.reps and s["threads"] == 1 and s["model"] is None
+    assert s["model_source"].endswith("sft")
+    # every knob of the run is the QuarkConfig's, recorded whole; the bench's own knobs beside it
+    assert s["config"] == QC.to_dict()
+    assert set(s) - {"config"} >= {"warmup", "reps", "threads", "sample_prompts", "train_steps"}
+    assert not set(s) & set(QC.to_dict())  # no knob declared twice
+    assert report["iteration"]["config"] == QC.to_dict()
 
 
 def test_every_throughput_is_a_positive_median_of_the_configured_repetitions(report):
@@ -71,7 +91,8 @@ def test_every_throughput_is_a_positive_median_of_the_configured_repetitions(rep
         assert len(rec["tokens"]) == len(rec["seconds"]) == QUICK.reps
         assert rec["tokens_per_s"]["values"] == pytest.approx([t / s for t, s in zip(rec["tokens"], rec["seconds"])])
         # generated tokens, counted to EOS: never more than every sequence's full width
-        assert 0 < max(rec["tokens"]) <= QUICK.prompts * QUICK.n * QUICK.max_new_tokens
+        assert 0 < max(rec["tokens"]) <= QUICK.sample_prompts * QC.samples_per_prompt * QC.max_new_tokens
+    assert report["sampling"]["settings"]["n"] == QC.samples_per_prompt
 
 
 def test_ratios_are_the_ratios_of_the_recorded_medians(report):
@@ -110,8 +131,8 @@ def test_trl_is_measured_when_installed_and_skipped_with_a_reason_otherwise(repo
         assert isinstance(trl["skipped"], str) and trl["skipped"]
     if "tokens" in trl:  # TRL and quarklab time the same number of steps of the same rows
         assert len(trl["tokens"]) == len(report["training"]["nll"]["tokens"]) == QUICK.reps
-        assert 0 < max(trl["tokens"]) <= QUICK.train_batch_size * QUICK.train_steps * QUICK.max_new_tokens + \
-            QUICK.train_batch_size * QUICK.train_steps  # completion tokens (+ EOS) of the timed steps
+        rows = QC.batch_size * QC.grad_accum * QUICK.train_steps
+        assert 0 < max(trl["tokens"]) <= rows * (QC.max_new_tokens + 1)  # completion tokens (+ EOS) of the timed steps
 
 
 def test_machine_and_versions_are_recorded(report):
@@ -125,16 +146,65 @@ def test_machine_and_versions_are_recorded(report):
     assert v["torch"].split("+")[0] == torch.__version__.split("+")[0] and v["transformers"] == transformers.__version__
 
 
-def test_the_iteration_profile_shares_add_up_to_one(report):
+def test_the_iteration_profile_is_the_loops_own_stage_marks(report):
     it = report["iteration"]
-    assert it["config"]["iterations"] == 1 and it["train_steps"] >= 1 and it["pool_rows"] > 0
-    assert set(it["stages"]) == set(STAGES)
-    assert all(st["seconds"] >= 0 for st in it["stages"].values())
-    assert sum(st["share"] for st in it["stages"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert sum(st["seconds"] for st in it["stages"].values()) == pytest.approx(it["run_seconds"], rel=1e-6)
-    for stage in ("sampling", "policy_forward_backward", "reference_forward", "optimizer", "evaluation"):
-        assert it["stages"][stage]["seconds"] > 0, stage  # each stage was seen, not left to "other"
+    stages = it["stages"]
+    marks = marked_stages()
+    assert {"load", "sample", "score", "pool", "train.policy", "train.reference", "train.optimizer", "checkpoint",
+            "evaluate"} <= marks  # the regex reads the loop's marks
+    # one iteration with a KL term enters every mark the loop has, and nothing else is reported
+    assert set(stages) == marks
+    steps = it["train_steps"]  # optimizer steps, from the run's own train metrics
+    assert it["config"]["iterations"] == 1 and steps >= 1 and it["pool_rows"] > 0
+    micro_batches = steps * it["config"]["grad_accum"]
+    expected_calls = {"load": 1, "evaluate": 2, "sample": 1, "score": 1, "pool": 2, "checkpoint": 1,
+                      "train.optimizer": steps, "train.policy": micro_batches, "train.reference": micro_batches}
+    assert {name: st["calls"] for name, st in stages.items()} == expected_calls
+    assert all(st["seconds"] > 0 for st in stages.values())
+    # exclusive seconds: the marks add up to the run's wall time, bar the unmarked glue
+    assert sum(st["seconds"] for st in stages.values()) == pytest.approx(it["marked_seconds"])
+    assert it["marked_seconds"] + it["unmarked_seconds"] == pytest.approx(it["run_seconds"])
+    assert 0 <= it["unmarked_seconds"] < 0.2 * it["run_seconds"]
+    assert sum(st["share"] for st in stages.values()) == pytest.approx(it["marked_seconds"] / it["run_seconds"])
     assert it["peak_rss_mb"] > 50 and it["process_wall_seconds"] >= it["run_seconds"] > 0
+
+
+def test_the_training_cases_split_by_the_loops_marks(report):
+    tr = report["training"]
+    steps = QUICK.train_steps + 1  # every call runs one untimed step first
+    micro = steps * QC.grad_accum
+    for mode in ("nll", "kl"):
+        st = tr[mode]["stages"]
+        assert set(st) <= marked_stages()
+        assert st["train.optimizer"]["calls"] == [steps] * QUICK.reps
+        assert st["train.policy"]["calls"] == [micro] * QUICK.reps
+    assert "train.reference" not in tr["nll"]["stages"] and tr["nll"]["kl_coef"] == 0.0  # no reference forward
+    assert tr["kl"]["stages"]["train.reference"]["calls"] == [micro] * QUICK.reps and tr["kl"]["kl_coef"] > 0
+
+
+def test_the_bench_patches_nothing_in_quarklab(world, tmp_path):
+    """Profiling a run in this process leaves every quarklab function (and torch's clipping) as it was."""
+    import torch
+
+    import quarklab
+    from benchmarks.iteration import profile_run
+
+    def snapshot():
+        mods = {n: m for n, m in sys.modules.items() if n == "quarklab" or n.startswith("quarklab.")}
+        out = {(n, k): v for n, m in mods.items() for k, v in vars(m).items() if callable(v)}
+        out.update({("quark.Session", "open"): quarklab.quark.Session.__dict__["open"],
+                    ("torch", "clip_grad_norm_"): torch.nn.utils.clip_grad_norm_})
+        return out
+
+    threads = torch.get_num_threads()
+    before = snapshot()
+    try:
+        profile = profile_run(BenchSettings.make(quick=True, threads=1), tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    after = snapshot()
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(profile["stages"]) == marked_stages()
 
 
 def test_vllm_is_recorded_as_skipped_on_cpu(report):
@@ -144,8 +214,10 @@ def test_vllm_is_recorded_as_skipped_on_cpu(report):
 def test_synthetic_prompts_follow_the_embedded_tldr_length_distribution(world, report):
     prompts = synthetic_prompts(400, seed=0)
     assert prompts == synthetic_prompts(400, seed=0)  # deterministic
-    layout = re.compile(r"^SUBREDDIT: r/\S+\nTITLE: .+\nPOST: .+\nTL;DR:$", re.S)
-    assert all(layout.match(p) for p in prompts)
+    for p in prompts:  # quarklab's own TL;DR layout, read back whole
+        post = parse(p)
+        assert post.subreddit and post.title and post.body
+        assert format_prompt(post.subreddit, post.title, post.body) == p
     lengths = np.array([len(p.split()) for p in prompts])
     assert sorted(lengths) == sorted(prompt_word_lengths(400))  # each prompt has its drawn length exactly
     inner = slice(1, -1)  # the 5 % .. 95 % quantiles (the extremes of 400 draws sit half a step inside)
@@ -155,21 +227,14 @@ def test_synthetic_prompts_follow_the_embedded_tldr_length_distribution(world, r
     assert abs(lengths.min() - TLDR_PROMPT_WORD_QUANTILES[0]) <= 10
     assert abs(lengths.max() - TLDR_PROMPT_WORD_QUANTILES[-1]) <= 10
     # the bench sampled from exactly these prompts
-    assert report["sampling"]["prompts"]["word_lengths"] == [len(p.split()) for p in synthetic_prompts(QUICK.prompts)]
+    assert report["sampling"]["prompts"]["word_lengths"] == [
+        len(p.split()) for p in synthetic_prompts(QUICK.sample_prompts, QC.seed)]
     assert report["sampling"]["prompts"]["embedded_word_quantiles"] == list(TLDR_PROMPT_WORD_QUANTILES)
 
 
-def test_stage_timer_charges_nested_stages_exclusively():
-    timer = StageTimer()
-    t0 = time.perf_counter()
-    with timer.stage("outer"):
-        time.sleep(0.02)
-        with timer.stage("inner"):
-            time.sleep(0.03)
-    total = time.perf_counter() - t0
-    assert set(timer.seconds) == {"outer", "outer/inner"}
-    assert timer.seconds["outer/inner"] >= 0.03 and timer.seconds["outer"] >= 0.02
-    assert sum(timer.seconds.values()) == pytest.approx(total, abs=0.01)
+def test_synthetic_prompts_without_a_tldr_layout_source_are_a_clear_error():
+    with pytest.raises(QuarkError, match="TL;DR layout"):
+        synthetic_prompts(3, source=["just some free text\nTL;DR:"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
@@ -183,20 +248,31 @@ def test_the_vllm_backend_without_vllm_is_one_clear_error(world):
 
 def test_bad_bench_settings_are_clear_errors(tmp_path):
     with pytest.raises(QuarkError, match="repetition"):
-        run_bench(BenchSettings.quick_settings(reps=0), tmp_path / "b.json")
+        run_bench(BenchSettings.make(quick=True, reps=0), tmp_path / "b.json")
     with pytest.raises(QuarkError, match="device"):
-        run_bench(BenchSettings.quick_settings(device="tpu"), tmp_path / "b.json")
+        run_bench(BenchSettings.make(quick=True, device="tpu"), tmp_path / "b.json")
+    with pytest.raises(QuarkError, match="samples_per_prompt"):  # the run's knobs are QuarkConfig's, checked there
+        QC.replace(samples_per_prompt=0)
     import torch
     if not torch.cuda.is_available():
         with pytest.raises(QuarkError, match="CUDA"):
-            run_bench(BenchSettings.quick_settings(device="cuda"), tmp_path / "b.json")
+            run_bench(BenchSettings.make(quick=True, device="cuda"), tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_outside_a_source_checkout_is_one_clear_error(tmp_path):
+    shutil.copytree(ROOT / "quarklab", tmp_path / "quarklab", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "bench", "--quick", "--out", str(tmp_path / "b.json")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "source checkout" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b.json").exists()
 
 
 def test_trl_stays_optional(tmp_path, monkeypatch):
     import torch
 
-    from benchmarks.bench import _trl_case
+    from benchmarks.trl_compare import trl_case
 
     # importing quarklab and its bench never imports trl
     out = subprocess.run([sys.executable, "-c", "import sys, quarklab, benchmarks.bench, quarklab.cli; "
@@ -205,5 +281,5 @@ def test_trl_stays_optional(tmp_path, monkeypatch):
     # without trl, the TRL comparison is recorded as skipped, with the reason, and nothing else changes
     monkeypatch.setitem(sys.modules, "trl", None)
     cases = {}
-    got = _trl_case(None, None, [], [], QUICK, torch.device("cpu"), tmp_path, cases)
+    got = trl_case(None, None, [], [], QUICK, torch.device("cpu"), tmp_path, cases)
     assert cases == {} and "trl cannot be imported" in got["skipped"]
