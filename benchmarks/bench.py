@@ -111,7 +111,7 @@ class BenchSettings:
     @classmethod
     def quick_settings(cls, **changes) -> "BenchSettings":
         return cls(**{**dict(quick=True, warmup=1, reps=2, prompts=4, n=2, max_new_tokens=8, train_batch_size=4,
-                             train_steps=1, iteration_prompts=4, iteration_samples=4, iteration_eval_prompts=4,
+                             train_steps=1, iteration_prompts=4, iteration_samples=5, iteration_eval_prompts=4,
                              iteration_batch_size=8, iteration_epochs=1), **changes})
 
     def validate(self) -> None:
