@@ -33,7 +33,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 # The bench's Quark run: preset("tiny") with one iteration over fewer prompts (the full bench) ...
 FULL_RUN = dict(iterations=1, prompts_per_iteration=32, eval_prompts=32)
 # ... or tiny sizes (--quick, for tests).
-QUICK_RUN = dict(iterations=1, prompts_per_iteration=4, samples_per_prompt=4, max_new_tokens=8,
+QUICK_RUN = dict(iterations=1, prompts_per_iteration=4, samples_per_prompt=5, max_new_tokens=8,
                  eval_max_new_tokens=8, sample_batch_size=16, batch_size=8, epochs_per_iteration=1,
                  eval_prompts=4, eval_batch_size=4)
 QUICK_BENCH = dict(quick=True, reps=2, sample_prompts=4, train_steps=1)

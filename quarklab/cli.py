@@ -21,7 +21,7 @@ def _world_build(args) -> None:
 def _notebooks_run(args) -> None:
     from .notebooks import parse_value, run_notebooks
 
-    params = {name: parse_value(value) for name, value in args.param}
+    params = {name: parse_value(value, name) for name, value in args.param}
     for path in run_notebooks(args.run_dir, params, notebooks=args.only or None):
         print(f"executed {path}")
     print(f"figures in {args.run_dir}/figures, results in {args.run_dir}/results")
@@ -32,10 +32,10 @@ def _notebooks_sweep(args) -> None:
 
     from .notebooks import parse_value, sweep
 
-    grid = {p[0]: [parse_value(v) for v in p[1:]] for p in args.param}
-    if any(len(values) < 1 for values in grid.values()):
+    if any(len(p) < 2 for p in args.param):
         raise QuarkError("each -p NAME needs at least one value: -p num_quantiles 3 5 7")
-    fixed = {name: parse_value(value) for name, value in args.fixed}
+    grid = {p[0]: [parse_value(v, p[0]) for v in p[1:]] for p in args.param}
+    fixed = {name: parse_value(value, name, where="--set") for name, value in args.fixed}
     table = sweep(args.out, grid, fixed, notebooks=args.only or None)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(table.to_string(index=False))
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     nrun = nsub.add_parser("run", help="execute the notebooks in order into a run directory")
     nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run")
     nrun.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                      help="a notebook parameter (repeatable); VALUE is read as JSON when it parses")
+                      help="a notebook parameter (repeatable); a config field's VALUE is read by the field's type "
+                           "(see quarklab train --help-config), any other as JSON when it parses, else as text")
     nrun.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
     nrun.set_defaults(func=_notebooks_run)
     nswp = nsub.add_parser("sweep", help="run the notebooks over a grid of parameters, one run dir each")

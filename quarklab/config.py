@@ -2,123 +2,167 @@
 
 Where the reference codebases disagree (see the README's algorithm table) the choice is a
 field; defaults follow ALT's Quark baseline for TL;DR unless a preset says otherwise.
+
+Each field carries its documentation and its allowed range in ``metadata`` (see :func:`knob`);
+its type (``int``, ``float``, ``str``, a ``Literal`` of choices, ``... | None``) drives both
+validation (:func:`check_field`) and reading a value from command-line text (:func:`parse_field`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import math
+import numbers
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
+from typing import Any, Literal
 
 from .errors import QuarkError
+
+QuantileScope = Literal["local", "global"]
+PoolStrategy = Literal["alt", "quark"]
+KLDirection = Literal["policy||ref", "ref||policy"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a number must lie in; ``hi=None`` is unbounded above."""
+    lo: float
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Text that must match ``regex`` in full; ``text`` says what that means to a user."""
+    regex: str
+    text: str
+
+    def __contains__(self, v) -> bool:
+        return re.fullmatch(self.regex, v) is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
+DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+
+
+def knob(default: Any, doc: str, rule: Range | Pattern | None = None):
+    """A config field: its default, its documentation and (optionally) the range its value must lie in."""
+    return field(default=default, metadata={"doc": " ".join(doc.split()), "rule": rule})
 
 
 @dataclass
 class QuarkConfig:
     # --- models and data ---------------------------------------------------------------
-    policy: str = "tiny-tldr"
-    """Starting policy: a hub id, a local folder, or "tiny-tldr" (the offline world's SFT GPT-J)."""
-    reference: str | None = None
-    """Frozen reference for the KL term, perplexity and iteration 1's samples; None = same as policy."""
-    reward: str = "tiny-tldr"
-    """Reward spec for quarklab.load_reward: "tiny-tldr", a classifier or value-head RM folder/hub id,
-    or a value-head state-dict file (e.g. CarperAI's summarize_rlhf rm_checkpoint/pytorch_model.bin)."""
-    reward_base_model: str | None = None
-    """Backbone (hub id or folder) of a bare value-head state-dict reward, e.g. CarperAI/openai_summarize_tldr_sft."""
-    dataset: str = "tiny-tldr"
-    """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a hub dataset id."""
-    train_split: str = "train"
-    """Split of ``dataset`` that training prompts come from."""
-    eval_split: str = "test"
-    """Split of ``dataset`` that evaluation prompts come from."""
-    seed: int = 0
-    """Seeds everything: prompt choice, sampling, token init, selection, training order."""
-    device: str = "auto"
-    """"auto" (CUDA when present), "cpu", "cuda", "cuda:1", ..."""
-    dtype: str = "auto"
-    """Weights and compute dtype: "auto" = bfloat16 on a GPU with it, float32 on CPU."""
+    policy: str = knob("tiny-tldr", """Starting policy: a hub id, a local folder, or "tiny-tldr" (the offline
+        world's SFT GPT-J).""")
+    reference: str | None = knob(None, """Frozen reference for the KL term, perplexity and iteration 1's samples;
+        None = same as policy.""")
+    reward: str = knob("tiny-tldr", """Reward spec for quarklab.load_reward: "tiny-tldr", a classifier or
+        value-head RM folder/hub id, or a value-head state-dict file (e.g. CarperAI's summarize_rlhf
+        rm_checkpoint/pytorch_model.bin).""")
+    reward_base_model: str | None = knob(None, """Backbone (hub id or folder) of a bare value-head state-dict
+        reward, e.g. CarperAI/openai_summarize_tldr_sft.""")
+    dataset: str = knob("tiny-tldr", """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a
+        hub dataset id.""")
+    train_split: str = knob("train", "Split of ``dataset`` that training prompts come from.")
+    eval_split: str = knob("test", "Split of ``dataset`` that evaluation prompts come from.")
+    seed: int = knob(0, "Seeds everything: prompt choice, sampling, token init, selection, training order.",
+                     NON_NEGATIVE)
+    device: str = knob("auto", """Where the models run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1",
+        "mps".""", DEVICE)
+    dtype: DType = knob("auto", """Weights and compute dtype: "auto" = bfloat16 on a GPU with it (float16 on
+        other GPUs), float32 on CPU.""")
 
     # --- quantiles and pool ------------------------------------------------------------
-    num_quantiles: int = 5
-    """K, the number of reward quantiles and quantile tokens (_QUANTILE_TOKEN_0_ = best)."""
-    quantile_scope: str = "local"
-    """"local": quantiles within each prompt's own samples (ALT); "global": over the whole pool (Quark)."""
-    pool_strategy: str = "alt"
-    """"alt": the pool is flushed each iteration and ``per_quantile_per_prompt`` rows are drawn per
-    quantile per prompt; "quark": the pool accumulates over iterations and all of it is trained on
-    (up to ``max_train_rows``)."""
-    per_quantile_per_prompt: int = 2
-    """ALT pool: rows drawn per quantile per prompt for training."""
-    max_train_rows: int | None = None
-    """Quark pool: cap on rows trained on per iteration (drawn at random); None = all."""
+    num_quantiles: int = knob(5, """K, the number of reward quantiles and quantile tokens
+        (_QUANTILE_TOKEN_0_ = best).""", AT_LEAST_1)
+    quantile_scope: QuantileScope = knob("local", """"local": quantiles within each prompt's own samples (ALT),
+        which needs samples_per_prompt >= num_quantiles; "global": over the whole pool (Quark).""")
+    pool_strategy: PoolStrategy = knob("alt", """"alt": the pool is flushed each iteration and
+        ``per_quantile_per_prompt`` rows are drawn per quantile per prompt; "quark": the pool accumulates over
+        iterations and all of it is trained on (up to ``max_train_rows``).""")
+    per_quantile_per_prompt: int = knob(2, "ALT pool: rows drawn per quantile per prompt for training.", AT_LEAST_1)
+    max_train_rows: int | None = knob(None, """Quark pool: cap on rows trained on per iteration (drawn at random);
+        None = all.""", AT_LEAST_1)
 
     # --- exploration -------------------------------------------------------------------
-    iterations: int = 5
-    """Quark iterations: sample, score, quantize, train. Iteration 1 samples from the reference
-    without a token, later ones from the policy conditioned on token 0."""
-    prompts_per_iteration: int = 128
-    """Training prompts sampled each iteration (drawn from ``train_split``)."""
-    samples_per_prompt: int = 96
-    """Completions per prompt (ALT: 96)."""
-    temperature: float = 0.9
-    top_p: float = 0.9
-    top_k: int = 0
-    """0 = no top-k filter."""
-    max_new_tokens: int = 64
-    sample_batch_size: int = 64
-    """Sequences per generate call."""
+    iterations: int = knob(5, """Quark iterations: sample, score, quantize, train. Iteration 1 samples from the
+        reference without a token, later ones from the policy conditioned on token 0.""", AT_LEAST_1)
+    prompts_per_iteration: int = knob(128, "Training prompts sampled each iteration (drawn from ``train_split``).",
+                                      AT_LEAST_1)
+    samples_per_prompt: int = knob(96, "Completions sampled per prompt (ALT: 96).", AT_LEAST_1)
+    temperature: float = knob(0.9, "Sampling temperature of exploration (ALT: 0.9); 1 = the model's own distribution.",
+                              POSITIVE)
+    top_p: float = knob(0.9, """Nucleus sampling of exploration: keep the smallest set of tokens whose probability
+        reaches top_p (ALT: 0.9); 1 = no filter.""", Range(0, 1, lo_open=True))
+    top_k: int = knob(0, "Keep only the top_k most likely tokens when sampling; 0 = no top-k filter.", NON_NEGATIVE)
+    max_new_tokens: int = knob(64, "Cap on a sampled completion's length, in tokens (ALT: 64).", AT_LEAST_1)
+    sample_batch_size: int = knob(64, "Sequences per generate call.", AT_LEAST_1)
 
     # --- training ----------------------------------------------------------------------
-    lr: float = 2e-5
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    epochs_per_iteration: int = 1
-    grad_clip: float = 1.0
-    kl_coef: float = 0.0
-    """beta; 0 reproduces the no-KL run ALT actually used, Quark used 0.05."""
-    kl_direction: str = "policy||ref"
-    """"policy||ref" (Quark, AlpacaFarm) or "ref||policy" (ALT's KL script)."""
-    entropy_coef: float = 0.06
-    """alpha: the loss subtracts alpha * entropy of the policy over completion positions."""
-    trainable_fraction: float = 1.0
-    """Share of transformer blocks trained, from the top (ALT: 0.3); embeddings are always trained
-    so new quantile tokens can learn."""
-    precision: str = "auto"
-    """Autocast on GPU: "auto" (bf16 where supported, else fp16), "bf16", "fp16", "fp32"."""
+    lr: float = knob(2e-5, """Peak AdamW learning rate, reached after the warmup and decayed linearly to 0 over
+        the iteration's optimizer steps (ALT: 2e-5).""", POSITIVE)
+    warmup_ratio: float = knob(0.05, """Share of each iteration's optimizer steps spent warming the learning rate
+        up linearly from 0 (at least one step; ALT: 0.05).""", Range(0, 1, hi_open=True))
+    weight_decay: float = knob(0.0, "AdamW's decoupled weight decay (ALT: 3e-7).", NON_NEGATIVE)
+    batch_size: int = knob(8, "Training rows per micro-batch (per forward and backward pass).", AT_LEAST_1)
+    grad_accum: int = knob(1, "Micro-batches per optimizer step.", AT_LEAST_1)
+    epochs_per_iteration: int = knob(1, "Passes over the iteration's training rows (ALT: 2).", AT_LEAST_1)
+    grad_clip: float = knob(1.0, "Maximum global gradient norm; gradients above it are scaled down.", POSITIVE)
+    kl_coef: float = knob(0.0, "beta; 0 reproduces the no-KL run ALT actually used, Quark used 0.05.",
+                          NON_NEGATIVE)
+    kl_direction: KLDirection = knob("policy||ref", """"policy||ref" (Quark, AlpacaFarm) or "ref||policy"
+        (ALT's KL script).""")
+    entropy_coef: float = knob(0.06, "alpha: the loss subtracts alpha * entropy of the policy over completion "
+                               "positions.", NON_NEGATIVE)
+    trainable_fraction: float = knob(1.0, """Share of transformer blocks trained, from the top (ALT: 0.3);
+        embeddings are always trained so new quantile tokens can learn.""", Range(0, 1, lo_open=True))
+    precision: Precision = knob("auto", """Autocast on GPU: "auto" (bf16 where supported, else fp16), "bf16",
+        "fp16", "fp32".""")
 
     # --- evaluation and run ------------------------------------------------------------
-    eval_prompts: int = 64
-    """Evaluation prompts from ``eval_split`` (the first ones, the same every iteration)."""
-    eval_max_new_tokens: int = 64
-    eval_sampled_n: int = 0
-    """Also evaluate sampled generations (n per prompt, at the exploration temperature/top-p); 0 = greedy only."""
-    eval_batch_size: int = 64
-    keep_checkpoints: int = 1
-    """How many iteration checkpoints to keep (the latest ones)."""
+    eval_prompts: int = knob(64, "Evaluation prompts from ``eval_split`` (the first ones, the same every iteration).",
+                             AT_LEAST_1)
+    eval_max_new_tokens: int = knob(64, "Cap on an evaluation completion's length, in tokens.", AT_LEAST_1)
+    eval_sampled_n: int = knob(0, """Also evaluate sampled generations (n per prompt, at the exploration
+        temperature/top-p); 0 = greedy only.""", NON_NEGATIVE)
+    eval_batch_size: int = knob(64, "Sequences per generate call during evaluation.", AT_LEAST_1)
+    keep_checkpoints: int = knob(1, "How many iteration checkpoints to keep (the latest ones).", AT_LEAST_1)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str):
-            if not ok:
-                raise QuarkError(f"config: {msg}")
-        need(isinstance(self.num_quantiles, int) and self.num_quantiles >= 1, f"num_quantiles must be >= 1, got {self.num_quantiles}")
-        need(self.quantile_scope in ("local", "global"), f"quantile_scope must be 'local' or 'global', got {self.quantile_scope!r}")
-        need(self.pool_strategy in ("alt", "quark"), f"pool_strategy must be 'alt' or 'quark', got {self.pool_strategy!r}")
-        need(self.kl_direction in ("policy||ref", "ref||policy"), f"kl_direction must be 'policy||ref' or 'ref||policy', got {self.kl_direction!r}")
-        need(self.precision in ("auto", "bf16", "fp16", "fp32"), f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
-        need(self.iterations >= 1, "iterations must be >= 1")
-        need(self.samples_per_prompt >= 1 and self.prompts_per_iteration >= 1, "prompts_per_iteration and samples_per_prompt must be >= 1")
-        need(self.per_quantile_per_prompt >= 1, "per_quantile_per_prompt must be >= 1")
-        need(0 < self.trainable_fraction <= 1, "trainable_fraction must be in (0, 1]")
-        need(self.lr > 0 and self.batch_size >= 1 and self.grad_accum >= 1, "lr, batch_size and grad_accum must be positive")
-        need(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+        """Check every field (type, choices, range) and the rules between fields; one QuarkError naming the first
+        bad field. Whole numbers given to float fields become floats."""
+        for f in fields(self):
+            setattr(self, f.name, check_field(f.name, getattr(self, f.name)))
+        if self.quantile_scope == "local" and self.samples_per_prompt < self.num_quantiles:
+            raise QuarkError(
+                f"config: samples_per_prompt ({self.samples_per_prompt}) must be >= num_quantiles "
+                f"({self.num_quantiles}) with quantile_scope='local': each prompt's own samples are split into "
+                f"num_quantiles quantiles, so fewer samples leave the worst quantile tokens without training rows; "
+                f"raise samples_per_prompt, lower num_quantiles or use quantile_scope='global'")
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -126,35 +170,111 @@ class QuarkConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuarkConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - set(field_specs()))
         if unknown:
-            raise QuarkError(f"config: unknown field(s) {unknown}")
+            raise QuarkError(f"config: unknown field(s) {unknown}: see quarklab train --help-config")
         return cls(**d)
 
     def replace(self, **changes) -> "QuarkConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
     def with_overrides(self, assignments: list[str]) -> "QuarkConfig":
-        """Apply ``key=value`` strings (values parsed as JSON when they parse, else as text)."""
-        types = {f.name: f.type for f in fields(self)}
+        """Apply ``key=value`` strings, each value read by its field's type (:func:`parse_field`)."""
         changes = {}
         for item in assignments:
             key, sep, raw = item.partition("=")
-            if not sep or key not in types:
-                raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(types)}")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            current = getattr(self, key)
-            if isinstance(current, float) and isinstance(value, int):
-                value = float(value)
-            if current is not None and value is not None and type(value) is not type(current):
-                raise QuarkError(f"--set {key}: expected {type(current).__name__}, got {raw!r}")
-            changes[key] = value
+            key = key.strip()
+            if not sep or key not in field_specs():
+                raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(field_specs())}")
+            changes[key] = parse_field(key, raw, where="--set")
         return self.replace(**changes)
 
+
+# ------------------------------------------------------------------ field specs
+
+@cache
+def field_specs() -> dict[str, tuple[Any, bool, Range | Pattern | None]]:
+    """Each field's ``(type, None allowed, rule)``; the type is int, float, str, bool or a Literal."""
+    hints = typing.get_type_hints(QuarkConfig)
+    out = {}
+    for f in fields(QuarkConfig):
+        hint, nullable = hints[f.name], False
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint, nullable = next(a for a in typing.get_args(hint) if a is not type(None)), True
+        out[f.name] = (hint, nullable, f.metadata.get("rule"))
+    return out
+
+
+def expected(name: str) -> str:
+    """What a field accepts, in words: "an integer >= 1", "one of 'local', 'global'", ..."""
+    hint, nullable, rule = field_specs()[name]
+    if typing.get_origin(hint) is Literal:
+        words = "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    else:
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "non-empty text"}[hint]
+        words = str(rule) if isinstance(rule, Pattern) else f"{words} {rule}" if rule else words
+    return words + (", or None" if nullable else "")
+
+
+def _bad(name: str, value: Any, where: str) -> QuarkError:
+    return QuarkError(f"{where}: {name} must be {expected(name)}, got {value!r}")
+
+
+def check_field(name: str, value: Any, where: str = "config") -> Any:
+    """``value`` if it suits field ``name`` (type, choices, range), else one QuarkError naming the field,
+    what it accepts and the value. Numbers come back as Python int or float."""
+    if name not in field_specs():
+        raise QuarkError(f"{where}: unknown field {name!r}: see quarklab train --help-config")
+    hint, nullable, rule = field_specs()[name]
+    given = value
+    if value is None:
+        if nullable:
+            return None
+        raise _bad(name, value, where)
+    if typing.get_origin(hint) is Literal:
+        ok = isinstance(value, str) and value in typing.get_args(hint)
+    elif hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        value = int(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str) and value.strip() != ""
+    else:
+        ok = isinstance(value, hint)
+    if not ok or (rule is not None and value not in rule):
+        raise _bad(name, given, where)
+    return value
+
+
+def parse_field(name: str, raw: str, where: str = "config") -> Any:
+    """Field ``name``'s value from command-line text, read by the field's type, then checked.
+
+    Numbers as numbers (``5``, ``2e-5``), text as is (a JSON-quoted ``"local"`` also works),
+    ``null`` or ``None`` for a field that accepts None.
+    """
+    if name not in field_specs():
+        raise QuarkError(f"{where}: unknown field {name!r}: see quarklab train --help-config")
+    hint, nullable, _ = field_specs()[name]
+    text = raw.strip()
+    try:
+        if nullable and text in ("null", "None"):
+            return None
+        if hint is int:
+            value = int(text)
+        elif hint is float:
+            value = float(text)
+        elif hint is bool:
+            value = {"true": True, "false": False}[text.lower()]
+        else:  # str or a Literal of str
+            value = json.loads(text) if text.startswith('"') else text
+        return check_field(name, value, where)
+    except (ValueError, KeyError):  # QuarkError is a ValueError: name the text as typed
+        raise _bad(name, raw, where) from None
+
+
+# ------------------------------------------------------------------ presets
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The offline tiny world on a 2-core CPU, a few minutes end to end.
@@ -180,15 +300,6 @@ def preset(name: str, **changes) -> QuarkConfig:
 
 
 def describe() -> str:
-    """Every field with its default and documentation, for ``quarklab train --help-config``."""
-    import ast
-    import inspect
-
-    src = inspect.getsource(QuarkConfig)
-    docs, last = {}, None
-    for node in ast.parse(src).body[0].body:
-        if isinstance(node, ast.AnnAssign):
-            last = node.target.id
-        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and last:
-            docs[last], last = " ".join(node.value.value.split()), None
-    return "\n".join(f"{f.name} = {f.default!r}\n    {docs.get(f.name, '')}" for f in dataclasses.fields(QuarkConfig))
+    """Every field with its default, what it accepts and its documentation, for ``quarklab train --help-config``."""
+    return "\n".join(f"{f.name} = {f.default!r}  ({expected(f.name)})\n    {f.metadata['doc']}"
+                     for f in fields(QuarkConfig))

@@ -29,11 +29,31 @@ def notebooks_dir() -> Path:
     """The project's ``notebooks/`` folder (beside the package in a source checkout)."""
     folder = Path(__file__).resolve().parents[1] / "notebooks"
     if not folder.is_dir():
-        raise QuarkError(f"no notebooks folder at {folder}: pass --notebooks DIR")
+        raise QuarkError(f"no notebooks folder at {folder}: the notebooks ship with a source checkout of quarklab; "
+                         "run from one, or call quarklab.notebooks.run_notebooks(..., source_dir=DIR)")
     return folder
 
 
 # ------------------------------------------------------------------ helpers the notebooks call
+
+def check_parameters(**parameters: Any) -> None:
+    """Check notebook parameters before anything loads: one QuarkError naming the first bad one.
+
+    ``run_dir`` must be a path; a parameter named like a :class:`~quarklab.QuarkConfig` field
+    (num_quantiles, quantile_scope, seed, device, policy, ..., samples_per_prompt, top_p) must suit that
+    field's type, choices and range.
+    """
+    from .config import check_field, field_specs
+
+    for name, value in parameters.items():
+        if name == "run_dir":
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise QuarkError(f"notebook parameter: run_dir must be a folder path, got {value!r}")
+        elif name in field_specs():
+            check_field(name, value, where="notebook parameter")
+        else:
+            raise QuarkError(f"check_parameters: {name!r} is neither run_dir nor a QuarkConfig field")
+
 
 def prepare(run_dir: str | os.PathLike) -> Path:
     """The run directory as a Path, created if missing (figures and results go inside)."""
@@ -87,8 +107,14 @@ def example_completions(run_dir: str | os.PathLike, *, prompts: int = 2, tokens=
 
 # ------------------------------------------------------------------ papermill
 
-def parse_value(raw: str) -> Any:
-    """A command-line parameter value: JSON when it parses (numbers, lists, null), else the text."""
+def parse_value(raw: str, name: str | None = None, where: str = "-p") -> Any:
+    """A command-line parameter value. For a parameter named like a QuarkConfig field, read by the field's
+    type and checked (:func:`quarklab.config.parse_field`); otherwise JSON when it parses (numbers, lists,
+    null), else the text."""
+    from .config import field_specs, parse_field
+
+    if name in field_specs():
+        return parse_field(name, raw, where=where)
     try:
         return json.loads(raw)
     except json.JSONDecodeError:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
 
+from .config import QuarkConfig
 from .errors import QuarkError
 from .models import position_ids_from_mask
 from .stages import stage
@@ -153,12 +155,15 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def train_on_rows(policy, reference, rows: list[dict], config, control_ids: list[int], pad_id: int, eos_id: int,
-                  seed: int, progress: bool = False) -> list[dict]:
+def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, control_ids: list[int], pad_id: int,
+                  eos_id: int, seed: int, progress: bool = False) -> list[dict]:
     """One Quark iteration's optimisation over ``rows`` (prompt_ids, completion_ids, finished, quantile).
 
-    A fresh AdamW with linear warmup and decay, gradient clipping and accumulation; returns one
-    stats dict per optimizer step (loss, nll, kl, entropy, lr).
+    A fresh AdamW with linear warmup and decay (transformers' ``get_linear_schedule_with_warmup``
+    over ``warmup = max(1, int(warmup_ratio * total_steps))`` steps, as Quark's and ALT's code: the
+    learning rate starts at 0 on the first optimizer step, so that step only primes AdamW's moments,
+    and reaches ``lr`` at step ``warmup``; a single step has no warmup), gradient clipping and accumulation; returns one stats dict per optimizer step
+    (loss, nll, kl, entropy, and the lr that step used).
     """
     from tqdm.auto import tqdm
 
@@ -170,9 +175,8 @@ def train_on_rows(policy, reference, rows: list[dict], config, control_ids: list
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     micro_batches = math.ceil(len(rows) / config.batch_size) * config.epochs_per_iteration
     total_steps = max(1, math.ceil(micro_batches / config.grad_accum))
-    warmup = max(1, int(config.warmup_ratio * total_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    warmup = min(max(1, int(config.warmup_ratio * total_steps)), total_steps - 1)  # one step alone trains at full lr
+    sched = get_linear_schedule_with_warmup(opt, warmup, total_steps)
     use_ref = reference is not None and config.kl_coef > 0
     keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
                       reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 import quarklab as ql
-from quarklab.notebooks import NOTEBOOKS, SHARED_PARAMETERS, notebooks_dir, results, run_notebooks
+from quarklab.config import field_specs
+from quarklab.notebooks import (NOTEBOOKS, SHARED_PARAMETERS, check_parameters, notebooks_dir, parse_value, results,
+                                run_notebooks)
 
 SMALL = {"num_quantiles": 3, "num_prompts": 4, "samples_per_prompt": 6, "max_new_tokens": 24, "iterations": 1,
          "prompts_per_iteration": 6, "ks": [2, 3], "extra_config": {"eval_prompts": 6, "eval_max_new_tokens": 24, "max_new_tokens": 24}}
@@ -96,3 +98,69 @@ def test_sweep_runs_the_grid_and_writes_one_summary(world, tmp_path):
     for run_dir in summary["run_dir"]:
         config = json.loads((Path(run_dir) / "config.json").read_text())
         assert config["quantile_scope"] == Path(run_dir).name.split("=")[1]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_cell_after_the_parameters_checks_them(name):
+    book, params = _parameters_cell(notebooks_dir() / name)
+    cell = book.cells[book.cells.index(params[0]) + 1]
+    calls = [n for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Call)
+             and ast.unparse(n.func) == "ql.notebooks.check_parameters"]
+    assert len(calls) == 1 and cell.cell_type == "code"
+    checked = {k.arg for k in calls[0].keywords}
+    assigned = {t.id for node in ast.parse(params[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert checked == set(SHARED_PARAMETERS) | (assigned & set(field_specs()))  # every config-named parameter
+
+
+def test_check_parameters_names_the_bad_one():
+    check_parameters(run_dir="runs/x", policy="auto", reference=None, num_quantiles=3, quantile_scope="global",
+                     seed=1, device="cpu", top_p=1.0, temperature=0.7)
+    for bad, message in [({"num_quantiles": 0}, r"num_quantiles must be an integer >= 1, got 0"),
+                         ({"quantile_scope": "per-prompt"}, r"quantile_scope must be one of 'local', 'global'"),
+                         ({"top_p": 0}, r"top_p must be a number in \(0, 1\], got 0"),
+                         ({"seed": "zero"}, r"seed must be an integer >= 0, got 'zero'"),
+                         ({"device": "gpu"}, r"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got 'gpu'"),
+                         ({"run_dir": ""}, r"run_dir must be a folder path"),
+                         ({"num_quantile": 3}, r"'num_quantile' is neither run_dir nor a QuarkConfig field")]:
+        with pytest.raises(ql.QuarkError, match=message):
+            check_parameters(**bad)
+
+
+def test_command_line_values_of_config_fields_are_read_by_the_field_type():
+    assert parse_value("3", "num_quantiles") == 3 and parse_value("0.5", "top_p") == 0.5
+    assert parse_value("local", "quantile_scope") == "local" and parse_value("null", "reference") is None
+    assert parse_value("123", "policy") == "123"  # a folder named 123 stays text
+    assert parse_value("[2, 3]", "ks") == [2, 3] and parse_value("train", "split") == "train"  # others: JSON or text
+    assert parse_value("3", "num_prompts") == 3
+    with pytest.raises(ql.QuarkError, match=r"^-p: num_quantiles must be an integer >= 1, got 'three'$"):
+        parse_value("three", "num_quantiles")
+
+
+def test_a_bad_parameter_stops_in_the_check_cell_before_any_model_loads(tmp_path):
+    name = NOTEBOOKS[0]
+    with pytest.raises(ql.QuarkError) as info:
+        run_notebooks(tmp_path, {"num_quantiles": 0}, notebooks=[name], progress=False)
+    message = str(info.value)
+    assert "QuarkError: notebook parameter: num_quantiles must be an integer >= 1, got 0" in message
+    cell_number = int(message.split(f"{name} failed in cell ")[1].split(":")[0])
+    book = nbformat.read(tmp_path / name, as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.outputs)]
+    assert len(failed) == 1
+    cell = code[failed[0]]
+    assert "check_parameters(" in cell.source and cell.execution_count == cell_number
+    assert "papermill" in str(code[failed[0] - 1].metadata)  # right after the (injected) parameters
+    assert all(c.execution_count is None and not c.outputs for c in code[failed[0] + 1:])  # nothing loaded
+    assert not (tmp_path / "results").exists() and not (tmp_path / "figures").exists()
+
+
+def test_the_cli_rejects_a_bad_config_parameter_before_running_anything(tmp_path):
+    for args in (["run", "--run-dir", str(tmp_path / "run"), "-p", "quantile_scope", "per-prompt"],
+                 ["sweep", "--out", str(tmp_path / "sweep"), "-p", "num_quantiles", "3", "zero"]):
+        proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "notebooks", *args], capture_output=True,
+                              text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("quarklab: error: -p: ")
+        assert "quantile_scope must be one of 'local', 'global', got 'per-prompt'" in proc.stderr or \
+            "num_quantiles must be an integer >= 1, got 'zero'" in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()

@@ -110,3 +110,13 @@ def test_training_lowers_the_loss_and_freezes_lower_blocks(models, rows):
     assert torch.equal(policy.transformer.h[0].attn.q_proj.weight, bottom)
     assert not torch.equal(policy.transformer.h[-1].attn.q_proj.weight, top)
     assert set_trainable(policy, 1.0) == sum(p.numel() for p in policy.parameters())
+
+
+def test_learning_rate_warms_up_from_zero_then_decays_linearly(models, rows):
+    policy, _, tok, ids = models
+    policy = copy.deepcopy(policy)
+    config = preset("tiny", lr=1e-3, batch_size=2, epochs_per_iteration=5, warmup_ratio=0.2, kl_coef=0.0)
+    log = train_on_rows(policy, None, rows, config, ids, tok.pad_token_id, tok.eos_token_id, seed=0)
+    # 4 rows / 2 per batch x 5 epochs = 10 steps; warmup = int(0.2 * 10) = 2 steps, starting from 0 at step 0
+    expected = [0.0, 0.5] + [(10 - s) / 8 for s in range(2, 10)]
+    assert [e["lr"] for e in log] == pytest.approx([1e-3 * f for f in expected])

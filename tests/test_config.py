@@ -1,0 +1,142 @@
+"""QuarkConfig: every field documented and validated, and one parser for --set and notebook parameters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+import quarklab as ql
+from quarklab.config import QuarkConfig, check_field, describe, parse_field, preset
+
+
+def test_every_field_is_documented_with_what_it_accepts():
+    text = describe()
+    for f in fields(QuarkConfig):
+        assert f.metadata["doc"], f.name
+        assert f"\n{f.name} = {f.default!r}  (" in "\n" + text
+    assert "quantile_scope = 'local'  (one of 'local', 'global')" in text
+    assert "top_p = 0.9  (a number in (0, 1])" in text
+    assert "max_train_rows = None  (an integer >= 1, or None)" in text
+    proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "train", "--help-config"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == text
+
+
+def test_presets():
+    assert preset("tldr-gptj").samples_per_prompt == 96 and preset("tldr-gptj").trainable_fraction == 0.3
+    with pytest.raises(ql.QuarkError, match="unknown preset"):
+        preset("huge")
+    for name in ql.PRESETS:
+        assert QuarkConfig.from_dict(preset(name).to_dict()) == preset(name)
+
+
+BAD = [  # (field, value, what the message must say the field accepts)
+    ("top_p", 0, r"a number in \(0, 1\], got 0$"),
+    ("top_p", 1.5, r"in \(0, 1\], got 1.5"),
+    ("temperature", 0.0, "> 0"),
+    ("max_new_tokens", 0, "an integer >= 1"),
+    ("eval_max_new_tokens", 0, "an integer >= 1"),
+    ("sample_batch_size", 0, ">= 1"),
+    ("batch_size", 0, ">= 1"),
+    ("eval_batch_size", 0, ">= 1"),
+    ("grad_accum", 0, ">= 1"),
+    ("warmup_ratio", 1.0, r"in \[0, 1\)"),
+    ("warmup_ratio", -0.1, r"in \[0, 1\)"),
+    ("weight_decay", -1e-3, ">= 0"),
+    ("grad_clip", 0, "> 0"),
+    ("lr", 0, "> 0"),
+    ("lr", float("nan"), "> 0, got nan"),
+    ("eval_prompts", 0, ">= 1"),
+    ("eval_sampled_n", -1, ">= 0"),
+    ("top_k", -1, ">= 0"),
+    ("num_quantiles", 0, ">= 1"),
+    ("num_quantiles", 2.5, "an integer"),
+    ("num_quantiles", True, "an integer"),
+    ("iterations", 0, ">= 1"),
+    ("seed", -1, ">= 0"),
+    ("keep_checkpoints", 0, ">= 1"),
+    ("max_train_rows", 0, ">= 1, or None"),
+    ("trainable_fraction", 0, r"in \(0, 1\]"),
+    ("kl_coef", -0.1, ">= 0"),
+    ("entropy_coef", -0.1, ">= 0"),
+    ("quantile_scope", "per-prompt", "one of 'local', 'global'"),
+    ("pool_strategy", "ppo", "one of 'alt', 'quark'"),
+    ("kl_direction", "forward", r"one of 'policy\|\|ref', 'ref\|\|policy'"),
+    ("precision", "int8", "one of 'auto', 'bf16', 'fp16', 'fp32'"),
+    ("dtype", "half", "one of 'auto', 'float32'"),
+    ("device", "gpu", "'cuda:N'"),
+    ("policy", "", "non-empty text"),
+    ("policy", None, "non-empty text"),
+    ("dataset", 3, "non-empty text"),
+    ("reference", "  ", "non-empty text, or None"),
+]
+
+
+@pytest.mark.parametrize("name,value,accepts", BAD, ids=[f"{n}={v!r}" for n, v, _ in BAD])
+def test_a_bad_field_gives_one_error_naming_it(name, value, accepts):
+    with pytest.raises(ql.QuarkError, match=rf"^config: {name} must be .*{accepts}"):
+        QuarkConfig(**{name: value})
+    with pytest.raises(ql.QuarkError, match=rf"^config: {name} must be"):
+        preset("tiny").replace(**{name: value})
+
+
+def test_good_edge_values_are_accepted_and_numbers_normalised():
+    config = QuarkConfig(top_p=1, temperature=1e-3, warmup_ratio=0, weight_decay=0, top_k=0, eval_sampled_n=0,
+                         max_train_rows=1, reference="ref", device="cuda:1", dtype="bf16", lr=1)
+    assert config.top_p == 1.0 and isinstance(config.top_p, float) and isinstance(config.lr, float)
+    assert QuarkConfig.from_dict(config.to_dict()) == config
+
+
+def test_local_quantiles_need_as_many_samples_per_prompt_as_quantiles():
+    with pytest.raises(ql.QuarkError, match=r"samples_per_prompt \(3\) must be >= num_quantiles \(5\) with "
+                                            r"quantile_scope='local'.*quantile_scope='global'"):
+        QuarkConfig(samples_per_prompt=3, num_quantiles=5)
+    assert QuarkConfig(samples_per_prompt=3, num_quantiles=5, quantile_scope="global").samples_per_prompt == 3
+    assert QuarkConfig(samples_per_prompt=5, num_quantiles=5).num_quantiles == 5
+
+
+def test_unknown_fields_are_named():
+    with pytest.raises(ql.QuarkError, match=r"unknown field\(s\) \['num_quantile'\]"):
+        QuarkConfig.from_dict({"num_quantile": 3})
+
+
+def test_overrides_are_read_by_the_field_type():
+    config = preset("tiny").with_overrides(["kl_direction=ref||policy", "num_quantiles=3", "lr=3e-4", "top_p=1",
+                                            'quantile_scope="global"', "reference=null", "policy=some/folder",
+                                            "max_train_rows=None", "samples_per_prompt= 8"])
+    assert (config.kl_direction, config.num_quantiles, config.lr, config.top_p, config.quantile_scope) == \
+        ("ref||policy", 3, 3e-4, 1.0, "global")
+    assert config.reference is None and config.policy == "some/folder" and config.samples_per_prompt == 8
+    assert preset("tiny").with_overrides(["reference=sft/folder"]).reference == "sft/folder"
+    for item, message in [("num_quantiles=abc", r"--set: num_quantiles must be an integer >= 1, got 'abc'"),
+                          ("num_quantiles=2.5", r"num_quantiles must be an integer >= 1, got '2.5'"),
+                          ("top_p=0", r"--set: top_p must be a number in \(0, 1\], got '0'"),
+                          ("lr=fast", r"lr must be a number > 0, got 'fast'"),
+                          ("quantile_scope=per-prompt", r"quantile_scope must be one of 'local', 'global', got "
+                                                        r"'per-prompt'"),
+                          ("policy=", r"policy must be non-empty text, got ''"),
+                          ("num_quantiles", r"expected key=value"),
+                          ("num_quantile=3", r"expected key=value with key one of")]:
+        with pytest.raises(ql.QuarkError, match=message):
+            preset("tiny").with_overrides([item])
+
+
+def test_one_parser_for_fields():
+    assert parse_field("seed", "7") == 7 and parse_field("temperature", "1") == 1.0
+    assert parse_field("device", "cpu") == "cpu" and parse_field("reference", "None") is None
+    assert check_field("num_quantiles", 3) == 3
+    with pytest.raises(ql.QuarkError, match=r"^-p: num_quantiles must be an integer >= 1, got '0'"):
+        parse_field("num_quantiles", "0", where="-p")
+    with pytest.raises(ql.QuarkError, match="unknown field 'k'"):
+        parse_field("k", "3")
+
+
+def test_cli_set_errors_are_one_line_naming_the_field(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "train", "--run-dir", str(tmp_path / "run"),
+                           "--set", "top_p=0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "quarklab: error: --set: top_p must be a number in (0, 1], got '0'"
+    assert not (tmp_path / "run").exists()  # nothing written for a bad config
