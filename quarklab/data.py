@@ -71,10 +71,15 @@ def _read(source: str, split: str | None) -> pd.DataFrame:
 def _read_hub(dataset_id: str, split: str) -> pd.DataFrame:
     import datasets
 
+    from .models import resolve_source
+
+    # Offline (or the hub unreachable) this is the dataset's folder in the local hub cache, or one error now.
+    source = resolve_source(dataset_id, "dataset", repo_type="dataset")
+    where = "from the hub" if source == dataset_id else f"from its copy in the local hub cache {source!r}"
     try:
-        ds = datasets.load_dataset(dataset_id, split=split)
+        ds = datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types for a missing id, split or network
-        raise QuarkError(f"could not load dataset {dataset_id!r} split {split!r} from the hub "
+        raise QuarkError(f"could not load dataset {dataset_id!r} split {split!r} {where} "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                          "Offline, pass a local .jsonl/.csv/.parquet file or 'tiny-tldr'.") from exc
     return ds.to_pandas()

@@ -7,6 +7,7 @@ The same code path serves the offline tiny world (a local folder written with
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -40,12 +41,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def resolve_source(name_or_path: str | os.PathLike, what: str = "model") -> str:
-    """Return a local folder as a string, or a hub id; fail clearly on a missing local path.
+HUB_PROBE_TIMEOUT = 5.0  # seconds for the one connection attempt that tells whether the hub is reachable
 
-    A string that exists on disk is a local folder. One that cannot be a hub id
-    (absolute, ``./``, ``~``, more than one ``/``) and does not exist is an error
-    here, rather than a confusing hub lookup later.
+
+def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo_type: str = "model") -> str:
+    """Return a local path as a string, or a hub id; fail clearly on a missing local path.
+
+    A string that exists on disk is local. One that cannot be a hub id (absolute, ``./``,
+    ``~``, more than one ``/``) and does not exist is an error here, rather than a confusing
+    hub lookup later. When the hub cannot be used (``HF_HUB_OFFLINE=1``, or one connection
+    attempt fails) a hub id resolves to its folder in the local hub cache, or fails at once
+    with one error, instead of after half a minute of huggingface_hub's retries.
     """
     s = os.fspath(name_or_path)
     p = Path(s).expanduser()
@@ -53,13 +59,67 @@ def resolve_source(name_or_path: str | os.PathLike, what: str = "model") -> str:
         return str(p)
     if not s or s.startswith((".", "/", "~")) or not _HUB_ID.match(s):
         raise QuarkError(f"{what} path does not exist: {s!r}")
-    return s
+    why = hub_unavailable()
+    if why is None:
+        return s
+    folder = cached_snapshot(s, repo_type)
+    if folder is None:
+        from huggingface_hub import constants
+
+        local = "file" if repo_type == "dataset" else "folder"
+        raise QuarkError(
+            f"{what} {s!r} is neither a local {local} nor in the local hub cache ({constants.HF_HUB_CACHE}), "
+            f"and the hub is not available ({why}). Download it once with network "
+            f"(hf download {'--repo-type dataset ' if repo_type == 'dataset' else ''}{s}). Offline, pass a local "
+            + (".jsonl/.csv/.parquet file or 'tiny-tldr'." if repo_type == "dataset"
+               else "folder, e.g. the tiny world's (quarklab world build)."))
+    return folder
+
+
+def hub_unavailable() -> str | None:
+    """Why the Hugging Face hub cannot be used now (a phrase for an error message), or None when it can."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var}={os.environ[var]}"
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on"
+    return _probe_hub(constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_hub(endpoint: str) -> str | None:
+    """One connection attempt to the hub, without retries; remembered for the rest of the process."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT, follow_redirects=False)
+    except Exception as exc:  # any connection failure (DNS, refused, timeout, proxy) means offline
+        return f"{endpoint} cannot be reached: {type(exc).__name__}"
+    return None
+
+
+def cached_snapshot(repo_id: str, repo_type: str = "model") -> str | None:
+    """The folder of ``repo_id``'s cached snapshot in the local hub cache, or None when it has none."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, repo_type=repo_type, local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError, or a cache folder in a state huggingface_hub rejects
+        return None
 
 
 def load_error(source: str, what: str, exc: Exception) -> QuarkError:
     """One clear error for a local folder that is missing files, or a hub id that failed to load."""
+    from huggingface_hub import constants
+
     first = str(exc).splitlines()[0] if str(exc) else ""
     if Path(source).exists():
+        if Path(source).resolve().is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
+            return QuarkError(f"could not load {what} from its copy in the local hub cache {source!r} "
+                              f"({type(exc).__name__}: {first}); the cache holds only part of it: "
+                              "download it whole once with network (hf download REPO_ID)")
         return QuarkError(f"could not load {what} from the local folder {source!r} "
                           f"({type(exc).__name__}: {first}); is it a save_pretrained folder?")
     return QuarkError(

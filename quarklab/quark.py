@@ -89,14 +89,14 @@ def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: boo
     if resume:
         if not path.exists():
             raise QuarkError(f"nothing to resume in {str(run_dir)!r}: it has no config.json")
-        stored = QuarkConfig.from_dict(json.loads(path.read_text()))
+        stored = _stored_config(path)
         if config is not None and config != stored:
             raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
         return stored
     if config is None:
         raise QuarkError("a new run needs a config (a preset)")
     if path.exists():
-        if QuarkConfig.from_dict(json.loads(path.read_text())) != config:
+        if _stored_config(path) != config:
             raise QuarkError(f"{str(run_dir)!r} holds another run (its config.json differs): pick a new --run-dir, "
                              "or continue it with --resume")
     else:
@@ -104,26 +104,59 @@ def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: boo
     return config
 
 
+def _stored_config(path: Path) -> QuarkConfig:
+    try:
+        d = json.loads(path.read_bytes())
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
+        return QuarkConfig.from_dict(d)
+    except (ValueError, TypeError) as exc:  # bad JSON or bytes, bad fields (QuarkError is a ValueError)
+        raise QuarkError(f"{str(path)!r}, the settings of this run, is damaged ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from a copy "
+                         "(quarklab train --help-config lists the fields); nothing in the run was changed") from exc
+
+
+def check_resumable(config: QuarkConfig, run_dir: Path) -> None:
+    """Before any model loads: drop a torn last line of metrics.jsonl, and fail with one error naming the
+    file when metrics.jsonl, the latest checkpoint or a pool file this run will read is damaged."""
+    runs.repair_metrics(run_dir)
+    latest = runs.latest_checkpoint(run_dir)
+    done = latest[0] if latest else 0
+    if latest:
+        runs.check_checkpoint(run_dir, done)
+    if done < config.iterations:
+        for it in [done + 1] if config.pool_strategy == "alt" else range(1, done + 2):
+            if runs.pool_path(run_dir, it).exists():
+                runs.read_pool(run_dir, it)
+
+
 def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) a Quark training run in ``run_dir``; returns its metrics table."""
+    """Run (or resume) a Quark training run in ``run_dir``; returns its metrics table.
+
+    The run holds a lock on ``run_dir`` throughout: a second process on the same folder fails at once.
+    """
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, config, resume)
-    with stage("load"):
-        s = Session.open(config, run_dir)
-    if not runs.has_metrics(run_dir, 0, "eval"):
-        with stage("evaluate"):
-            _evaluate(s, 0, s.reference, [None], "reference", progress)
-    for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
-        if it > s.done:
-            if not runs.pool_path(run_dir, it).exists():
-                _sample_pool(s, it, progress)
-            _train(s, it, progress)
-        if not runs.has_metrics(run_dir, it, "eval"):
+    if resume and not run_dir.is_dir():
+        raise QuarkError(f"nothing to resume in {str(run_dir)!r}: no such folder")
+    with runs.run_lock(run_dir):
+        config = prepare_run_dir(run_dir, config, resume)
+        check_resumable(config, run_dir)
+        with stage("load"):
+            s = Session.open(config, run_dir)
+        if not runs.has_metrics(run_dir, 0, "eval"):
             with stage("evaluate"):
-                _evaluate(s, it, s.policy, None, "policy", progress)
-    return runs.read_metrics(run_dir)
+                _evaluate(s, 0, s.reference, [None], "reference", progress)
+        for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
+            if it > s.done:
+                if not runs.pool_path(run_dir, it).exists():
+                    _sample_pool(s, it, progress)
+                _train(s, it, progress)
+            if not runs.has_metrics(run_dir, it, "eval"):
+                with stage("evaluate"):
+                    _evaluate(s, it, s.policy, None, "policy", progress)
+        return runs.read_metrics(run_dir)
 
 
 def _seed(config: QuarkConfig, iteration: int, stage: int) -> int:

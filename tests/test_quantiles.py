@@ -187,3 +187,40 @@ def test_select_per_quantile_bad_input():
         select_per_quantile([0.5, 1.0], [0, 0], 1, seed=0)
     with pytest.raises(QuarkError, match="seed"):
         select_per_quantile([0, 1], [0, 0], 1, seed="a")
+
+
+def _random_layout(rng):
+    """Rewards with heavy ties, group ids interleaved in random row order, and K, for one property case."""
+    sizes = rng.integers(1, 41, size=int(rng.integers(1, 9)))
+    ids = rng.permutation(np.repeat(rng.choice(1000, size=len(sizes), replace=False), sizes))  # interleaved rows
+    levels = int(rng.integers(1, 6))  # 1 level: every reward tied; 5: still many ties
+    rewards = rng.integers(0, levels, size=len(ids)) * 0.5 - 1.0
+    return rewards, ids, int(rng.integers(1, 9))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_property_local_quantiles_over_random_group_layouts(seed):
+    rng = np.random.default_rng(1000 + seed)
+    for _ in range(50):
+        rewards, ids, k = _random_layout(rng)
+        q = assign_quantiles(rewards, k, ids)
+        assert q.dtype == np.int64 and q.shape == rewards.shape
+        for g in np.unique(ids):
+            rows = np.flatnonzero(ids == g)  # in row order
+            r, qg, n = rewards[rows], q[rows], len(rows)
+            # the documented counts: n // K in 0..K-2 and the rest in K-1; with n < K, one each in 0..n-1
+            want = [n // k] * (k - 1) + [n - (k - 1) * (n // k)] if n >= k else [1] * n + [0] * (k - n)
+            assert np.bincount(qg, minlength=k).tolist() == want
+            # a higher reward never gets a worse (higher) quantile than a lower reward
+            hi, lo = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+            assert not ((r[hi] > r[lo]) & (qg[hi] > qg[lo])).any()
+            # tied rewards keep row order: the earlier row never gets the worse quantile
+            assert not ((r[hi] == r[lo]) & (hi < lo) & (qg[hi] > qg[lo])).any()
+            # and so each row's quantile is the rule on its place in the stable descending order
+            order = sorted(range(n), key=lambda i: -r[i])
+            place = np.empty(n, dtype=int)
+            place[order] = np.arange(n)
+            assert qg.tolist() == np.minimum(place // max(n // k, 1), k - 1).tolist()
+        # a group's quantiles depend on its own rows only, not on how other groups interleave with it
+        regrouped = np.concatenate([np.flatnonzero(ids == g) for g in rng.permutation(np.unique(ids))])
+        assert assign_quantiles(rewards[regrouped], k, ids[regrouped]).tolist() == q[regrouped].tolist()
