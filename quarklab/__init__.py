@@ -2,9 +2,8 @@
 
 The public API, as notebooks use it (``import quarklab as ql``)::
 
-    world = ql.tiny_world()                          # the offline TL;DR world (built on first need)
-    policy = ql.load_policy(world.policy)            # or a hub id, e.g. CarperAI/openai_summarize_tldr_sft
-    tokenizer = ql.load_tokenizer(world.policy)
+    policy = ql.load_policy("tiny-tldr")             # the offline world's SFT model (built on first need),
+    tokenizer = ql.load_tokenizer("tiny-tldr")       # or a hub id, e.g. CarperAI/openai_summarize_tldr_sft
     prompts = ql.load_prompts("tiny-tldr", "test")   # or a .jsonl/.csv/.parquet file, or a hub dataset id
     reward = ql.load_reward("tiny-tldr")             # or a classifier, a value-head RM, any callable
     samples = ql.sample(policy, tokenizer, prompts, n=4)
@@ -17,9 +16,9 @@ from .data import load_prompts
 from .errors import QuarkError
 from .evaluate import evaluate
 from .models import (add_quantile_tokens, load_policy, load_tokenizer, position_ids_from_mask, quantile_token,
-                     resolve_device)
+                     resolve_device, resolve_model)
 from .quantiles import assign_quantiles, quantile_table, select_per_quantile
-from .quark import final_table, resolve_model
+from .quark import final_table
 from .quark import run as run_quark
 from .rewards import CheckedReward, RewardFn, load_reward
 from .sampling import SamplingParams, sample

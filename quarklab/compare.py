@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import math
 
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 
 from .errors import QuarkError
-from .models import quantile_token
+from .models import quantile_token_ids
 from .rewards import check_rewards
 from .sampling import SamplingParams, sample
 from .tldr import prompt_table
@@ -32,41 +30,9 @@ POLICY_NO_TOKEN = "policy, no token"
 COLUMNS = ["prompt_id", "prompt", "column", "token", "source", "completion", "reward", "perplexity", "length",
            "finished"]
 
-_NO_TOKENS = ("this checkpoint has no quantile tokens (no {name!r} in its tokenizer): train one with "
-              "`quarklab train`, or pass a Quark checkpoint such as the released "
-              "sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr (or add untrained tokens with "
-              "quarklab.models.add_quantile_tokens)")
-
-
 def column_name(token: int) -> str:
     """The ``column`` label of quantile token ``token``: ``"token 0"`` ..."""
     return f"token {int(token)}"
-
-
-def quantile_token_ids(tokenizer, num_quantiles: int | None = None) -> list[int]:
-    """Ids of ``_QUANTILE_TOKEN_0_`` .. ``_QUANTILE_TOKEN_{K-1}_`` in ``tokenizer`` (index = k).
-
-    With ``num_quantiles=None``, K is the number of consecutive tokens ``_0_``, ``_1_``, ... the
-    tokenizer holds. A tokenizer with none of them, or without all ``num_quantiles`` asked for,
-    is a :class:`QuarkError`.
-    """
-    vocab = tokenizer.get_vocab()
-    if quantile_token(0) not in vocab:
-        raise QuarkError(_NO_TOKENS.format(name=quantile_token(0)))
-    if num_quantiles is None:
-        k = 0
-        while quantile_token(k) in vocab:
-            k += 1
-        return [int(vocab[quantile_token(i)]) for i in range(k)]
-    if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, (int, np.integer)) or num_quantiles < 1:
-        raise QuarkError(f"num_quantiles must be an int >= 1 (or None to detect it), got {num_quantiles!r}")
-    missing = [quantile_token(k) for k in range(int(num_quantiles)) if quantile_token(k) not in vocab]
-    if missing:
-        present = len(quantile_token_ids(tokenizer))
-        raise QuarkError(f"num_quantiles={num_quantiles}, but this tokenizer holds only {present} quantile "
-                         f"token(s) (missing {missing[0]!r}{' ...' if len(missing) > 1 else ''}): pass "
-                         f"num_quantiles={present} or None to use the tokens the checkpoint was trained with")
-    return [int(vocab[quantile_token(k)]) for k in range(int(num_quantiles))]
 
 
 def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, reference_tokenizer=None,
@@ -112,8 +78,9 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
         out = sample(policy, tokenizer, table, params, token=k, prefix_token_id=token_id, suppress=ids)
         parts.append(out.assign(column=column_name(k), source="policy"))
     if reference is not None:
-        out = sample(reference, ref_tok, table, params, token=None,
-                     suppress=_ids_within(ref_tok, reference, ids) or None)
+        rows_in_ref = reference.get_input_embeddings().num_embeddings  # quantile ids it can generate: never
+        suppress = [i for i in quantile_token_ids(ref_tok, required=False) if i < rows_in_ref]
+        out = sample(reference, ref_tok, table, params, token=None, suppress=suppress or None)
         parts.append(out.assign(column=REFERENCE, source="reference"))
     else:
         out = sample(policy, tokenizer, table, params, token=None, suppress=ids)
@@ -123,14 +90,16 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     df["reward"] = check_rewards(reward(df["prompt"].tolist(), df["completion"].tolist()), len(df),
                                  getattr(reward, "name", "reward"))
 
-    ppl_input = df[["prompt", "completion_ids", "finished"]].copy()
+    ppl_input = df[["prompt_ids", "completion_ids", "finished"]].copy()
+    if reference is not None:  # every row scored given the prompt as the reference's own sampling encoded it
+        ppl_input["prompt_ids"] = pd.Series(parts[-1]["prompt_ids"].tolist() * len(parts), index=ppl_input.index,
+                                            dtype=object)
     if ref_tok is not tokenizer:  # policy completions, re-encoded with the reference's tokenizer
         policy_rows = (df["source"] == "policy").to_numpy()
         ppl_input.loc[policy_rows, "completion_ids"] = pd.Series(
             [ref_tok(c, add_special_tokens=False)["input_ids"] for c in df.loc[policy_rows, "completion"]],
             index=ppl_input.index[policy_rows], dtype=object)
-    df["perplexity"] = np.asarray(reference_perplexity(ref_model, ref_tok, ppl_input, params.max_new_tokens),
-                                  dtype=np.float64)
+    df["perplexity"] = np.asarray(reference_perplexity(ref_model, ref_tok, ppl_input), dtype=np.float64)
     df["length"] = df["num_tokens"].astype(np.int64)
     df["finished"] = df["finished"].astype(bool)
     df["token"] = pd.Series([None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t)
@@ -147,10 +116,3 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
                              "perplexity_under": "reference" if reference is not None else "policy"}
     return out
 
-
-def _ids_within(tokenizer, model, ids: Sequence[int]) -> list[int]:
-    """The quantile ids that exist in ``tokenizer`` and fit ``model``'s vocabulary (never to be generated)."""
-    vocab = tokenizer.get_vocab()
-    n = model.get_input_embeddings().num_embeddings
-    names = [quantile_token(k) for k in range(len(ids))]
-    return [int(vocab[name]) for name in names if name in vocab and vocab[name] < n]

@@ -10,20 +10,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .errors import QuarkError
 from .metrics import distinct_n, distinct_n_per_group, spearman
 from .sampling import SamplingParams, sample
-from .tldr import encode_prompt, prompt_budget
 from .train import completion_nll
 
 
-def reference_perplexity(reference, tokenizer, samples: pd.DataFrame, max_new_tokens: int,
-                         batch_size: int = 32) -> np.ndarray:
-    """Per-row ``exp(mean NLL)`` of each completion (+ EOS when finished) under ``reference``."""
-    budget = prompt_budget(reference, max_new_tokens)
-    cache: dict[str, list[int]] = {}
-    prompts = [cache.get(p) or cache.setdefault(p, encode_prompt(tokenizer, p, budget)[0]) for p in samples["prompt"]]
-    nll = completion_nll(reference, prompts, samples["completion_ids"].tolist(), samples["finished"].tolist(),
-                         tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size)
+def reference_perplexity(reference, tokenizer, samples: pd.DataFrame, batch_size: int = 32) -> np.ndarray:
+    """Per-row ``exp(mean NLL)`` of each completion (+ EOS when finished) under ``reference``, given the
+    samples' own ``prompt_ids`` (as :func:`quarklab.sample` encoded them, in ``tokenizer``'s ids)."""
+    if "prompt_ids" not in samples.columns:
+        raise QuarkError("reference_perplexity scores the samples given their 'prompt_ids' (the column "
+                         "quarklab.sample writes); this table has none")
+    prompts, completions = [list(p) for p in samples["prompt_ids"]], [list(c) for c in samples["completion_ids"]]
+    nll = completion_nll(reference, prompts, completions, samples["finished"].tolist(), tokenizer.pad_token_id,
+                         tokenizer.eos_token_id, batch_size)
     return np.exp(nll)
 
 
@@ -58,8 +59,7 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
         out = sample(policy, tokenizer, prompts, params, token=k, suppress=control_ids,
                      prefix_token_id=None if k is None else control_ids[k])
         out["reward"] = reward(out["prompt"].tolist(), out["completion"].tolist())
-        out["perplexity"] = (reference_perplexity(reference, tokenizer, out, params.max_new_tokens)
-                             if reference is not None else np.nan)
+        out["perplexity"] = reference_perplexity(reference, tokenizer, out) if reference is not None else np.nan
         parts.append(out)
     samples = pd.concat(parts, ignore_index=True)
     mode = "sampled" if params.do_sample else "greedy"

@@ -12,9 +12,11 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import QuarkError
+from .world import TINY, tiny_world
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -44,6 +46,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 HUB_PROBE_TIMEOUT = 5.0  # seconds for the one connection attempt that tells whether the hub is reachable
 
 
+def resolve_model(name_or_path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The one place a model name is resolved: ``"tiny-tldr"`` (:data:`quarklab.world.TINY`) is the
+    offline world's SFT folder (built on first need); anything else is returned as given."""
+    if name_or_path is not None and os.fspath(name_or_path) == TINY:
+        return tiny_world().policy
+    return name_or_path
+
+
 def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo_type: str = "model") -> str:
     """Return a local path as a string, or a hub id; fail clearly on a missing local path.
 
@@ -53,7 +63,7 @@ def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo
     attempt fails) a hub id resolves to its folder in the local hub cache, or fails at once
     with one error, instead of after half a minute of huggingface_hub's retries.
     """
-    s = os.fspath(name_or_path)
+    s = os.fspath(resolve_model(name_or_path) if repo_type == "model" else name_or_path)
     p = Path(s).expanduser()
     if p.exists():
         return str(p)
@@ -173,6 +183,18 @@ def load_policy(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype | N
     return model.to(dev).eval()
 
 
+def context_length(model, tokenizer=None) -> int:
+    """Tokens ``model`` reads at once, from its config (``model`` may be a model or a config; vLLM's
+    engine config gives ``max_model_len``), lowered to ``tokenizer.model_max_length`` when that is a
+    real limit; 2048 when nothing says."""
+    cfg = getattr(model, "config", model)
+    keys = ("max_model_len", "n_positions", "max_position_embeddings", "n_ctx")
+    limits = [next((int(v) for v in (getattr(cfg, k, None) for k in keys) if isinstance(v, int) and v > 0), 0)]
+    if tokenizer is not None and 0 < tokenizer.model_max_length < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    return min([n for n in limits if n] or [2048])
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that count only real tokens: 0 at each row's first non-pad token.
 
@@ -187,6 +209,40 @@ def quantile_token(k: int) -> str:
     return f"_QUANTILE_TOKEN_{k}_"
 
 
+_NO_TOKENS = ("this checkpoint has no quantile tokens (no {name!r} in its tokenizer): train one with "
+              "`quarklab train`, or pass a Quark checkpoint such as the released "
+              "sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr (or add untrained tokens with "
+              "quarklab.models.add_quantile_tokens)")
+
+
+def quantile_token_ids(tokenizer, num_quantiles: int | None = None, *, required: bool = True) -> list[int]:
+    """Ids of ``_QUANTILE_TOKEN_0_`` .. ``_QUANTILE_TOKEN_{K-1}_`` in ``tokenizer`` (index = k).
+
+    With ``num_quantiles=None``, K is the number of consecutive tokens ``_0_``, ``_1_``, ... the
+    tokenizer holds. A tokenizer with none of them (unless ``required=False``: then ``[]``), or
+    without all ``num_quantiles`` asked for, is a :class:`QuarkError`.
+    """
+    vocab = tokenizer.get_vocab()
+    if quantile_token(0) not in vocab:
+        if not required:
+            return []
+        raise QuarkError(_NO_TOKENS.format(name=quantile_token(0)))
+    if num_quantiles is None:
+        k = 0
+        while quantile_token(k) in vocab:
+            k += 1
+        return [int(vocab[quantile_token(i)]) for i in range(k)]
+    if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, (int, np.integer)) or num_quantiles < 1:
+        raise QuarkError(f"num_quantiles must be an int >= 1 (or None to detect it), got {num_quantiles!r}")
+    missing = [quantile_token(k) for k in range(int(num_quantiles)) if quantile_token(k) not in vocab]
+    if missing:
+        present = len(quantile_token_ids(tokenizer))
+        raise QuarkError(f"num_quantiles={num_quantiles}, but this tokenizer holds only {present} quantile "
+                         f"token(s) (missing {missing[0]!r}{' ...' if len(missing) > 1 else ''}): pass "
+                         f"num_quantiles={present} or None to use the tokens the checkpoint was trained with")
+    return [int(vocab[quantile_token(k)]) for k in range(int(num_quantiles))]
+
+
 def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0) -> list[int]:
     """Make sure ``tokenizer`` and ``model`` hold the K quantile tokens; return their ids (index = k).
 
@@ -197,13 +253,12 @@ def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0) -> 
     """
     if num_quantiles < 1:
         raise QuarkError(f"num_quantiles must be at least 1, got {num_quantiles}")
-    names = [quantile_token(k) for k in range(num_quantiles)]
     vocab = tokenizer.get_vocab()
-    missing = [n for n in names if n not in vocab]
+    missing = [quantile_token(k) for k in range(num_quantiles) if quantile_token(k) not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
-    ids = tokenizer.convert_tokens_to_ids(names)
-    new_ids = [i for n, i in zip(names, ids) if n in missing]
+    ids = quantile_token_ids(tokenizer, num_quantiles)
+    new_ids = [i for k, i in enumerate(ids) if quantile_token(k) in missing]
     emb = model.get_input_embeddings()
     if max(ids) >= emb.num_embeddings:
         model.resize_token_embeddings(max(len(tokenizer), max(ids) + 1), mean_resizing=False)

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import QuarkError
-from .runs import atomic_write_json, atomic_write_text, read_metrics
+from .runs import atomic_write_json, atomic_write_text, eval_files, iteration_of, latest_checkpoint, read_metrics
 
 NOTEBOOKS = ["01_quantile_distributions.ipynb", "02_training_iterations.ipynb", "03_compare_tokens.ipynb",
              "04_tradeoffs.ipynb"]
@@ -75,12 +75,10 @@ def results(run_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def policy_source(policy: str, run_dir: str | os.PathLike) -> str:
-    """``"auto"``: the latest checkpoint of the run in ``run_dir``; anything else as given."""
-    from .quark import resolve_model
-    from .runs import latest_checkpoint
-
+    """``"auto"``: the latest checkpoint of the run in ``run_dir``; anything else as given (``"tiny-tldr"``
+    included: :func:`quarklab.load_policy` takes it)."""
     if policy != "auto":
-        return resolve_model(policy)
+        return policy
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise QuarkError(f"policy='auto' takes the latest checkpoint of {str(run_dir)!r}, and it has none: run "
@@ -91,10 +89,10 @@ def policy_source(policy: str, run_dir: str | os.PathLike) -> str:
 def example_completions(run_dir: str | os.PathLike, *, prompts: int = 2, tokens=(0, None)) -> pd.DataFrame:
     """A few greedy evaluation completions per iteration, side by side by token (from ``eval/``)."""
     frames = []
-    for path in sorted(Path(run_dir, "eval").glob("iter_[0-9][0-9][0-9].parquet")):
+    for path in eval_files(run_dir):
         ev = pd.read_parquet(path)
         ev = ev[(ev["mode"] == "greedy") & ev["prompt_id"].isin(sorted(ev["prompt_id"].unique())[:prompts])]
-        ev = ev.assign(iteration=int(path.stem[5:]),
+        ev = ev.assign(iteration=iteration_of(path),
                        column=ev["token"].map(lambda t: "no token" if pd.isna(t) else f"token {int(t)}"))
         wanted = {"no token" if t is None else f"token {t}" for t in tokens}
         frames.append(ev[ev["column"].isin(wanted)])

@@ -27,24 +27,15 @@ import pandas as pd
 from . import runs
 from .config import QuarkConfig
 from .data import load_prompts
-from .world import TINY
 from .errors import QuarkError
 from .evaluate import evaluate
-from .models import add_quantile_tokens, load_policy, load_tokenizer, quantile_token, resolve_device
+from .models import add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device
 from .quantiles import assign_quantiles, select_per_quantile
 from .rewards import load_reward
 from .stages import stage
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
 from .train import train_on_rows
-
-
-def resolve_model(name: str | None) -> str | None:
-    """``"tiny-tldr"`` is the offline world's SFT model; anything else is a hub id or folder."""
-    if name == TINY:
-        from .world import tiny_world
-        return tiny_world().policy
-    return name
 
 
 @dataclass
@@ -65,15 +56,15 @@ class Session:
     @classmethod
     def open(cls, config: QuarkConfig, run_dir: Path) -> "Session":
         device = resolve_device(config.device)
-        ref_source = resolve_model(config.reference or config.policy)
-        reference = load_policy(ref_source, dtype=config.dtype, device=device).requires_grad_(False)
+        reference = load_policy(config.reference or config.policy, dtype=config.dtype, device=device)
+        reference.requires_grad_(False)
         latest = runs.latest_checkpoint(run_dir)
         if latest:
             done, folder = latest
             policy, tokenizer = load_policy(folder, dtype=config.dtype, device=device), load_tokenizer(folder)
-            control_ids = tokenizer.convert_tokens_to_ids([quantile_token(k) for k in range(config.num_quantiles)])
+            control_ids = quantile_token_ids(tokenizer, config.num_quantiles)
         else:
-            done, source = 0, resolve_model(config.policy)
+            done, source = 0, config.policy
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
             control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed)
         reward = load_reward(config.reward, base_model=config.reward_base_model, device=config.device)
@@ -145,6 +136,7 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
         check_resumable(config, run_dir)
         with stage("load"):
             s = Session.open(config, run_dir)
+            _add_prompt_ids(s)
         if not runs.has_metrics(run_dir, 0, "eval"):
             with stage("evaluate"):
                 _evaluate(s, 0, s.reference, [None], "reference", progress)
@@ -185,6 +177,18 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
 
 
+def _add_prompt_ids(s: Session) -> None:
+    """Give pools written before they stored ``prompt_ids`` the ids sampling would have stored (once, in place)."""
+    import pyarrow.parquet as pq
+
+    budget = prompt_budget(s.policy, s.config.max_new_tokens)
+    for path in runs.pool_files(s.run_dir):
+        if "prompt_ids" not in pq.read_schema(path).names:
+            pool = runs.read_pool(s.run_dir, runs.iteration_of(path))
+            ids = {p: encode_prompt(s.tokenizer, p, budget)[0] for p in pool["prompt"].unique()}
+            runs.write_parquet(path, pool.assign(prompt_ids=pool["prompt"].map(ids.get)))
+
+
 def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
     groups = pool["prompt_id"].to_numpy() if c.quantile_scope == "local" else None
     return assign_quantiles(pool["reward"].to_numpy(), c.num_quantiles, groups)
@@ -193,11 +197,11 @@ def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
 def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataFrame:
     """The rows iteration ``it`` trains on, from the pool files (a pure function of them and the seed)."""
     if config.pool_strategy == "alt":
-        pool = pd.read_parquet(runs.pool_path(run_dir, it))
+        pool = runs.read_pool(run_dir, it)
         keep = select_per_quantile(pool["quantile"].to_numpy(), pool["prompt_id"].to_numpy(),
                                    config.per_quantile_per_prompt, _seed(config, it, 2))
         return pool.iloc[keep].reset_index(drop=True)
-    pool = pd.concat([pd.read_parquet(runs.pool_path(run_dir, i)) for i in range(1, it + 1)], ignore_index=True)
+    pool = pd.concat([runs.read_pool(run_dir, i) for i in range(1, it + 1)], ignore_index=True)
     pool["quantile"] = _quantiles(config, pool)  # re-sorted over everything so far, as Quark does
     if config.max_train_rows and len(pool) > config.max_train_rows:
         rng = np.random.default_rng(_seed(config, it, 2))
@@ -209,10 +213,9 @@ def _train(s: Session, it: int, progress: bool) -> None:
     c, tok = s.config, s.tokenizer
     with stage("pool"):
         rows = training_rows(c, s.run_dir, it)
-    budget = prompt_budget(s.policy, c.max_new_tokens)
-    ids = {p: encode_prompt(tok, p, budget)[0] for p in rows["prompt"].unique()}
-    records = [{"prompt_ids": ids[p], "completion_ids": list(cids), "finished": bool(f), "quantile": int(q)}
-               for p, cids, f, q in zip(rows["prompt"], rows["completion_ids"], rows["finished"], rows["quantile"])]
+    records = [{"prompt_ids": list(pids), "completion_ids": list(cids), "finished": bool(f), "quantile": int(q)}
+               for pids, cids, f, q in zip(rows["prompt_ids"], rows["completion_ids"], rows["finished"],
+                                           rows["quantile"])]
     log = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id, tok.eos_token_id,
                         seed=_seed(c, it, 3), progress=progress)
     runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
@@ -221,7 +224,7 @@ def _train(s: Session, it: int, progress: bool) -> None:
         s.policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     s.done = it
-    for old in sorted(Path(s.run_dir, "checkpoints").glob("iter_[0-9][0-9][0-9]"))[: -c.keep_checkpoints]:
+    for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
         shutil.rmtree(old)
 
 

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 
 from .errors import QuarkError
-from .models import load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_source
+from .models import context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_source
 
 STATE_DICT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 V_HEAD_FILE = "v_head.safetensors"
 V_HEAD_KEY = "v_head.weight"
 BACKBONE_PREFIX = "transformer."
-_MAX_LENGTH_FALLBACK = 2048
 
 
 def guess_kind(spec: str | os.PathLike) -> str:
@@ -83,7 +82,7 @@ class SequenceClassifierReward:
         if score != "logit" and model.config.num_labels == 1:
             raise QuarkError(f"score={score!r} needs a classifier with several labels; {source!r} has "
                              "one output, use score='logit'")
-        self.max_length = _max_length(model.config, self.tokenizer)
+        self.max_length = context_length(model.config, self.tokenizer)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         texts = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
@@ -150,7 +149,7 @@ class ValueHeadReward:
         self.v_head_weight = weight.to(dev, torch.float32)
         self.tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code, padding_side="right")
         self.tokenizer.truncation_side = "left"
-        self.max_length = _max_length(backbone.config, self.tokenizer)
+        self.max_length = context_length(backbone.config, self.tokenizer)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         texts = [self.template.format(prompt=p, completion=c.lstrip()) for p, c in zip(prompts, completions)]
@@ -292,15 +291,6 @@ def _check_batch_size(batch_size: int) -> int:
     if batch_size < 1:
         raise QuarkError(f"batch_size must be at least 1, got {batch_size}")
     return batch_size
-
-
-def _max_length(config, tokenizer) -> int:
-    """The smaller of the model's positions and the tokenizer's limit; 2048 when neither is known."""
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    limits = [positions] if isinstance(positions, int) and positions > 0 else []
-    if 0 < tokenizer.model_max_length < 1_000_000:
-        limits.append(tokenizer.model_max_length)
-    return min(limits) if limits else _MAX_LENGTH_FALLBACK
 
 
 def _encode(tokenizer, texts: list[str], max_length: int, device: torch.device):

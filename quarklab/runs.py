@@ -111,9 +111,30 @@ def eval_path(run_dir: str | os.PathLike, iteration: int) -> Path:
     return Path(run_dir) / "eval" / f"iter_{iteration:03d}.parquet"
 
 
+def iteration_of(path: str | os.PathLike) -> int:
+    """The iteration a pool, checkpoint or eval path belongs to (``.../iter_NNN[.parquet]``)."""
+    return int(Path(path).name.split(".")[0][len("iter_"):])
+
+
+def pool_files(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's pool files, iteration 1 first."""
+    return sorted(Path(run_dir, "pool").glob("iter_[0-9][0-9][0-9].parquet"))
+
+
+def checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's checkpoint folders, oldest first."""
+    return sorted(Path(run_dir, "checkpoints").glob("iter_[0-9][0-9][0-9]"))
+
+
+def eval_files(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's evaluation sample files, iteration 0 (the reference) first."""
+    return sorted(Path(run_dir, "eval").glob("iter_[0-9][0-9][0-9].parquet"))
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
-    found = sorted(Path(run_dir, "checkpoints").glob("iter_[0-9][0-9][0-9]"))
-    return (int(found[-1].name[5:]), found[-1]) if found else None
+    """``(iteration, folder)`` of the newest checkpoint, or None."""
+    found = checkpoints(run_dir)
+    return (iteration_of(found[-1]), found[-1]) if found else None
 
 
 def write_parquet(path: str | os.PathLike, df) -> None:

@@ -4,7 +4,8 @@ Prompts are tokenized once, cut to fit the context (from the left of the post bo
 keeping the ``SUBREDDIT``/``TITLE`` head when possible and always the trailing
 ``TL;DR:``), optionally prefixed with a quantile token (no space), sorted by length so
 each batch carries little padding, and generated under ``inference_mode``. The result
-is a table with one row per completion, in the order of the prompts given.
+is a table with one row per completion, in the order of the prompts given; it carries the
+encoded prompt (``prompt_ids``), so nothing downstream (training, perplexity) encodes it again.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     tokens). Keyword ``overrides`` replace fields of ``params``.
 
     Returns one row per completion: ``prompt_id``, ``sample``, ``prompt``, ``token``,
-    ``completion``, ``completion_ids``, ``num_tokens``, ``finished`` (ended with EOS),
-    ``prompt_truncated``.
+    ``completion``, ``completion_ids``, ``finished`` (ended with EOS), ``prompt_ids`` (the
+    prompt as encoded and cut to the context, without the quantile token), ``prompt_truncated``,
+    ``num_tokens``.
     """
     from dataclasses import replace
 
@@ -74,8 +76,7 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     budget = prompt_budget(model, params.max_new_tokens)
     seen: dict[str, tuple[list[int], bool]] = {}
     encoded = [seen.get(t) or seen.setdefault(t, encode_prompt(tokenizer, t, budget)) for t in texts]
-    if prefix_token_id is not None:
-        encoded = [([prefix_token_id] + ids, cut) for ids, cut in encoded]
+    prefix = [] if prefix_token_id is None else [prefix_token_id]
 
     # distinct prompts, longest first: batches of similar length carry little padding. Each prompt is
     # run through the model once and its KV cache repeated for its n samples (the prefill of a TL;DR
@@ -94,7 +95,7 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     cache_kw = cache_field(model)
     with torch.inference_mode():
         for b, batch in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
-            seqs = [encoded[i][0] for i in batch]
+            seqs = [prefix + encoded[i][0] for i in batch]
             width = max(map(len, seqs))
             input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -124,9 +125,9 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
             row = out_ids[(i, s)]
             finished = eos in row
             ids = row[: row.index(eos)] if finished else row
-            rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][1]))
+            rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][0], encoded[i][1]))
     df = pd.DataFrame(rows, columns=["prompt_id", "sample", "prompt", "token", "completion_ids", "finished",
-                                     "prompt_truncated"])
+                                     "prompt_ids", "prompt_truncated"])
     df.insert(4, "completion", tokenizer.batch_decode(df["completion_ids"].tolist(), skip_special_tokens=True))
     df["num_tokens"] = df["completion_ids"].map(len).astype(np.int64)
     return df

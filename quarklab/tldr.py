@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import QuarkError
+from .models import context_length
 
 TLDR_MARK = "TL;DR:"
 TLDR_TAIL = "\n" + TLDR_MARK
@@ -115,18 +116,10 @@ def prompt_table(prompts) -> pd.DataFrame:
     return table[["prompt_id", "prompt"]]
 
 
-def context_length(model) -> int:
-    cfg = model.config
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, key, None)
-        if value:
-            return int(value)
-    return 2048
-
-
 def prompt_budget(model, max_new_tokens: int) -> int:
     """Prompt tokens that fit beside ``max_new_tokens`` and one quantile token, with or without it:
-    a prompt is cut the same way whether or not a token precedes it."""
+    a prompt is cut the same way whether or not a token precedes it. ``model`` is a model or a
+    config (see :func:`quarklab.models.context_length`)."""
     return context_length(model) - max_new_tokens - 1
 
 

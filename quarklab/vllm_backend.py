@@ -8,7 +8,8 @@ when a :class:`VLLMSampler` is created, and says so clearly when it is missing::
 
 Prompts are encoded and cut exactly as :func:`quarklab.sample` does (same budget, same
 ``TL;DR:`` tail), and the result has the same columns: ``prompt_id``, ``sample``, ``prompt``,
-``token``, ``completion``, ``completion_ids``, ``finished``, ``prompt_truncated``, ``num_tokens``.
+``token``, ``completion``, ``completion_ids``, ``finished``, ``prompt_ids``, ``prompt_truncated``,
+``num_tokens``.
 vLLM seeds its own generator, so samples differ from the transformers path's for the same seed.
 """
 
@@ -23,10 +24,10 @@ import pandas as pd
 
 from .errors import QuarkError
 from .sampling import SamplingParams
-from .tldr import encode_prompt, prompt_lists
+from .tldr import encode_prompt, prompt_budget, prompt_lists
 
 COLUMNS = ["prompt_id", "sample", "prompt", "token", "completion", "completion_ids", "finished",
-           "prompt_truncated", "num_tokens"]
+           "prompt_ids", "prompt_truncated", "num_tokens"]
 
 
 def vllm_available() -> bool:
@@ -68,10 +69,7 @@ class VLLMSampler:
             raise QuarkError(f"vLLM could not load {self.model!r} ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         self.tokenizer = self.llm.get_tokenizer()
-
-    @property
-    def context_length(self) -> int:
-        return int(self.llm.llm_engine.model_config.max_model_len)
+        self.config = self.llm.llm_engine.model_config  # its max_model_len is the context (models.context_length)
 
     def _sampling_params(self, params: SamplingParams, suppress: list[int] | None, seed: int):
         kwargs = dict(n=params.n, max_tokens=params.max_new_tokens, seed=seed, skip_special_tokens=True,
@@ -89,8 +87,9 @@ class VLLMSampler:
         """``params.n`` completions per prompt, as a table with :func:`quarklab.sample`'s columns."""
         params = replace(params or SamplingParams(), **overrides)
         texts, pids = prompt_lists(prompts)
-        budget = self.context_length - params.max_new_tokens - 1
-        encoded = [encode_prompt(self.tokenizer, t, budget) for t in texts]
+        budget = prompt_budget(self, params.max_new_tokens)
+        seen: dict[str, tuple[list[int], bool]] = {}
+        encoded = [seen.get(t) or seen.setdefault(t, encode_prompt(self.tokenizer, t, budget)) for t in texts]
         inputs = [{"prompt_token_ids": ([prefix_token_id] if prefix_token_id is not None else []) + ids}
                   for ids, _ in encoded]
         outputs = self.llm.generate(inputs, self._sampling_params(params, suppress, params.seed), use_tqdm=False)
@@ -102,9 +101,9 @@ class VLLMSampler:
                 finished = comp.finish_reason == "stop"
                 if eos in ids:
                     ids = ids[: ids.index(eos)]
-                rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][1]))
+                rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][0], encoded[i][1]))
         df = pd.DataFrame(rows, columns=["prompt_id", "sample", "prompt", "token", "completion_ids", "finished",
-                                         "prompt_truncated"])
+                                         "prompt_ids", "prompt_truncated"])
         df.insert(4, "completion", self.tokenizer.batch_decode(df["completion_ids"].tolist(),
                                                                skip_special_tokens=True))
         df["num_tokens"] = df["completion_ids"].map(len).astype(np.int64)

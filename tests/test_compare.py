@@ -11,10 +11,10 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 import quarklab as ql
-from quarklab.compare import compare_tokens, quantile_token_ids
+from quarklab.compare import compare_tokens
 from quarklab.present.html import comparison_html
 from quarklab.tldr import shorten as shorten_prompt
-from quarklab.models import add_quantile_tokens, quantile_token
+from quarklab.models import add_quantile_tokens, quantile_token, quantile_token_ids
 
 NEW = 12  # max_new_tokens: keep the tests fast
 
@@ -176,3 +176,17 @@ def test_separate_reference_tokenizer(quark, sft, prompts, reward, greedy_table,
     df = compare_tokens(policy, tokenizer, prompts, reward, reference=sft[0], reference_tokenizer=ref_tokenizer,
                         max_new_tokens=NEW)
     pd.testing.assert_frame_equal(df, greedy_table)
+
+
+def test_perplexity_is_scored_given_the_samples_prompt_ids(sft, prompts):
+    from quarklab.evaluate import reference_perplexity
+
+    model, tokenizer = sft
+    samples = ql.sample(model, tokenizer, prompts, do_sample=False, max_new_tokens=NEW)
+    ppl = reference_perplexity(model, tokenizer, samples)
+    assert (ppl >= 1).all()
+    np.testing.assert_array_equal(reference_perplexity(model, tokenizer, samples.assign(prompt="x\nTL;DR:")), ppl)
+    tail_only = samples.assign(prompt_ids=[ids[-3:] for ids in samples["prompt_ids"]])
+    assert not np.allclose(reference_perplexity(model, tokenizer, tail_only), ppl)
+    with pytest.raises(ql.QuarkError, match="prompt_ids"):
+        reference_perplexity(model, tokenizer, samples.drop(columns="prompt_ids"))

@@ -13,6 +13,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM
 
 import quarklab as ql
+from quarklab.models import context_length
 
 
 def test_local_folder_loads_with_dtype_and_device(world):
@@ -21,6 +22,29 @@ def test_local_folder_loads_with_dtype_and_device(world):
     assert ql.load_policy(world.policy).dtype == torch.float32  # auto on CPU
     with pytest.raises(ql.QuarkError, match="unknown dtype"):
         ql.load_policy(world.policy, dtype="float8")
+
+
+def test_tiny_tldr_names_the_offline_worlds_sft_model(world, sft):
+    model, tokenizer = ql.load_policy("tiny-tldr"), ql.load_tokenizer("tiny-tldr")
+    assert tokenizer.get_vocab() == sft[1].get_vocab()
+    for (name, a), (_, b) in zip(model.state_dict().items(), sft[0].state_dict().items()):
+        assert torch.equal(a, b), name
+    assert ql.resolve_model("tiny-tldr") == world.policy and ql.resolve_model("org/model") == "org/model"
+
+
+def test_context_length_is_the_smaller_of_model_and_tokenizer_limits(sft):
+    model, tokenizer = sft
+    assert context_length(model) == context_length(model.config) == model.config.n_positions == 512
+    assert context_length(model, tokenizer) == min(512, tokenizer.model_max_length)
+    short = GPT2Config(n_positions=1024)
+    tokenizer_limit = tokenizer.model_max_length
+    try:
+        tokenizer.model_max_length = 300
+        assert context_length(short, tokenizer) == 300
+    finally:
+        tokenizer.model_max_length = tokenizer_limit
+    assert context_length(short) == 1024
+    assert context_length(GPTJConfig(n_positions=0)) == 2048  # nothing says: the fallback
 
 
 @pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing", "a/b/c"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import quarklab as ql
 from quarklab import runs
 from quarklab.config import QuarkConfig, preset
 from quarklab.quark import final_table, run, training_rows
+from quarklab.tldr import encode_prompt, format_prompt, parse, prompt_budget
 
 SMALL = ["iterations=2", "prompts_per_iteration=6", "samples_per_prompt=10", "max_new_tokens=24",
          "eval_prompts=8", "eval_max_new_tokens=24", "epochs_per_iteration=1", "batch_size=16"]
@@ -94,6 +96,62 @@ def test_killed_run_resumes_to_the_same_metrics(small_run, tmp_path):
     pd.testing.assert_frame_equal(got[cols], want[cols], rtol=1e-6)
     m = runs.read_metrics(run_dir)
     assert not m[m["kind"] == "train"].duplicated(["iteration", "step"]).any()
+
+
+def test_pool_stores_prompt_ids_and_training_reads_exactly_them(world, sft, tmp_path):
+    model, tokenizer = sft
+    posts = [parse(p) for p in ql.load_prompts("tiny-tldr", "test", limit=3)["prompt"]]
+    data = tmp_path / "long.jsonl"  # posts too long for the context: sampling cuts them
+    pd.DataFrame({"prompt": [format_prompt(p.subreddit, p.title, " ".join([p.body] * 16)) for p in posts]}) \
+        .to_json(data, orient="records", lines=True)
+    config = preset("tiny").with_overrides(SMALL).replace(dataset=str(data), iterations=1, prompts_per_iteration=3,
+                                                          samples_per_prompt=5, eval_prompts=1, eval_max_new_tokens=2)
+    base = tmp_path / "base"
+    run(config, base, progress=False)
+    pool = pd.read_parquet(runs.pool_path(base, 1))
+    budget = prompt_budget(model, config.max_new_tokens)
+    assert pool["prompt_truncated"].all() and len(pool) == 15
+    for prompt, ids in zip(pool["prompt"], pool["prompt_ids"]):
+        assert ids.tolist() == encode_prompt(tokenizer, prompt, budget)[0]
+
+    def train_log(name: str, pool_file: pd.DataFrame) -> pd.DataFrame:
+        """Resume a copy of the run whose pool is ``pool_file`` (and evaluations, not training): it trains on it."""
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        shutil.copy(base / "config.json", run_dir)
+        runs.write_parquet(runs.pool_path(run_dir, 1), pool_file)
+        for it in (0, 1):
+            ev = runs.read_metrics(base).query("kind == 'eval' and iteration == @it")
+            runs.record_metrics(run_dir, json.loads(ev.drop(columns=["iteration", "kind"]).to_json(orient="records")),
+                                it, "eval")
+        m = run(None, run_dir, resume=True, progress=False)
+        return m[m["kind"] == "train"][["step", "loss", "nll", "entropy", "kl"]].reset_index(drop=True)
+
+    want = train_log("same", pool)
+    assert len(want) >= 1
+    m = runs.read_metrics(base)
+    pd.testing.assert_frame_equal(want, m[m["kind"] == "train"][want.columns].reset_index(drop=True))
+    # the ids are what training reads: other text with the same ids trains the same, other ids do not
+    pd.testing.assert_frame_equal(train_log("text", pool.assign(prompt="another post\nTL;DR:")), want)
+    shorter = pool.assign(prompt_ids=[ids[-40:] for ids in pool["prompt_ids"]])
+    assert not np.allclose(train_log("ids", shorter)["nll"], want["nll"])
+    # a pool written before pools stored prompt_ids gets them once, as sampling would have encoded them
+    pd.testing.assert_frame_equal(train_log("old", pool.drop(columns="prompt_ids")), want)
+    upgraded = pd.read_parquet(runs.pool_path(tmp_path / "old", 1))
+    assert [a.tolist() for a in upgraded["prompt_ids"]] == [a.tolist() for a in pool["prompt_ids"]]
+
+
+def test_run_dir_layout_helpers(tmp_path):
+    for name in ["checkpoints/iter_010", "checkpoints/iter_002", "checkpoints/.iter_003.tmp-x", "checkpoints/iter_4"]:
+        (tmp_path / name).mkdir(parents=True)
+    for it in (0, 12, 3):
+        runs.atomic_write_text(runs.eval_path(tmp_path, it), "")
+        runs.atomic_write_text(runs.pool_path(tmp_path, it + 1), "")
+    assert runs.checkpoints(tmp_path) == [runs.checkpoint_path(tmp_path, 2), runs.checkpoint_path(tmp_path, 10)]
+    assert runs.latest_checkpoint(tmp_path) == (10, runs.checkpoint_path(tmp_path, 10))
+    assert [runs.iteration_of(p) for p in runs.eval_files(tmp_path)] == [0, 3, 12]
+    assert [runs.iteration_of(p) for p in runs.pool_files(tmp_path)] == [1, 4, 13]
+    assert runs.latest_checkpoint(tmp_path / "empty") is None
 
 
 def test_quark_pool_accumulates_with_global_quantiles(world, tmp_path):

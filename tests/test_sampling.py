@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import quarklab as ql
-from quarklab.tldr import encode_prompt
+from quarklab.tldr import encode_prompt, prompt_budget
 
 
 def test_batched_greedy_equals_one_at_a_time(sft):
@@ -45,6 +45,22 @@ def test_long_real_prompts_are_cut_from_the_post_keeping_head_and_tail(sft, real
     assert cut and len(head_only) <= 12 and tokenizer.decode(head_only).endswith("TL;DR:")
     out = ql.sample(model, tokenizer, real_tldr.head(8), do_sample=False, max_new_tokens=16)
     assert len(out) == 8 and out["prompt_truncated"].any()
+
+
+def test_samples_carry_the_prompt_as_encoded_and_cut_without_the_token(sft, real_tldr):
+    model, tokenizer = sft
+    rows = real_tldr.loc[real_tldr["prompt"].str.len().nlargest(2).index.tolist() + [0]]
+    out = ql.sample(model, tokenizer, rows, n=2, max_new_tokens=16)
+    budget = prompt_budget(model, 16)
+    assert budget == model.config.n_positions - 16 - 1
+    for prompt, ids, cut in zip(out["prompt"], out["prompt_ids"], out["prompt_truncated"]):
+        assert list(ids) == encode_prompt(tokenizer, prompt, budget)[0]
+        assert cut == (len(tokenizer(prompt)["input_ids"]) > budget)
+    assert out["prompt_truncated"].sum() == 4 and not out["prompt_truncated"].all()
+    assert tokenizer.decode(out["prompt_ids"][0]).endswith("\nTL;DR:")
+    eos = tokenizer.eos_token_id  # any id as the prefix: the stored prompt never includes it
+    prefixed = ql.sample(model, tokenizer, rows, n=2, max_new_tokens=16, prefix_token_id=eos, token=0)
+    assert prefixed["prompt_ids"].tolist() == out["prompt_ids"].tolist()
 
 
 def test_bad_sampling_parameters_are_clear_errors(sft):

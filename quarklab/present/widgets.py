@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import clear_output, display
 
-from ..compare import compare_tokens, quantile_token_ids
+from ..compare import compare_tokens
 from ..errors import QuarkError
+from ..models import quantile_token_ids
 from ..quantiles import assign_quantiles, quantile_table
 from ..tldr import as_prompt, title_of
 from .html import comparison_html
