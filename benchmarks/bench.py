@@ -65,7 +65,6 @@ def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     import torch
 
     from quarklab.models import load_tokenizer, resolve_source
-    from quarklab.quark import resolve_model
     from quarklab.runs import atomic_write_json
 
     t_start = time.perf_counter()
@@ -75,7 +74,7 @@ def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     device = torch.device(c.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise QuarkError("bench --device cuda, but torch sees no CUDA device here")
-    source = resolve_source(resolve_model(c.policy))  # the tiny world's SFT model is built on first need
+    source = resolve_source(c.policy)  # "tiny-tldr": the tiny world's SFT model, built on first need
     torch.manual_seed(c.seed)
     model = load_model(source, c, device)
     tokenizer = load_tokenizer(source)

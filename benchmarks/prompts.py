@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from quarklab.errors import QuarkError
-from quarklab.tldr import encode_prompt, format_prompt, parse, prompt_budget
+from quarklab.tldr import format_prompt, parse
 
 from .settings import TLDR_PROMPT_WORD_QUANTILES
 
@@ -59,20 +59,17 @@ def synthetic_prompts(count: int, seed: int = 0, source: list[str] | None = None
     return out
 
 
-def training_rows(samples, tokenizer, model, config, count: int) -> list[dict]:
-    """``count`` Quark training rows from sampled completions, as the loop builds them: prompt ids cut by
-    :func:`quarklab.tldr.encode_prompt` to the model's budget, quantiles of ``config.reward``'s scores
-    (``config.quantile_scope``); the rows are cycled to make ``count``."""
+def training_rows(samples, config, count: int) -> list[dict]:
+    """``count`` Quark training rows from sampled completions, as the loop builds them: the samples' own
+    ``prompt_ids``, quantiles of ``config.reward``'s scores (``config.quantile_scope``); the rows are
+    cycled to make ``count``."""
     from quarklab.quantiles import assign_quantiles
     from quarklab.rewards import load_reward
+    from quarklab.train import table_rows
 
     reward = load_reward(config.reward, base_model=config.reward_base_model, device=config.device)
     scores = reward(samples["prompt"].tolist(), samples["completion"].tolist())
     groups = samples["prompt_id"].to_numpy() if config.quantile_scope == "local" else None
-    quantiles = assign_quantiles(scores, config.num_quantiles, groups)
-    budget = prompt_budget(model, config.max_new_tokens)
-    ids = {p: encode_prompt(tokenizer, p, budget)[0] for p in samples["prompt"].unique()}
-    rows = [{"prompt_ids": ids[p], "completion_ids": list(c), "finished": bool(f), "quantile": int(q)}
-            for p, c, f, q in zip(samples["prompt"], samples["completion_ids"], samples["finished"], quantiles)
-            if len(c) or f]
+    table = samples.assign(quantile=assign_quantiles(scores, config.num_quantiles, groups))
+    rows = [r for r in table_rows(table) if r["completion_ids"] or r["finished"]]
     return [rows[i % len(rows)] for i in range(count)]

@@ -33,7 +33,7 @@ def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: P
     policy = copy.deepcopy(model)
     control_ids = add_quantile_tokens(policy, tokenizer, c.num_quantiles, seed=c.seed)
     reference = model.requires_grad_(False)  # the sampling model, untouched by training: the frozen copy
-    rows = training_rows(samples, tokenizer, policy, c, c.batch_size * c.grad_accum * (s.train_steps + 1))
+    rows = training_rows(samples, c, c.batch_size * c.grad_accum * (s.train_steps + 1))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     configs = {"nll": c.replace(kl_coef=0.0, entropy_coef=0.0, epochs_per_iteration=1),
                "kl": c.replace(epochs_per_iteration=1)}

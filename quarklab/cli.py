@@ -22,7 +22,7 @@ def _notebooks_run(args) -> None:
     from .notebooks import parse_value, run_notebooks
 
     params = {name: parse_value(value, name) for name, value in args.param}
-    for path in run_notebooks(args.run_dir, params, notebooks=args.only or None):
+    for path in run_notebooks(args.run_dir, params, notebooks=args.only or None, cell_timeout=args.cell_timeout):
         print(f"executed {path}")
     print(f"figures in {args.run_dir}/figures, results in {args.run_dir}/results")
 
@@ -36,7 +36,7 @@ def _notebooks_sweep(args) -> None:
         raise QuarkError("each -p NAME needs at least one value: -p num_quantiles 3 5 7")
     grid = {p[0]: [parse_value(v, p[0]) for v in p[1:]] for p in args.param}
     fixed = {name: parse_value(value, name, where="--set") for name, value in args.fixed}
-    table = sweep(args.out, grid, fixed, notebooks=args.only or None)
+    table = sweep(args.out, grid, fixed, notebooks=args.only or None, cell_timeout=args.cell_timeout)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(table.to_string(index=False))
     print(f"summary: {args.out}/summary.csv")
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a notebook parameter (repeatable); a config field's VALUE is read by the field's type "
                            "(see quarklab train --help-config), any other as JSON when it parses, else as text")
     nrun.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
+    nrun.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                      help="stop a cell that runs longer than this (default: no limit)")
     nrun.set_defaults(func=_notebooks_run)
     nswp = nsub.add_parser("sweep", help="run the notebooks over a grid of parameters, one run dir each")
     nswp.add_argument("-p", "--param", nargs="+", action="append", required=True, metavar="NAME VALUE",
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a parameter held fixed across the sweep")
     nswp.add_argument("--out", required=True, help="folder for the run dirs and summary.csv")
     nswp.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
+    nswp.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                      help="stop a cell that runs longer than this (default: no limit)")
     nswp.set_defaults(func=_notebooks_sweep)
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
     bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")

@@ -121,11 +121,13 @@ def parse_value(raw: str, name: str | None = None, where: str = "-p") -> Any:
 
 def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None = None, *,
                   notebooks: list[str] | None = None, source_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, cell_timeout: float | None = None) -> list[Path]:
     """Execute the notebooks in order into ``run_dir`` with papermill; return the executed paths.
 
     A failing cell stops the sequence with one :class:`QuarkError` naming the notebook, the cell
     and the error; the partly executed notebook stays in ``run_dir`` for inspection.
+    ``cell_timeout`` (seconds, None = no limit: training cells may run for hours) stops a cell that
+    runs longer, with the same kind of error.
     """
     import papermill as pm
 
@@ -140,16 +142,20 @@ def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None 
         out = run_dir / name
         try:
             pm.execute_notebook(str(src), str(out), parameters=params, progress_bar=progress, cwd=str(run_dir),
-                                kernel_name="python3")
+                                kernel_name="python3", execution_timeout=cell_timeout)
         except pm.PapermillExecutionError as exc:
             raise QuarkError(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                              f"(the executed notebook is at {out})") from None
+        except TimeoutError as exc:  # nbclient's CellTimeoutError
+            raise QuarkError(f"{name}: a cell ran past cell_timeout={cell_timeout} s ({exc}); "
+                             f"the partly executed notebook is at {out}") from None
         done.append(out)
     return done
 
 
 def sweep(out_dir: str | os.PathLike, grid: dict[str, list[Any]], parameters: dict[str, Any] | None = None, *,
-          notebooks: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+          notebooks: list[str] | None = None, progress: bool = True,
+          cell_timeout: float | None = None) -> pd.DataFrame:
     """Run the notebooks once per combination of ``grid``, one run dir each, and write ``summary.csv``.
 
     Run dirs are named ``name=value,name=value`` under ``out_dir``; a combination whose notebooks all
@@ -163,7 +169,8 @@ def sweep(out_dir: str | os.PathLike, grid: dict[str, list[Any]], parameters: di
         run_dir = out_dir / ",".join(f"{k}={v}" for k, v in combo.items())
         wanted = notebooks or NOTEBOOKS
         if not all((run_dir / nb).exists() for nb in wanted) or not (run_dir / "results").exists():
-            run_notebooks(run_dir, {**(parameters or {}), **combo}, notebooks=notebooks, progress=progress)
+            run_notebooks(run_dir, {**(parameters or {}), **combo}, notebooks=notebooks, progress=progress,
+                          cell_timeout=cell_timeout)
         rows.append({**combo, "run_dir": str(run_dir), **run_summary(run_dir)})
     table = pd.DataFrame(rows)
     atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False))

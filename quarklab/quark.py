@@ -35,7 +35,7 @@ from .rewards import load_reward
 from .stages import stage
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
-from .train import train_on_rows
+from .train import table_rows, train_on_rows
 
 
 @dataclass
@@ -213,9 +213,7 @@ def _train(s: Session, it: int, progress: bool) -> None:
     c, tok = s.config, s.tokenizer
     with stage("pool"):
         rows = training_rows(c, s.run_dir, it)
-    records = [{"prompt_ids": list(pids), "completion_ids": list(cids), "finished": bool(f), "quantile": int(q)}
-               for pids, cids, f, q in zip(rows["prompt_ids"], rows["completion_ids"], rows["finished"],
-                                           rows["quantile"])]
+    records = table_rows(rows)
     log = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id, tok.eos_token_id,
                         seed=_seed(c, it, 3), progress=progress)
     runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],

@@ -249,17 +249,13 @@ def check_checkpoint(run_dir: str | os.PathLike, iteration: int) -> None:
             with safe_open(str(f), "np") as st:
                 st.keys()
     except Exception as exc:  # missing, truncated or garbled files: json, OSError, SafetensorError
-        earlier = [i for i, _ in _checkpoints(run_dir) if i < iteration]
+        earlier = [i for i in map(iteration_of, checkpoints(run_dir)) if i < iteration]
         start = f"checkpoints/iter_{earlier[-1]:03d}" if earlier else "the SFT model"
         first = earlier[-1] + 1 if earlier else 1
         raise QuarkError(f"the checkpoint {str(folder)!r} is damaged ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); delete that folder and --resume again: "
                          f"training restarts from {start} and retrains iterations {first}..{iteration} from their "
                          "pools (their evaluations are kept)") from exc
-
-
-def _checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    return [(int(p.name[5:]), p) for p in sorted(Path(run_dir, "checkpoints").glob("iter_[0-9][0-9][0-9]"))]
 
 
 @contextlib.contextmanager

@@ -59,6 +59,12 @@ def build_batch(prompts: list[list[int]], completions: list[list[int]], finished
     return Batch(ids, mask, labels, token_col, prefix_ids is not None)
 
 
+def table_rows(table) -> list[dict]:
+    """Training rows from a pool-like table (``prompt_ids``, ``completion_ids``, ``finished``, ``quantile``)."""
+    return [{"prompt_ids": list(p), "completion_ids": list(c), "finished": bool(f), "quantile": int(q)}
+            for p, c, f, q in zip(table["prompt_ids"], table["completion_ids"], table["finished"], table["quantile"])]
+
+
 def completion_logits(model, batch: Batch, *, without_token: bool = False, pad_id: int = 0) -> torch.Tensor:
     """Logits predicting each completion position, (B, C, V). ``without_token`` hides the prefix token."""
     ids, mask = batch.input_ids, batch.attention_mask

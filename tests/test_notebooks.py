@@ -44,10 +44,18 @@ def test_notebook_is_clean_thin_and_shares_the_parameters(name):
             assert "#" in line, line
 
 
+CELL_TIMEOUT = 300  # seconds; the slowest cell here (training in 02) takes well under a minute
+
+
 @pytest.fixture(scope="module")
 def executed(world, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("nb") / "demo"
-    paths = run_notebooks(run_dir, SMALL, progress=False)
+    try:
+        paths = run_notebooks(run_dir, SMALL, progress=False, cell_timeout=CELL_TIMEOUT)
+    except ql.QuarkError as exc:  # papermill/nbclient can, rarely, lose a kernel's reply and wait forever
+        if "cell_timeout" not in str(exc):
+            raise
+        paths = run_notebooks(run_dir, SMALL, progress=False, cell_timeout=CELL_TIMEOUT)  # a cell error fails here
     return run_dir, paths
 
 
@@ -87,7 +95,7 @@ def test_a_failing_notebook_names_the_cell_and_exits_non_zero(world, tmp_path):
 
 def test_sweep_runs_the_grid_and_writes_one_summary(world, tmp_path):
     args = [sys.executable, "-m", "quarklab.cli", "notebooks", "sweep", "-p", "quantile_scope", "local", "global",
-            "--out", str(tmp_path), "--only", NOTEBOOKS[1]]
+            "--out", str(tmp_path), "--only", NOTEBOOKS[1], "--cell-timeout", str(CELL_TIMEOUT)]
     for name, value in SMALL.items():
         args += ["--set", name, json.dumps(value)]
     proc = subprocess.run(args, capture_output=True, text=True)
@@ -164,3 +172,15 @@ def test_the_cli_rejects_a_bad_config_parameter_before_running_anything(tmp_path
         assert "quantile_scope must be one of 'local', 'global', got 'per-prompt'" in proc.stderr or \
             "num_quantiles must be an integer >= 1, got 'zero'" in proc.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_cell_past_its_timeout_stops_the_run_with_one_error(tmp_path):
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(60)")],
+                                    metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    (tmp_path / "src").mkdir()
+    nbformat.write(book, tmp_path / "src" / "slow.ipynb")
+    with pytest.raises(ql.QuarkError, match=r"slow.ipynb: a cell ran past cell_timeout=2"):
+        run_notebooks(tmp_path / "run", notebooks=["slow.ipynb"], source_dir=tmp_path / "src", progress=False,
+                      cell_timeout=2)
+    assert (tmp_path / "run" / "slow.ipynb").exists()  # the partly executed notebook stays

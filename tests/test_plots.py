@@ -20,20 +20,9 @@ from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.present import figures, quantile_plots, run_plots  # noqa: E402
 from quarklab.quantiles import assign_quantiles, quantile_thresholds  # noqa: E402
 from test_analysis import N_PROMPTS, N_SAMPLES, QUOTED, make_metrics, make_samples  # noqa: E402
+from test_analysis import metrics5, samples  # noqa: E402,F401  (the same data fixtures)
 
 UNIT = re.compile(r"\(.+\)")
-
-
-# ---------------------------------------------------------------------------- data
-
-@pytest.fixture(scope="module")
-def samples() -> pd.DataFrame:
-    return make_samples()
-
-
-@pytest.fixture(scope="module")
-def metrics5(tmp_path_factory) -> pd.DataFrame:
-    return make_metrics(tmp_path_factory.mktemp("run5"), 5)
 
 
 # ---------------------------------------------------------------------------- helpers
