@@ -21,6 +21,7 @@ from .errors import QuarkError
 from .models import position_ids_from_mask
 from .tldr import encode_prompt, prompt_budget, prompt_lists
 
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample. ``do_sample=False`` is greedy decoding (temperature, top-p, top-k unused)."""
