@@ -13,7 +13,6 @@ import time
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
-from IPython.display import clear_output, display
 
 from ..compare import compare_tokens
 from ..errors import QuarkError
@@ -177,11 +176,14 @@ class QuantileExplorer:
         self.scope = widgets.ToggleButtons(options=["local", "global"], value=scope,
                                            tooltips=["quantiles within each prompt's samples (ALT)",
                                                      "quantiles over the whole pool (Quark)"])
-        self.output = widgets.Output()
+        # the figure as a PNG in an Image widget: its state is the picture (it survives a page reload), and
+        # no Output-widget capture is involved (nbclient can hang on those in headless runs)
+        self.image = widgets.Image(format="png")
+        self.message = widgets.HTML()
         self.summary = widgets.HTML()
         self.k.observe(self.redraw, names="value")
         self.scope.observe(self.redraw, names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.k, self.scope]), self.summary, self.output])
+        self.widget = widgets.VBox([widgets.HBox([self.k, self.scope]), self.summary, self.message, self.image])
         self.redraw()
 
     def summary_table(self, num_quantiles: int, scope: str) -> pd.DataFrame:
@@ -220,13 +222,13 @@ class QuantileExplorer:
         except Exception as exc:  # an observer must not raise into the front end
             self.error = exc
         _close(old)
-        with self.output:
-            clear_output(wait=True)
-            if self.figure is not None:
-                display(_png(self.figure))
-            else:
-                print(f"no figure: {type(self.error).__name__}: {self.error}")
-        _close(self.figure)  # shown once, in the Output; the Figure stays usable (savefig)
+        if self.figure is not None:
+            self.image.value = _png(self.figure)
+            self.message.value = ""
+        else:
+            self.message.value = f"<i>no figure: {html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</i>"
+        self.image.layout.display = None if self.figure is not None else "none"
+        _close(self.figure)  # shown once, as the Image's value; the Figure stays usable (savefig)
 
 
 def _num(x, spec: str = ".3f") -> str:
@@ -237,16 +239,13 @@ def _num(x, spec: str = ".3f") -> str:
     return format(x, spec) if np.isfinite(x) else "–"
 
 
-def _png(fig):
-    """``fig`` as a PNG image to display: works whatever the matplotlib backend (a Figure built
-    without pyplot has no inline display formatter in a kernel)."""
+def _png(fig) -> bytes:
+    """``fig`` as PNG bytes at 96 dpi, tight box (whatever the matplotlib backend)."""
     import io
-
-    from IPython.display import Image
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    return Image(data=buf.getvalue(), format="png")
+    return buf.getvalue()
 
 
 def _close(fig) -> None:
