@@ -147,10 +147,7 @@ def read_metrics(run_dir: str | os.PathLike):
     """metrics.jsonl as a DataFrame (empty when the run has none yet)."""
     import pandas as pd
 
-    rows = _metric_rows(Path(run_dir) / "metrics.jsonl", warn=True)[0]
-    if not rows:
-        return pd.DataFrame()
-    return pd.read_json(io.StringIO("".join(json.dumps(r) + "\n" for r in rows)), lines=True)
+    return pd.DataFrame.from_records(_metric_rows(Path(run_dir) / "metrics.jsonl", warn=True)[0])
 
 
 def _metric_rows(path: Path, warn: bool = False) -> tuple[list[dict], str | None]:
