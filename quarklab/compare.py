@@ -37,7 +37,8 @@ def column_name(token: int) -> str:
 
 def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, reference_tokenizer=None,
                    num_quantiles: int | None = None, do_sample: bool = False, temperature: float = 1.0,
-                   top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0) -> pd.DataFrame:
+                   top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0, perplexity: str = "alt"
+                   ) -> pd.DataFrame:
     """One completion per quantile token (and one without) for every prompt, scored.
 
     ``prompts`` is a list of str or a DataFrame with ``prompt`` (and optionally ``prompt_id``).
@@ -46,7 +47,8 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     ``num_quantiles`` is None) and one unconditioned completion: from ``reference`` (column
     ``"reference"``) or, without a reference, from the policy itself (column
     ``"policy, no token"``). Perplexity is under ``reference`` (the policy when there is none),
-    given the prompt without a token. ``do_sample=False`` is greedy decoding; sampling is seeded,
+    given the prompt without a token, computed as ``perplexity`` says (see :mod:`quarklab.evaluate`;
+    "alt" re-tokenizes each completion's text with the reference's tokenizer). ``do_sample=False`` is greedy decoding; sampling is seeded,
     so the same arguments give the same table.
 
     Returns one row per (prompt, column), prompts in the order given and columns
@@ -90,16 +92,17 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     df["reward"] = check_rewards(reward(df["prompt"].tolist(), df["completion"].tolist()), len(df),
                                  getattr(reward, "name", "reward"))
 
-    ppl_input = df[["prompt_ids", "completion_ids", "finished"]].copy()
+    ppl_input = df[["prompt_ids", "completion", "completion_ids", "finished"]].copy()
     if reference is not None:  # every row scored given the prompt as the reference's own sampling encoded it
         ppl_input["prompt_ids"] = pd.Series(parts[-1]["prompt_ids"].tolist() * len(parts), index=ppl_input.index,
                                             dtype=object)
-    if ref_tok is not tokenizer:  # policy completions, re-encoded with the reference's tokenizer
+    if ref_tok is not tokenizer and perplexity == "sampled-ids":  # policy completions in the reference's ids
         policy_rows = (df["source"] == "policy").to_numpy()
         ppl_input.loc[policy_rows, "completion_ids"] = pd.Series(
             [ref_tok(c, add_special_tokens=False)["input_ids"] for c in df.loc[policy_rows, "completion"]],
             index=ppl_input.index[policy_rows], dtype=object)
-    df["perplexity"] = np.asarray(reference_perplexity(ref_model, ref_tok, ppl_input), dtype=np.float64)
+    df["perplexity"] = np.asarray(reference_perplexity(ref_model, ref_tok, ppl_input, mode=perplexity),
+                                  dtype=np.float64)
     df["length"] = df["num_tokens"].astype(np.int64)
     df["finished"] = df["finished"].astype(bool)
     df["token"] = pd.Series([None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t)

@@ -26,6 +26,9 @@ QuantileScope = Literal["local", "global"]
 PoolStrategy = Literal["alt", "quark"]
 KLDirection = Literal["policy||ref", "ref||policy"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Draw = Literal["finished-first", "uniform"]
+LossVocab = Literal["full", "no-quantile-tokens"]
+Perplexity = Literal["alt", "sampled-ids"]
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
 
@@ -100,10 +103,18 @@ class QuarkConfig:
         which needs samples_per_prompt >= num_quantiles; "global": over the whole pool (Quark).""")
     pool_strategy: PoolStrategy = knob("alt", """"alt": the pool is flushed each iteration and
         ``per_quantile_per_prompt`` rows are drawn per quantile per prompt; "quark": the pool accumulates over
-        iterations and all of it is trained on (up to ``max_train_rows``).""")
+        iterations, its quantiles re-sorted over all of it, and ``steps_per_iteration`` optimizer steps cycle
+        through it (up to ``max_train_rows`` rows) in one schedule for the run.""")
     per_quantile_per_prompt: int = knob(2, "ALT pool: rows drawn per quantile per prompt for training.", AT_LEAST_1)
+    per_quantile_draw: Draw = knob("finished-first", """How the ALT pool draws a quantile's rows: "finished-first"
+        (ALT) takes completions that ended with EOS before the token limit first, at random among them, then the
+        others; "uniform" draws at random among all.""")
     max_train_rows: int | None = knob(None, """Quark pool: cap on rows trained on per iteration (drawn at random);
         None = all.""", AT_LEAST_1)
+    steps_per_iteration: int | None = knob(None, """Optimizer steps per iteration, cycling through the rows;
+        None = ``epochs_per_iteration`` passes over them. The "quark" pool needs it (Quark: 500): one AdamW and
+        one learning-rate schedule over ``iterations * steps_per_iteration`` steps for the whole run.""",
+        AT_LEAST_1)
 
     # --- exploration -------------------------------------------------------------------
     iterations: int = knob(5, """Quark iterations: sample, score, quantize, train. Iteration 1 samples from the
@@ -124,7 +135,11 @@ class QuarkConfig:
         the iteration's optimizer steps (ALT: 2e-5).""", POSITIVE)
     warmup_ratio: float = knob(0.05, """Share of each iteration's optimizer steps spent warming the learning rate
         up linearly from 0 (at least one step; ALT: 0.05).""", Range(0, 1, hi_open=True))
-    weight_decay: float = knob(0.0, "AdamW's decoupled weight decay (ALT: 3e-7).", NON_NEGATIVE)
+    weight_decay: float = knob(3e-7, "AdamW's decoupled weight decay (ALT: 3e-7).", NON_NEGATIVE)
+    adam_beta1: float = knob(0.8, "AdamW's beta1, the decay of the gradient's running mean (ALT: 0.8).",
+                             Range(0, 1, hi_open=True))
+    adam_beta2: float = knob(0.999, "AdamW's beta2, the decay of the squared gradient's running mean (ALT: 0.999).",
+                             Range(0, 1, hi_open=True))
     batch_size: int = knob(8, "Training rows per micro-batch (per forward and backward pass).", AT_LEAST_1)
     grad_accum: int = knob(1, "Micro-batches per optimizer step.", AT_LEAST_1)
     epochs_per_iteration: int = knob(1, "Passes over the iteration's training rows (ALT: 2).", AT_LEAST_1)
@@ -135,10 +150,15 @@ class QuarkConfig:
         (ALT's KL script).""")
     entropy_coef: float = knob(0.06, "alpha: the loss subtracts alpha * entropy of the policy over completion "
                                "positions.", NON_NEGATIVE)
-    trainable_fraction: float = knob(1.0, """Share of transformer blocks trained, from the top (ALT: 0.3);
-        embeddings are always trained so new quantile tokens can learn.""", Range(0, 1, lo_open=True))
-    precision: Precision = knob("auto", """Autocast on GPU: "auto" (bf16 where supported, else fp16), "bf16",
-        "fp16", "fp32".""")
+    loss_vocab: LossVocab = knob("full", """Softmax of the NLL and entropy terms: "full" = the whole vocabulary,
+        quantile tokens included (Quark, ALT); "no-quantile-tokens" leaves their logits out. KL always compares
+        the models without them.""")
+    trainable_fraction: float = knob(1.0, """Share of transformer blocks trained, from the top: the top
+        ``int(fraction * n_layers)`` (ALT's floor rule: 0.3 of GPT-J's 28 = 8), at least one; embeddings, final
+        norm and head are always trained so new quantile tokens can learn.""", Range(0, 1, lo_open=True))
+    precision: Precision = knob("auto", """Training compute under autocast, with fp32 master weights for the
+        trainable parameters: "auto" = the dtype the policy is loaded in (``dtype``; no autocast for float32),
+        "bf16", "fp16" (with a GradScaler), "fp32" (needs float32 weights).""")
 
     # --- evaluation and run ------------------------------------------------------------
     eval_prompts: int = knob(64, "Evaluation prompts from ``eval_split`` (the first ones, the same every iteration).",
@@ -147,6 +167,9 @@ class QuarkConfig:
     eval_sampled_n: int = knob(0, """Also evaluate sampled generations (n per prompt, at the exploration
         temperature/top-p); 0 = greedy only.""", NON_NEGATIVE)
     eval_batch_size: int = knob(64, "Sequences per generate call during evaluation.", AT_LEAST_1)
+    perplexity: Perplexity = knob("alt", """Perplexity under the reference, per sample exp(mean token NLL) then the
+        mean: "alt" (ALT) scores the completion's text re-tokenized, without EOS; "sampled-ids" scores the
+        sampled token ids plus EOS when the completion finished.""")
     keep_checkpoints: int = knob(1, "How many iteration checkpoints to keep (the latest ones).", AT_LEAST_1)
 
     def __post_init__(self):
@@ -163,6 +186,12 @@ class QuarkConfig:
                 f"({self.num_quantiles}) with quantile_scope='local': each prompt's own samples are split into "
                 f"num_quantiles quantiles, so fewer samples leave the worst quantile tokens without training rows; "
                 f"raise samples_per_prompt, lower num_quantiles or use quantile_scope='global'")
+        if self.pool_strategy == "quark" and self.steps_per_iteration is None:
+            raise QuarkError("config: pool_strategy='quark' trains a fixed number of optimizer steps per iteration in "
+                             "one schedule over the run: set steps_per_iteration (Quark: 500)")
+        if self.dtype in ("bfloat16", "bf16", "float16", "fp16") and self.precision == "fp32":
+            raise QuarkError(f"config: precision='fp32' computes in float32, but dtype={self.dtype!r} loads the "
+                             "policy in half precision: set dtype='float32' or precision='auto'")
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

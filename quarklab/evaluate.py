@@ -1,8 +1,11 @@
 """Evaluation: for each conditioning token (and none), reward, perplexity under the reference,
 length, dist-1/2/3, and controllability (Spearman between token index and realized reward).
 
-Perplexity follows ALT: per sample ``exp(mean token NLL)`` of the completion under the
-reference model given the prompt without a token, then averaged over samples.
+Perplexity: per sample ``exp(mean token NLL)`` of the completion under the reference model given
+the prompt without a token, then the mean over samples (NaN, and left out of the mean, for a
+sample with nothing to score). ``"alt"`` scores the completion's text re-tokenized, without EOS,
+as ALT's ``alt/perplexity.py`` does; ``"sampled-ids"`` scores the sampled ids plus EOS when the
+completion finished.
 """
 
 from __future__ import annotations
@@ -12,19 +15,35 @@ import pandas as pd
 
 from .errors import QuarkError
 from .metrics import distinct_n, distinct_n_per_group, spearman
+from .models import context_length
 from .sampling import SamplingParams, sample
 from .train import completion_nll
 
+PERPLEXITY_MODES = ("alt", "sampled-ids")
 
-def reference_perplexity(reference, tokenizer, samples: pd.DataFrame, batch_size: int = 32) -> np.ndarray:
-    """Per-row ``exp(mean NLL)`` of each completion (+ EOS when finished) under ``reference``, given the
-    samples' own ``prompt_ids`` (as :func:`quarklab.sample` encoded them, in ``tokenizer``'s ids)."""
+
+def reference_perplexity(reference, tokenizer, samples: pd.DataFrame, batch_size: int = 32,
+                         mode: str = "alt") -> np.ndarray:
+    """Per-row ``exp(mean NLL)`` of each completion under ``reference``, given the samples' own ``prompt_ids``
+    (as :func:`quarklab.sample` encoded them, in ``tokenizer``'s ids); ``mode`` as in the module docstring."""
+    if mode not in PERPLEXITY_MODES:
+        raise QuarkError(f"perplexity mode must be one of {PERPLEXITY_MODES}, got {mode!r}")
     if "prompt_ids" not in samples.columns:
         raise QuarkError("reference_perplexity scores the samples given their 'prompt_ids' (the column "
                          "quarklab.sample writes); this table has none")
-    prompts, completions = [list(p) for p in samples["prompt_ids"]], [list(c) for c in samples["completion_ids"]]
-    nll = completion_nll(reference, prompts, completions, samples["finished"].tolist(), tokenizer.pad_token_id,
-                         tokenizer.eos_token_id, batch_size)
+    prompts = [list(p) for p in samples["prompt_ids"]]
+    if mode == "alt":
+        room = context_length(reference)
+        completions = [tokenizer(t, add_special_tokens=False)["input_ids"][: room - len(p)]
+                       for t, p in zip(samples["completion"], prompts)]
+        finished = [False] * len(prompts)
+    else:
+        completions, finished = [list(c) for c in samples["completion_ids"]], samples["finished"].tolist()
+    scored = [i for i, (c, f) in enumerate(zip(completions, finished)) if c or f]
+    nll = np.full(len(prompts), np.nan)
+    nll[scored] = completion_nll(reference, [prompts[i] for i in scored], [completions[i] for i in scored],
+                                 [finished[i] for i in scored], tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                 batch_size)
     return np.exp(nll)
 
 
@@ -42,7 +61,7 @@ def summarize(samples: pd.DataFrame) -> dict:
 
 def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None, control_ids: list[int] | None = None,
              tokens: list[int | None] | None = None, params: SamplingParams | None = None,
-             progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+             perplexity: str = "alt", progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate for every token in ``tokens`` (``None`` = unconditioned) and score.
 
     ``tokens`` defaults to every quantile token (``0 .. len(control_ids)-1``) plus ``None``.
@@ -59,7 +78,8 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
         out = sample(policy, tokenizer, prompts, params, token=k, suppress=control_ids,
                      prefix_token_id=None if k is None else control_ids[k])
         out["reward"] = reward(out["prompt"].tolist(), out["completion"].tolist())
-        out["perplexity"] = reference_perplexity(reference, tokenizer, out) if reference is not None else np.nan
+        out["perplexity"] = (reference_perplexity(reference, tokenizer, out, mode=perplexity)
+                             if reference is not None else np.nan)
         parts.append(out)
     samples = pd.concat(parts, ignore_index=True)
     mode = "sampled" if params.do_sample else "greedy"

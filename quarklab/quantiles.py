@@ -57,11 +57,13 @@ def quantile_thresholds(rewards: Sequence[float] | np.ndarray, quantiles: Sequen
 
 
 def select_per_quantile(quantiles: Sequence[int] | np.ndarray, groups: Sequence | np.ndarray | None,
-                        per_quantile: int, seed: int) -> np.ndarray:
+                        per_quantile: int, seed: int, prefer: Sequence[bool] | np.ndarray | None = None
+                        ) -> np.ndarray:
     """Return sorted row indices: up to ``per_quantile`` rows drawn at random for each (group, quantile).
 
     ALT's "2 drawn per quantile per prompt". Draws are uniform without replacement and
-    deterministic given ``seed``. A row's random key comes from the seed, its group id, its
+    deterministic given ``seed``; with ``prefer`` (one bool per row, e.g. "the completion finished
+    before the token limit", as ALT) the preferred rows of a (group, quantile) are drawn first. A row's random key comes from the seed, its group id, its
     quantile and its rank among that (group, quantile)'s rows, so one group's draw does not
     change when other groups' rows are added, removed or reordered. ``groups=None`` treats
     all rows as one group.
@@ -81,7 +83,15 @@ def select_per_quantile(quantiles: Sequence[int] | np.ndarray, groups: Sequence 
     rank = _rank_within(pair, np.argsort(pair, kind="stable"))
     key = _mix(group_hash ^ _mix(np.array([seed % 2**64], dtype=np.uint64)))
     key = _mix(_mix(key ^ q.astype(np.uint64)) ^ rank.astype(np.uint64))
-    return np.flatnonzero(_rank_within(pair, np.lexsort((key, pair))) < per_quantile)
+    first = np.zeros(n, dtype=bool) if prefer is None else ~_as_flags(prefer, n)
+    return np.flatnonzero(_rank_within(pair, np.lexsort((key, first, pair))) < per_quantile)
+
+
+def _as_flags(flags, n: int) -> np.ndarray:
+    f = np.asarray(flags)
+    if f.shape != (n,) or f.dtype != bool:
+        raise QuarkError(f"prefer must be one bool per row ({n}), got {f.dtype} of shape {f.shape}")
+    return f
 
 
 def _rank_within(labels: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ Iteration 0 evaluates the reference (SFT) model. Iteration ``i >= 1``:
    reference without a token, later ones from the policy conditioned on token 0;
 2. score them, assign quantiles (local per prompt or global) and write the pool file;
 3. train on the pool (ALT: this iteration's rows, ``per_quantile_per_prompt`` drawn per quantile
-   per prompt; Quark: every pool so far, quantiles re-assigned over all of it), then checkpoint;
+   per prompt, finished completions first, with a fresh optimizer; Quark: every pool so far,
+   quantiles re-assigned over all of it, ``steps_per_iteration`` steps of one optimizer and
+   schedule that span the run), then checkpoint (in the dtype the policy was loaded in);
 4. evaluate every token and the unconditioned policy on the evaluation prompts.
 
 Each stage's output is written atomically and is its own marker of completion (see
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import runs
 from .config import QuarkConfig
@@ -52,6 +55,7 @@ class Session:
     train_prompts: pd.DataFrame
     eval_prompts: pd.DataFrame
     done: int  # iterations whose checkpoint exists
+    trainer_state: dict | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
 
     @classmethod
     def open(cls, config: QuarkConfig, run_dir: Path) -> "Session":
@@ -63,14 +67,15 @@ class Session:
             done, folder = latest
             policy, tokenizer = load_policy(folder, dtype=config.dtype, device=device), load_tokenizer(folder)
             control_ids = quantile_token_ids(tokenizer, config.num_quantiles)
+            state = runs.read_trainer_state(run_dir, done) if config.pool_strategy == "quark" else None
         else:
-            done, source = 0, config.policy
+            done, source, state = 0, config.policy, None
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
             control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed)
         reward = load_reward(config.reward, base_model=config.reward_base_model, device=config.device)
         return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,
                    load_prompts(config.dataset, config.train_split),
-                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done)
+                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done, state)
 
 
 def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: bool) -> QuarkConfig:
@@ -114,7 +119,7 @@ def check_resumable(config: QuarkConfig, run_dir: Path) -> None:
     latest = runs.latest_checkpoint(run_dir)
     done = latest[0] if latest else 0
     if latest:
-        runs.check_checkpoint(run_dir, done)
+        runs.check_checkpoint(run_dir, done, trainer_state=config.pool_strategy == "quark")
     if done < config.iterations:
         for it in [done + 1] if config.pool_strategy == "alt" else range(1, done + 2):
             if runs.pool_path(run_dir, it).exists():
@@ -164,8 +169,8 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
                             top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
                             seed=_seed(c, it, 1))
     with stage("sample"):
-        if it == 1:  # the first pass explores with the reference, without a token
-            pool = sample(s.reference, s.tokenizer, prompts, params, progress=progress)
+        if it == 1:  # the first pass explores with the reference, without a token (and never generates one)
+            pool = sample(s.reference, s.tokenizer, prompts, params, suppress=s.control_ids, progress=progress)
         else:
             pool = sample(s.policy, s.tokenizer, prompts, params, token=0, prefix_token_id=s.control_ids[0],
                           suppress=s.control_ids, progress=progress)
@@ -198,8 +203,9 @@ def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataF
     """The rows iteration ``it`` trains on, from the pool files (a pure function of them and the seed)."""
     if config.pool_strategy == "alt":
         pool = runs.read_pool(run_dir, it)
+        prefer = pool["finished"].to_numpy(dtype=bool) if config.per_quantile_draw == "finished-first" else None
         keep = select_per_quantile(pool["quantile"].to_numpy(), pool["prompt_id"].to_numpy(),
-                                   config.per_quantile_per_prompt, _seed(config, it, 2))
+                                   config.per_quantile_per_prompt, _seed(config, it, 2), prefer=prefer)
         return pool.iloc[keep].reset_index(drop=True)
     pool = pd.concat([runs.read_pool(run_dir, i) for i in range(1, it + 1)], ignore_index=True)
     pool["quantile"] = _quantiles(config, pool)  # re-sorted over everything so far, as Quark does
@@ -214,13 +220,16 @@ def _train(s: Session, it: int, progress: bool) -> None:
     with stage("pool"):
         rows = training_rows(c, s.run_dir, it)
     records = table_rows(rows)
-    log = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id, tok.eos_token_id,
-                        seed=_seed(c, it, 3), progress=progress)
+    log, state = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id,
+                               tok.eos_token_id, seed=_seed(c, it, 3), progress=progress, state=s.trainer_state)
     runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
                         it, "train")
     with stage("checkpoint"), runs.atomic_dir(runs.checkpoint_path(s.run_dir, it)) as tmp:
         s.policy.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if c.pool_strategy == "quark":  # the optimizer and schedule go on into the next iteration
+            torch.save(state, tmp / runs.TRAINER_STATE)
+            s.trainer_state = state
     s.done = it
     for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
         shutil.rmtree(old)
@@ -237,7 +246,7 @@ def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progre
     for params in modes:
         summary, scored = evaluate(model, s.tokenizer, s.eval_prompts, s.reward, reference=s.reference,
                                    control_ids=s.control_ids if tokens is None else [], tokens=tokens,
-                                   params=params, progress=progress)
+                                   params=params, perplexity=c.perplexity, progress=progress)
         summaries.append(summary)
         samples.append(scored.assign(mode=summary["mode"].iloc[0]))
     runs.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))

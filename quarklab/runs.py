@@ -107,6 +107,17 @@ def checkpoint_path(run_dir: str | os.PathLike, iteration: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"iter_{iteration:03d}"
 
 
+TRAINER_STATE = "trainer_state.pt"
+"""In a checkpoint of a run whose optimizer spans iterations (pool_strategy "quark"): AdamW, schedule and
+GradScaler state, a plain tensor dict (read with ``weights_only=True``)."""
+
+
+def read_trainer_state(run_dir: str | os.PathLike, iteration: int) -> dict:
+    import torch
+
+    return torch.load(checkpoint_path(run_dir, iteration) / TRAINER_STATE, map_location="cpu", weights_only=True)
+
+
 def eval_path(run_dir: str | os.PathLike, iteration: int) -> Path:
     return Path(run_dir) / "eval" / f"iter_{iteration:03d}.parquet"
 
@@ -232,11 +243,14 @@ def read_pool(run_dir: str | os.PathLike, iteration: int):
                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {fix}") from exc
 
 
-def check_checkpoint(run_dir: str | os.PathLike, iteration: int) -> None:
-    """One QuarkError when checkpoint ``iteration``'s config.json or safetensors headers are damaged."""
+def check_checkpoint(run_dir: str | os.PathLike, iteration: int, trainer_state: bool = False) -> None:
+    """One QuarkError when checkpoint ``iteration``'s config.json or safetensors headers (or, with
+    ``trainer_state``, its optimizer state) are damaged."""
     folder = checkpoint_path(run_dir, iteration)
     try:
         json.loads((folder / "config.json").read_text())
+        if trainer_state:
+            read_trainer_state(run_dir, iteration)
         from safetensors import safe_open
 
         weights = sorted(folder.glob("*.safetensors"))

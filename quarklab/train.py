@@ -4,14 +4,19 @@ A training row is ``[quantile token; prompt] -> completion``. Batches put each p
 left-padded and each completion right-padded, so the completion block starts at the same
 column in every row and only its logits are computed (``logits_to_keep``). The reference
 sees the same tensor with the quantile token masked out (attention mask 0, positions
-recounted): exactly the prompt without the token, in one layout. Quantile-token logits are
-left out of every term, as in Quark.
+recounted): exactly the prompt without the token, in one layout. NLL and entropy take the
+softmax over the whole vocabulary, quantile tokens included (Quark, ALT; ``loss_vocab``
+can drop them); KL compares the models without the quantile tokens, as Quark does.
+
+Half-precision weights train on fp32 master copies of the trainable parameters, with compute
+under autocast (bf16, or fp16 with a GradScaler): see :func:`train_on_rows`.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,25 +94,30 @@ def kept_vocab(policy_vocab: int, ref_vocab: int | None, control_ids: list[int],
 
 def quark_loss(policy_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, *,
                ref_logits: torch.Tensor | None = None, kl_coef: float = 0.0, kl_direction: str = "policy||ref",
-               entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """``NLL + kl_coef * KL - entropy_coef * entropy``, each a mean over completion tokens."""
+               entropy_coef: float = 0.0, loss_vocab: str = "full") -> tuple[torch.Tensor, dict[str, float]]:
+    """``NLL + kl_coef * KL - entropy_coef * entropy``, each a mean over completion tokens.
+
+    ``loss_vocab="full"`` (Quark, ALT): NLL and entropy use the softmax over the whole vocabulary,
+    quantile tokens included; ``"no-quantile-tokens"``: over ``keep`` only. KL always compares the two
+    models over ``keep`` (their shared vocabulary without the quantile tokens), as Quark does.
+    """
     mask = labels != -100
     n = mask.sum().clamp(min=1)
-    logp = F.log_softmax(policy_logits[..., : keep.numel()][..., keep].float(), dim=-1)
-    remap = keep.long().cumsum(0) - 1  # original id -> column after the control tokens are dropped
-    target = remap[labels.clamp(min=0)]
+    kept_logp = F.log_softmax(policy_logits[..., : keep.numel()][..., keep].float(), dim=-1)
+    if loss_vocab == "full":
+        logp, target = F.log_softmax(policy_logits.float(), dim=-1), labels.clamp(min=0)
+    else:
+        logp, target = kept_logp, (keep.long().cumsum(0) - 1)[labels.clamp(min=0)]  # ids after the drop
     nll = -(logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask).sum() / n
-    loss, stats = nll, {"nll": nll.item()}
-    p = logp.exp()
-    entropy = (-(p * logp).sum(-1) * mask).sum() / n  # logged always, in the loss when entropy_coef > 0
-    stats["entropy"] = entropy.item()
-    loss = loss - entropy_coef * entropy
+    entropy = (-(logp.exp() * logp).sum(-1) * mask).sum() / n  # logged always, in the loss when entropy_coef > 0
+    loss = nll - entropy_coef * entropy
+    stats = {"nll": nll.item(), "entropy": entropy.item()}
     if ref_logits is not None:
         ref_logp = F.log_softmax(ref_logits[..., : keep.numel()][..., keep].float(), dim=-1)
         if kl_direction == "policy||ref":
-            kl_tok = (p * (logp - ref_logp)).sum(-1)
+            kl_tok = (kept_logp.exp() * (kept_logp - ref_logp)).sum(-1)
         else:
-            kl_tok = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+            kl_tok = (ref_logp.exp() * (ref_logp - kept_logp)).sum(-1)
         kl = (kl_tok * mask).sum() / n
         stats["kl"] = kl.item()
         loss = loss + kl_coef * kl
@@ -136,92 +146,166 @@ def completion_nll(model, prompts: list[list[int]], completions: list[list[int]]
 
 
 def set_trainable(model, fraction: float) -> int:
-    """Train only the top ``fraction`` of transformer blocks (plus embeddings, final norm and head)."""
+    """Train only the top ``int(fraction * n_layers)`` transformer blocks (ALT's floor rule: 0.3 of GPT-J's 28
+    is 8; at least one), plus everything outside the blocks (embeddings, final norm, head). Returns the number
+    of trainable parameters."""
+    for p in model.parameters():
+        p.requires_grad_(True)
     if fraction >= 1.0:
-        for p in model.parameters():
-            p.requires_grad_(True)
         return sum(p.numel() for p in model.parameters())
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
     blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
     if blocks is None:
         raise QuarkError("trainable_fraction < 1 needs a model with one list of transformer blocks")
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for block in list(blocks)[: n_layers - max(1, math.ceil(fraction * n_layers))]:
+    for block in list(blocks)[: n_layers - max(1, int(fraction * n_layers))]:
         for p in block.parameters():
             p.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def autocast_context(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()) \
-        else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
+HALF = (torch.bfloat16, torch.float16)
+
+
+def compute_dtype(weights: torch.dtype, precision: str) -> torch.dtype | None:
+    """The autocast dtype of training (None = no autocast): ``precision`` "bf16"/"fp16" name it, "fp32" has
+    none, "auto" computes in the dtype the weights were loaded in (bf16 or fp16; none for fp32 weights)."""
+    if precision == "auto":
+        return weights if weights in HALF else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@contextmanager
+def master_weights(params: list[torch.nn.Parameter]):
+    """Trainable parameters (and so their gradients and AdamW's moments) in float32 for the duration, then
+    back in their own dtype: half-precision weights train on fp32 master copies, as DeepSpeed and AMP do.
+    Updates far below bf16's resolution accumulate in the masters instead of rounding away each step."""
+    stored = [p.dtype for p in params]
+    for p in params:
+        p.data = p.data.float()
+    try:
+        yield
+    finally:
+        for p, dtype in zip(params, stored):
+            p.data = p.data.to(dtype)
+
+
+def schedule_steps(config: QuarkConfig, num_rows: int) -> tuple[int, int]:
+    """``(steps, total)``: optimizer steps this iteration takes and steps in the whole learning-rate schedule.
+
+    Without ``steps_per_iteration``, ``epochs_per_iteration`` passes over the rows, in a schedule of their
+    own (ALT: a fresh optimizer each iteration); with it, that many steps, in one schedule over the run
+    (``iterations * steps_per_iteration``, Quark) when the pool strategy is "quark"."""
+    if config.steps_per_iteration is None:
+        steps = max(1, math.ceil(math.ceil(num_rows / config.batch_size) * config.epochs_per_iteration
+                                 / config.grad_accum))
+        return steps, steps
+    steps = config.steps_per_iteration
+    return steps, steps * config.iterations if config.pool_strategy == "quark" else steps
+
+
+def micro_batches(rows: list[dict], config: QuarkConfig, steps: int, rng: random.Random) -> list[list[dict]]:
+    """The micro-batches of ``steps`` optimizer steps: the rows reshuffled on every pass."""
+    if config.steps_per_iteration is None:
+        passes = config.epochs_per_iteration
+    else:
+        passes = math.ceil(steps * config.grad_accum * config.batch_size / len(rows))
+    out = []
+    for _ in range(passes):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        out += [[rows[i] for i in order[b:b + config.batch_size]] for b in range(0, len(order), config.batch_size)]
+    return out if config.steps_per_iteration is None else out[: steps * config.grad_accum]
+
+
+def check_rows(rows: list[dict], control_ids: list[int]) -> None:
+    """One clear error for a completion holding a quantile token: sampling must suppress them."""
+    control = set(control_ids)
+    for i, r in enumerate(rows):
+        found = control.intersection(r["completion_ids"])
+        if found:
+            raise QuarkError(f"training row {i} has quantile token id {min(found)} in its completion: a sampler "
+                             "generated a quantile token (sampling must suppress them: pass suppress=control_ids)")
 
 
 def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, control_ids: list[int], pad_id: int,
-                  eos_id: int, seed: int, progress: bool = False) -> list[dict]:
+                  eos_id: int, seed: int, progress: bool = False, state: dict | None = None
+                  ) -> tuple[list[dict], dict]:
     """One Quark iteration's optimisation over ``rows`` (prompt_ids, completion_ids, finished, quantile).
 
-    A fresh AdamW with linear warmup and decay (transformers' ``get_linear_schedule_with_warmup``
-    over ``warmup = max(1, int(warmup_ratio * total_steps))`` steps, as Quark's and ALT's code: the
-    learning rate starts at 0 on the first optimizer step, so that step only primes AdamW's moments,
-    and reaches ``lr`` at step ``warmup``; a single step has no warmup), gradient clipping and accumulation; returns one stats dict per optimizer step
-    (loss, nll, kl, entropy, and the lr that step used).
+    AdamW (``lr``, betas, ``weight_decay``) on fp32 master weights (:func:`master_weights`) with compute
+    under autocast (:func:`compute_dtype`; fp16 with a GradScaler), gradient clipping and accumulation, and
+    transformers' linear warmup and decay over the schedule of :func:`schedule_steps`
+    (``warmup = max(1, int(warmup_ratio * total))``: the learning rate is 0 on the first optimizer step, which
+    only primes AdamW's moments; a single step trains at full lr). ``state`` (optimizer, schedule and scaler,
+    as returned) continues a schedule that spans iterations; None starts one.
+
+    Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used) and the
+    state to continue from. The policy leaves in the dtype it came in, ready to sample and save.
     """
     from tqdm.auto import tqdm
 
+    check_rows(rows, control_ids)
     device = next(policy.parameters()).device
+    weights = policy.get_input_embeddings().weight.dtype
+    amp = compute_dtype(weights, config.precision)
+    if amp is None and weights in HALF:
+        raise QuarkError(f"precision={config.precision!r} computes in float32, but the policy is loaded in "
+                         f"{weights}: set dtype='float32' or precision='auto'")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     set_trainable(policy, config.trainable_fraction)
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    micro_batches = math.ceil(len(rows) / config.batch_size) * config.epochs_per_iteration
-    total_steps = max(1, math.ceil(micro_batches / config.grad_accum))
-    warmup = min(max(1, int(config.warmup_ratio * total_steps)), total_steps - 1)  # one step alone trains at full lr
-    sched = get_linear_schedule_with_warmup(opt, warmup, total_steps)
+    steps, total = schedule_steps(config, len(rows))
+    batches = micro_batches(rows, config, steps, rng)
     use_ref = reference is not None and config.kl_coef > 0
     keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
                       reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and config.precision == "fp16")
-    policy.train()
-    epochs = []
-    for _ in range(config.epochs_per_iteration):
-        order = list(range(len(rows)))
-        rng.shuffle(order)
-        epochs += [[rows[i] for i in order[b:b + config.batch_size]] for b in range(0, len(order), config.batch_size)]
     log, acc = [], []
-    bar = tqdm(total=total_steps, desc="training", disable=not progress, leave=False)
-    for m, chunk in enumerate(epochs):
-        batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
-                            [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
-                            pad_id, eos_id).to(device)
-        ref_logits = None
-        if use_ref:
-            with stage("train.reference"), autocast_context(device, config.precision), torch.no_grad():
-                # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
-                ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
-        with stage("train.policy"):
-            with autocast_context(device, config.precision):
-                logits = completion_logits(policy, batch)
-                loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
-                                         kl_direction=config.kl_direction, entropy_coef=config.entropy_coef)
-            scaler.scale(loss / config.grad_accum).backward()
-        acc.append(stats)
-        if len(acc) == config.grad_accum or m == len(epochs) - 1:  # a last partial accumulation still counts
-            with stage("train.optimizer"):
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-            log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
-            sched.step()
-            acc = []
-            bar.update(1)
+    bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
+    with master_weights(params):
+        opt = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                weight_decay=config.weight_decay)
+        warmup = min(max(1, int(config.warmup_ratio * total)), total - 1)  # one step alone trains at full lr
+        sched = get_linear_schedule_with_warmup(opt, warmup, total)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        if state is not None:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        policy.train()
+        for m, chunk in enumerate(batches):
+            batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
+                                [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
+                                pad_id, eos_id).to(device)
+            ref_logits = None
+            if use_ref:
+                with stage("train.reference"), autocast_context(device, amp), torch.no_grad():
+                    # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
+                    ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
+            with stage("train.policy"):
+                with autocast_context(device, amp):
+                    logits = completion_logits(policy, batch)
+                loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits,
+                                         kl_coef=config.kl_coef, kl_direction=config.kl_direction,
+                                         entropy_coef=config.entropy_coef, loss_vocab=config.loss_vocab)
+                scaler.scale(loss / config.grad_accum).backward()
+            acc.append(stats)
+            if len(acc) == config.grad_accum or m == len(batches) - 1:  # a last partial accumulation still counts
+                with stage("train.optimizer"):
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
+                sched.step()
+                acc = []
+                bar.update(1)
+        policy.eval()
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
     bar.close()
-    policy.eval()
-    return log
+    return log, state

@@ -174,6 +174,25 @@ def test_select_per_quantile_draws_uniformly():
     assert hits.min() > 60  # each of 4 rows near 100 of 400 draws
 
 
+def test_select_per_quantile_prefers_finished_rows_as_alt():
+    """ALT draws completions that ended before the token limit first; the others only fill up a short pair."""
+    q, groups = _pool()
+    finished = np.random.default_rng(1).random(len(q)) < 0.4
+    chosen = select_per_quantile(q, groups, 2, seed=0, prefer=finished)
+    uniform = select_per_quantile(q, groups, 2, seed=0)
+    assert len(chosen) == len(uniform) and finished[chosen].mean() > finished[uniform].mean()
+    for g, k in set(zip(groups.tolist(), q.tolist())):
+        pair = (groups == g) & (q == k)
+        taken = np.isin(np.flatnonzero(pair), chosen)
+        assert finished[pair][taken].sum() == min(2, finished[pair].sum())  # every finished row it could take
+    hits = np.zeros(4)  # still random among the finished
+    for seed in range(200):
+        hits[select_per_quantile(np.zeros(4, dtype=np.int64), None, 1, seed, prefer=np.array([1, 1, 0, 0], bool))] += 1
+    assert hits[2:].sum() == 0 and hits[:2].min() > 60
+    with pytest.raises(QuarkError, match="one bool per row"):
+        select_per_quantile([0, 1], [0, 0], 1, seed=0, prefer=[1, 0])
+
+
 @pytest.mark.parametrize("per_quantile", [0, -2, 1.5])
 def test_select_per_quantile_bad_count(per_quantile):
     with pytest.raises(QuarkError, match="per_quantile"):

@@ -155,17 +155,35 @@ def test_run_dir_layout_helpers(tmp_path):
 
 
 def test_quark_pool_accumulates_with_global_quantiles(world, tmp_path):
+    """Quark: the pool grows and is re-sorted; one AdamW and one schedule span the run, resumed from the checkpoint."""
     config = preset("tiny").with_overrides(SMALL + ['pool_strategy="quark"', 'quantile_scope="global"',
-                                                    "kl_coef=0", "eval_sampled_n=2"])
-    metrics = run(config, tmp_path, progress=False)
+                                                    "kl_coef=0", "eval_sampled_n=2", "steps_per_iteration=3",
+                                                    "keep_checkpoints=2", "warmup_ratio=0.34"])
+    metrics = run(config, tmp_path / "run", progress=False)
     sampled = metrics[(metrics["kind"] == "eval") & (metrics["mode"] == "sampled")]
     assert set(sampled["iteration"]) == {0, 1, 2} and (sampled["n"] == 2 * 8).all()
-    rows = training_rows(config, tmp_path, 2)
+    rows = training_rows(config, tmp_path / "run", 2)
     assert len(rows) == 2 * 6 * 10 and set(rows["iteration"]) == {1, 2}
     order = rows.sort_values("reward", ascending=False, kind="stable")["quantile"].to_numpy()
     assert (np.diff(order) >= 0).all()  # quantiles re-sorted over the whole pool
+    train = metrics[metrics["kind"] == "train"]
+    # 3 steps per iteration in one schedule of 2 x 3 steps: warmup int(0.34 * 6) = 2 steps, then linear decay
+    assert train["lr"].tolist() == pytest.approx([config.lr * f for f in [0, 0.5, 1, 0.75, 0.5, 0.25]])
+    assert (tmp_path / "run" / "checkpoints" / "iter_001" / runs.TRAINER_STATE).exists()
+    # lose iteration 2 (its checkpoint, evaluation and metrics): --resume retrains it from iteration 1's optimizer
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(runs.checkpoint_path(tmp_path / "resumed", 2))
+    runs.eval_path(tmp_path / "resumed", 2).unlink()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "resumed" / "metrics.jsonl").write_text(
+        "".join(line + "\n" for line in lines if json.loads(line)["iteration"] < 2))
+    resumed = run(None, tmp_path / "resumed", resume=True, progress=False)
+    pd.testing.assert_frame_equal(resumed[resumed["kind"] == "train"].reset_index(drop=True),
+                                  train.reset_index(drop=True))
     with pytest.raises(ql.QuarkError, match="holds another run"):
-        run(config.replace(lr=1.0), tmp_path, progress=False)
+        run(config.replace(lr=1.0), tmp_path / "run", progress=False)
+    with pytest.raises(ql.QuarkError, match="set steps_per_iteration"):
+        config.replace(steps_per_iteration=None)
 
 
 @pytest.mark.slow
@@ -177,3 +195,27 @@ def test_tiny_preset_makes_token_0_better_and_orders_tokens(world, tmp_path):
     assert last.loc[0, "reward"] > sft + 0.2  # README: 3.88 vs 3.35
     ev = metrics[(metrics["kind"] == "eval") & (metrics["iteration"] == metrics["iteration"].max())]
     assert ev["order_spearman"].iloc[0] <= -0.9
+
+
+def test_first_iteration_never_samples_a_quantile_token_from_the_reference(world, sft, tmp_path):
+    """GPT-J's embedding has more rows (50400) than its tokenizer has tokens (50257): the quantile tokens' ids are
+    rows the reference can generate. Here a tiny GPT-J padded the same way, with those rows made to win; iteration 1
+    must still never sample a quantile token."""
+    import torch
+
+    _, tok = sft
+    padded = ql.load_policy(world.policy)
+    padded.resize_token_embeddings(len(tok) + 16, mean_resizing=False)
+    with torch.no_grad():
+        padded.get_output_embeddings().bias[len(tok):] = 30.0  # GPT-J's head has a bias
+    padded.save_pretrained(tmp_path / "padded")
+    tok.save_pretrained(tmp_path / "padded")
+    prompts = ql.load_prompts("tiny-tldr", "train", limit=4)
+    quantile_ids = set(range(len(tok), len(tok) + 5))  # where add_quantile_tokens puts them
+    free = ql.sample(padded, tok, prompts, max_new_tokens=8, n=2)
+    assert free["completion_ids"].map(quantile_ids.intersection).map(len).sum() > 10  # the trap is real
+    config = preset("tiny").with_overrides(SMALL + ["iterations=1", f"policy={tmp_path / 'padded'}"])
+    run(config, tmp_path / "run", progress=False)
+    pool = runs.read_pool(tmp_path / "run", 1)
+    assert pool["completion_ids"].map(lambda ids: max(ids, default=0) >= len(tok)).any()  # the other padded rows
+    assert not pool["completion_ids"].map(quantile_ids.intersection).any()
