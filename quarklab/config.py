@@ -29,6 +29,7 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Draw = Literal["finished-first", "uniform"]
 LossVocab = Literal["full", "no-quantile-tokens"]
 Perplexity = Literal["alt", "sampled-ids"]
+WarmupShape = Literal["linear", "log"]
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
 
@@ -134,7 +135,9 @@ class QuarkConfig:
     lr: float = knob(2e-5, """Peak AdamW learning rate, reached after the warmup and decayed linearly to 0 over
         the iteration's optimizer steps (ALT: 2e-5).""", POSITIVE)
     warmup_ratio: float = knob(0.05, """Share of each iteration's optimizer steps spent warming the learning rate
-        up linearly from 0 (at least one step; ALT: 0.05).""", Range(0, 1, hi_open=True))
+        up from 0 (at least one step; ALT: 0.05).""", Range(0, 1, hi_open=True))
+    warmup_shape: WarmupShape = knob("linear", """How the warmup climbs from 0: "linear" (transformers, Quark) or
+        "log", lr * ln(t + 1) / ln(warmup steps) (DeepSpeed's WarmupDecayLR default, which ALT's run used).""")
     weight_decay: float = knob(3e-7, "AdamW's decoupled weight decay (ALT: 3e-7).", NON_NEGATIVE)
     adam_beta1: float = knob(0.8, "AdamW's beta1, the decay of the gradient's running mean (ALT: 0.8).",
                              Range(0, 1, hi_open=True))
@@ -161,8 +164,8 @@ class QuarkConfig:
         "bf16", "fp16" (with a GradScaler), "fp32" (needs float32 weights).""")
 
     # --- evaluation and run ------------------------------------------------------------
-    eval_prompts: int = knob(64, "Evaluation prompts from ``eval_split`` (the first ones, the same every iteration).",
-                             AT_LEAST_1)
+    eval_prompts: int | None = knob(64, """Evaluation prompts from ``eval_split`` (the first ones, the same every
+        iteration); None = the whole split (ALT: all of valid).""", AT_LEAST_1)
     eval_max_new_tokens: int = knob(64, "Cap on an evaluation completion's length, in tokens.", AT_LEAST_1)
     eval_sampled_n: int = knob(0, """Also evaluate sampled generations (n per prompt, at the exploration
         temperature/top-p); 0 = greedy only.""", NON_NEGATIVE)
@@ -311,14 +314,22 @@ PRESETS: dict[str, dict[str, Any]] = {
                  prompts_per_iteration=96, samples_per_prompt=16, max_new_tokens=48, sample_batch_size=128,
                  lr=1e-3, batch_size=32, epochs_per_iteration=2, kl_coef=0.05, entropy_coef=0.0,
                  eval_prompts=96, eval_max_new_tokens=48, eval_batch_size=96),
-    # The ALT paper's Quark TL;DR setting (GPU): CarperAI SFT GPT-J, 5 tokens, local quantiles,
-    # 96 samples per prompt at temperature 0.9 / top-p 0.9, 64 new tokens, lr 2e-5, 2 per quantile per prompt.
+    # The ALT paper's Quark TL;DR run (sauc-abadal/ALT), field by field: docs/alt-parity.md gives each value beside
+    # ALT's, with the file it comes from, and says where quarklab differs and why (bf16 rather than fp16 compute,
+    # quantile tokens suppressed in sampling, EOS trained only when sampled). GPU, hub access (or a filled hub cache).
     "tldr-gptj": dict(policy="CarperAI/openai_summarize_tldr_sft", reference=None,
-                      reward="tiny-tldr", dataset="CarperAI/openai_summarize_tldr", eval_split="test",
+                      reward="CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin",
+                      reward_base_model="CarperAI/openai_summarize_tldr_sft", reward_template=None,
+                      reward_max_length=550, reward_dtype="float16",
+                      dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
+                      eval_prompts=None, iterations=10, prompts_per_iteration=2048,
                       num_quantiles=5, quantile_scope="local", pool_strategy="alt", per_quantile_per_prompt=2,
-                      samples_per_prompt=96, temperature=0.9, top_p=0.9, max_new_tokens=64, lr=2e-5,
-                      warmup_ratio=0.05, kl_coef=0.0, entropy_coef=0.06, trainable_fraction=0.3,
-                      batch_size=8, grad_accum=8, eval_prompts=1000, sample_batch_size=96),
+                      per_quantile_draw="finished-first", samples_per_prompt=96, temperature=0.9, top_p=0.9,
+                      top_k=0, max_new_tokens=64, eval_max_new_tokens=64,
+                      lr=2e-5, warmup_ratio=0.05, warmup_shape="log", adam_beta1=0.8, adam_beta2=0.999,
+                      weight_decay=3e-7, batch_size=8, grad_accum=2, epochs_per_iteration=2, grad_clip=1.0,
+                      kl_coef=0.0, entropy_coef=0.06, loss_vocab="full", trainable_fraction=0.3,
+                      perplexity="alt", sample_batch_size=96, eval_batch_size=64),
 }
 
 

@@ -86,6 +86,35 @@ def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo
     return folder
 
 
+_HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/([\w.-]+(?:/[\w.-]+)*)$")
+
+
+def resolve_file(spec: str | os.PathLike, what: str = "file") -> str:
+    """A local file's path, or the local copy of a file in a hub repository named ``owner/repo/path/in/repo``
+    (e.g. ``CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin``): downloaded once, then read
+    from the local hub cache, and only from there when the hub is not available."""
+    s = os.fspath(spec)
+    p = Path(s).expanduser()
+    if p.is_file():
+        return str(p)
+    match = _HUB_FILE.match(s)
+    if p.exists() or match is None or s.startswith((".", "/", "~")):
+        raise QuarkError(f"{what} {s!r} is not a file" if p.exists() else f"{what} file does not exist: {s!r}")
+    from huggingface_hub import hf_hub_download
+
+    repo_id, filename = match.groups()
+    why = hub_unavailable()
+    try:
+        return hf_hub_download(repo_id, filename, local_files_only=why is not None)
+    except Exception as exc:  # not in the cache offline, no such repo or file, network failure
+        from huggingface_hub import constants
+
+        where = (f"it is not in the local hub cache ({constants.HF_HUB_CACHE}) and the hub is not available "
+                 f"({why})") if why else f"the hub refused it ({type(exc).__name__})"
+        raise QuarkError(f"{what} {s!r} (file {filename!r} of the hub repository {repo_id!r}): {where}. Download "
+                         f"it once with network (hf download {repo_id} {filename}), or pass a local file.") from exc
+
+
 def hub_unavailable() -> str | None:
     """Why the Hugging Face hub cannot be used now (a phrase for an error message), or None when it can."""
     from huggingface_hub import constants

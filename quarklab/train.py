@@ -207,6 +207,20 @@ def schedule_steps(config: QuarkConfig, num_rows: int) -> tuple[int, int]:
     return steps, steps * config.iterations if config.pool_strategy == "quark" else steps
 
 
+def lr_schedule(opt, config: QuarkConfig, total: int):
+    """Warmup over ``warmup = max(1, int(warmup_ratio * total))`` steps from lr 0, then linear decay to 0 at
+    ``total``: "linear" warmup is transformers' ``get_linear_schedule_with_warmup``; "log" is DeepSpeed's
+    ``WarmupDecayLR`` default (ALT's run): ``lr * ln(t + 1) / ln(warmup)`` at step ``t < warmup``."""
+    warmup = min(max(1, int(config.warmup_ratio * total)), total - 1)  # one step alone trains at full lr
+    if config.warmup_shape == "linear" or warmup < 2:
+        return get_linear_schedule_with_warmup(opt, warmup, total)
+
+    def factor(t: int) -> float:
+        return math.log(t + 1) / math.log(warmup) if t < warmup else max(0.0, (total - t) / (total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def micro_batches(rows: list[dict], config: QuarkConfig, steps: int, rng: random.Random) -> list[list[dict]]:
     """The micro-batches of ``steps`` optimizer steps: the rows reshuffled on every pass."""
     if config.steps_per_iteration is None:
@@ -238,9 +252,9 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
 
     AdamW (``lr``, betas, ``weight_decay``) on fp32 master weights (:func:`master_weights`) with compute
     under autocast (:func:`compute_dtype`; fp16 with a GradScaler), gradient clipping and accumulation, and
-    transformers' linear warmup and decay over the schedule of :func:`schedule_steps`
-    (``warmup = max(1, int(warmup_ratio * total))``: the learning rate is 0 on the first optimizer step, which
-    only primes AdamW's moments; a single step trains at full lr). ``state`` (optimizer, schedule and scaler,
+    the warmup and linear decay of :func:`lr_schedule` over the steps of :func:`schedule_steps` (the
+    learning rate is 0 on the first optimizer step, which only primes AdamW's moments; a single step trains
+    at full lr). ``state`` (optimizer, schedule and scaler,
     as returned) continues a schedule that spans iterations; None starts one.
 
     Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used) and the
@@ -269,8 +283,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     with master_weights(params):
         opt = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                 weight_decay=config.weight_decay)
-        warmup = min(max(1, int(config.warmup_ratio * total)), total - 1)  # one step alone trains at full lr
-        sched = get_linear_schedule_with_warmup(opt, warmup, total)
+        sched = lr_schedule(opt, config, total)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         if state is not None:
             opt.load_state_dict(state["optimizer"])

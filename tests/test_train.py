@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -124,6 +125,11 @@ def test_learning_rate_warms_up_from_zero_then_decays_linearly(models, rows):
     log, _ = train_on_rows(policy, None, rows, config, ids, tok.pad_token_id, tok.eos_token_id, seed=0)
     # 4 rows / 2 per batch x 5 epochs = 10 steps; warmup = int(0.2 * 10) = 2 steps, starting from 0 at step 0
     expected = [0.0, 0.5] + [(10 - s) / 8 for s in range(2, 10)]
+    assert [e["lr"] for e in log] == pytest.approx([1e-3 * f for f in expected])
+    # DeepSpeed's WarmupDecayLR (ALT's run): a log-shaped warmup, then the same linear decay
+    log, _ = train_on_rows(copy.deepcopy(models[0]), None, rows, config.replace(warmup_shape="log", warmup_ratio=0.3),
+                           ids, tok.pad_token_id, tok.eos_token_id, seed=0)
+    expected = [math.log(t + 1) / math.log(3) for t in range(3)] + [(10 - s) / 7 for s in range(3, 10)]
     assert [e["lr"] for e in log] == pytest.approx([1e-3 * f for f in expected])
 
 
