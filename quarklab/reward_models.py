@@ -177,17 +177,20 @@ class ValueHeadReward:
                                             CARPER_MAX_LENGTH)
 
     def features(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
-        """The float32 last hidden states ``(rows, hidden)`` that the v_head reads, one row per text."""
+        """The float32 last hidden states ``(rows, hidden)`` that the v_head reads, one row per text.
+
+        Texts are batched by length (little padding); each row's result does not depend on its batch."""
         texts = format_texts(self.template, prompts, completions)
-        out = []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros(len(texts), self.v_head_weight.shape[1], device=self.backbone.device)
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                ids, mask = _encode(self.tokenizer, texts[i:i + self.batch_size], self.max_length,
-                                    self.backbone.device)
+                rows = order[i:i + self.batch_size]
+                ids, mask = _encode(self.tokenizer, [texts[r] for r in rows], self.max_length, self.backbone.device)
                 hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
                 at = score_positions(ids, self.tokenizer.pad_token_id)
-                out.append(hidden[torch.arange(len(ids), device=ids.device), at].float())
-        return torch.cat(out) if out else torch.zeros(0, self.v_head_weight.shape[1], device=self.backbone.device)
+                out[rows] = hidden[torch.arange(len(ids), device=ids.device), at].float()
+        return out
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         return (self.features(prompts, completions) @ self.v_head_weight.T)[:, 0].double().cpu().numpy()
@@ -342,10 +345,15 @@ def format_texts(template: str, prompts: list[str], completions: list[str]) -> l
 
 def _check_template(template: str) -> str:
     try:
-        template.format(**dict.fromkeys(TEMPLATE_FIELDS, ""))
-    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        bad = sorted({repr(name) for _, name, _, _ in string.Formatter().parse(template)
+                      if name is not None and name not in TEMPLATE_FIELDS})
+        if not bad:
+            template.format(**dict.fromkeys(TEMPLATE_FIELDS, ""))
+    except ValueError as exc:  # unbalanced braces, a bad format spec
+        bad = [f"{type(exc).__name__}: {exc}"]
+    if bad:
         raise QuarkError(f"bad reward template {template!r}: use only {{prompt}}, {{completion}}, {{post}} "
-                         f"and {{summary}} ({type(exc).__name__}: {exc})") from exc
+                         f"and {{summary}}, with a literal brace doubled ({', '.join(bad)})")
     return template
 
 
