@@ -112,10 +112,10 @@ def carper_reward_model(path: str | os.PathLike | None = None, *, base_model: st
 
     buf = io.BytesIO()
     torch.save({**state, V_HEAD_KEY: weight[None, :].clone()}, buf)
-    atomic_write_bytes(path, buf.getvalue())
     atomic_write_json(path.parent / "standin.json", {
         "layout": "CarperAI summarize_rlhf rm_checkpoint: transformer.* + v_head.weight (torch.save)",
         "base_model": base_model, "seed": seed, "n_rows": n_rows, "variants": list(VARIANTS), "ridge": RIDGE,
         "pairs_fit": len(fit[0]), "pearson_r_fit": round(r_fit, 4),
         "pairs_held_out": len(held[0]), "pearson_r_held_out": round(r_held, 4)})
+    atomic_write_bytes(path, buf.getvalue())  # last: its presence marks a complete stand-in
     return path
