@@ -7,7 +7,7 @@
   the ALT paper for TL;DR), fed exactly as ALT's ``alt/models/reward.py`` feeds it:
 
   1. text: :data:`CARPER_TEMPLATE`, i.e. with ``sample = prompt + completion``,
-     ``"<|startoftext|>" + sample.split("TL;DR:")[0].strip() + "\nTL;DR: "
+     ``"<|startoftext|>" + sample.split("TL;DR:")[0].strip() + "\\nTL;DR: "
      + sample.split("TL;DR:")[1].strip() + "<|endoftext|>"`` (``<|startoftext|>`` is plain
      text to the GPT-J tokenizer; ``<|endoftext|>`` is its eos token);
   2. tokens: the base model's tokenizer with ``pad_token = eos_token``, right truncation to

@@ -6,7 +6,7 @@
 * a hub id or folder of an ``AutoModelForSequenceClassification`` checkpoint (pick the
   ``label`` whose logit or probability is the reward);
 * a trlx/ALT-style value-head reward model (causal-LM backbone plus a linear ``v_head``), fed
-  as ALT feeds CarperAI's TL;DR reward model by default: ``"<|startoftext|>{post}\nTL;DR:
+  as ALT feeds CarperAI's TL;DR reward model by default: ``"<|startoftext|>{post}\\nTL;DR:
   {summary}<|endoftext|>"``, at most 550 tokens cut on the right, eos as the right padding,
   read at the token before the first eos; see :class:`quarklab.reward_models.ValueHeadReward`;
 * any Python callable ``f(prompts, completions) -> sequence of floats``.
