@@ -86,6 +86,16 @@ class QuarkConfig:
         rm_checkpoint/pytorch_model.bin).""")
     reward_base_model: str | None = knob(None, """Backbone (hub id or folder) of a bare value-head state-dict
         reward, e.g. CarperAI/openai_summarize_tldr_sft.""")
+    reward_template: str | None = knob(None, """Text a model reward reads, from {prompt} and {completion} as given
+        and {post}, {summary}: ALT's split of prompt + completion at "TL;DR:", each stripped. None = the kind's
+        default: for a value-head RM CarperAI's "<|startoftext|>{post}\\nTL;DR: {summary}<|endoftext|>" (as ALT
+        feeds it), for a classifier "{completion}"; the tiny-tldr reward ignores it.""",
+        Pattern(r"(?:[^{}]|\{\{|\}\}|\{(?:prompt|completion|post|summary)\})*", "text whose only fields are "
+                "{prompt}, {completion}, {post} and {summary} (a literal brace doubled: {{ }})"))
+    reward_max_length: int | None = knob(None, """Tokens a model reward reads, the text cut on the right. None =
+        550 for a value-head RM (ALT's), or its context when shorter; a classifier's context.""", AT_LEAST_1)
+    reward_dtype: DType = knob("auto", """Reward model weights' dtype: "auto" = bfloat16 on a GPU with it
+        (float16 on other GPUs), float32 on CPU. Scores are float64 either way.""")
     dataset: str = knob("tiny-tldr", """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a
         hub dataset id.""")
     train_split: str = knob("train", "Split of ``dataset`` that training prompts come from.")

@@ -4,9 +4,21 @@
   ``AutoModelForSequenceClassification`` checkpoint, e.g. a sentiment classifier as in
   the Quark paper.
 * :class:`ValueHeadReward` is the reward model of CarperAI's ``summarize_rlhf`` (used by
-  the ALT paper for TL;DR): a causal-LM backbone's last hidden states plus a linear
-  ``v_head`` (hidden -> 1, no bias), read at the last non-pad token of
-  ``"{post}\\nTL;DR: {summary}"``.
+  the ALT paper for TL;DR), fed exactly as ALT's ``alt/models/reward.py`` feeds it:
+
+  1. text: :data:`CARPER_TEMPLATE`, i.e. with ``sample = prompt + completion``,
+     ``"<|startoftext|>" + sample.split("TL;DR:")[0].strip() + "\\nTL;DR: "
+     + sample.split("TL;DR:")[1].strip() + "<|endoftext|>"`` (``<|startoftext|>`` is plain
+     text to the GPT-J tokenizer; ``<|endoftext|>`` is its eos token);
+  2. tokens: the base model's tokenizer with ``pad_token = eos_token``, right truncation to
+     ``max_length`` (:data:`CARPER_MAX_LENGTH` = 550 by default), right padding;
+  3. score: ``v_head(last_hidden_state)`` (hidden -> 1, no bias, computed in float32) at the
+     token before the first pad-id (= eos) token, or at the last token when the row has none
+     (it was cut). With the template's trailing eos that is the summary's last token.
+
+A template may use ``{prompt}`` and ``{completion}`` as given, and ``{post}`` and
+``{summary}``: ALT's split of ``prompt + completion`` at the first two ``"TL;DR:"`` marks
+(see :func:`format_texts`). Scores are float64 whatever the model's dtype.
 
 Value-head weights are read without unpickling arbitrary objects, from either
 quarklab's folder layout (:func:`save_value_head_model`) or CarperAI's single
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import string
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +38,17 @@ import torch
 
 from .errors import QuarkError
 from .models import context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_source
+from .tldr import TLDR_MARK
 
 STATE_DICT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 V_HEAD_FILE = "v_head.safetensors"
 V_HEAD_KEY = "v_head.weight"
 BACKBONE_PREFIX = "transformer."
+CARPER_TEMPLATE = "<|startoftext|>{post}\nTL;DR: {summary}<|endoftext|>"
+"""The text CarperAI's TL;DR reward model was trained on and ALT scores with; the value-head default."""
+CARPER_MAX_LENGTH = 550
+"""Tokens the CarperAI reward model reads in ALT (right truncation); the value-head default."""
+TEMPLATE_FIELDS = ("prompt", "completion", "post", "summary")
 
 
 def guess_kind(spec: str | os.PathLike) -> str:
@@ -58,8 +77,8 @@ class SequenceClassifierReward:
     SCORES = ("logit", "prob", "logprob")
 
     def __init__(self, name_or_path: str | os.PathLike, *, label: str | int | None = None,
-                 score: str = "logit", template: str | None = None, device: str | None = "auto",
-                 dtype: str | torch.dtype | None = "auto", batch_size: int = 16,
+                 score: str = "logit", template: str | None = None, max_length: int | None = None,
+                 device: str | None = "auto", dtype: str | torch.dtype | None = "auto", batch_size: int = 16,
                  trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification
 
@@ -82,10 +101,10 @@ class SequenceClassifierReward:
         if score != "logit" and model.config.num_labels == 1:
             raise QuarkError(f"score={score!r} needs a classifier with several labels; {source!r} has "
                              "one output, use score='logit'")
-        self.max_length = context_length(model.config, self.tokenizer)
+        self.max_length = _check_max_length(max_length, context_length(model.config, self.tokenizer), None)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
-        texts = [self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
+        texts = format_texts(self.template, prompts, completions)
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
@@ -101,20 +120,21 @@ class SequenceClassifierReward:
 
 
 class ValueHeadReward:
-    """Reward = ``v_head(last hidden state)`` at the last non-pad token of the formatted text.
+    """Reward = ``v_head(last hidden state)`` at the token before the first pad (= eos) token.
 
     ``name_or_path`` is a folder written by :func:`save_value_head_model`, or a bare
     CarperAI-style state-dict file (``.bin``/``.pt``/``.pth``/``.safetensors``) whose
-    backbone config and tokenizer come from ``base_model``. The default template is
-    ``"{prompt} {completion}"``; the completion's leading whitespace is always stripped,
-    so ``"...TL;DR:"`` and ``" a summary"`` give ``"...TL;DR: a summary"``.
+    backbone config and tokenizer come from ``base_model``. ``template`` defaults to
+    :data:`CARPER_TEMPLATE`; ``max_length`` to :data:`CARPER_MAX_LENGTH` (550), or the
+    model's context when that is shorter. Texts are truncated on the right and padded on
+    the right with the eos token, as ALT does; see the module docstring for the exact rule.
     """
 
     def __init__(self, name_or_path: str | os.PathLike, *, base_model: str | os.PathLike | None = None,
-                 template: str | None = None, device: str | None = "auto",
+                 template: str | None = None, max_length: int | None = None, device: str | None = "auto",
                  dtype: str | torch.dtype | None = "auto", batch_size: int = 16,
                  trust_remote_code: bool = False):
-        self.template = _check_template(template or "{prompt} {completion}")
+        self.template = _check_template(template or CARPER_TEMPLATE)
         self.batch_size = _check_batch_size(batch_size)
         source = Path(resolve_source(name_or_path, "value-head reward model"))
         if not source.exists():
@@ -148,20 +168,41 @@ class ValueHeadReward:
         self.backbone = backbone.to(dev).eval()
         self.v_head_weight = weight.to(dev, torch.float32)
         self.tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code, padding_side="right")
-        self.tokenizer.truncation_side = "left"
-        self.max_length = context_length(backbone.config, self.tokenizer)
+        if self.tokenizer.eos_token is None:
+            raise QuarkError(f"the tokenizer of {str(tok_source)!r} has no eos token, which a value-head "
+                             "reward model pads with and reads its score before")
+        self.tokenizer.pad_token = self.tokenizer.eos_token  # as ALT: the first eos ends the text
+        self.tokenizer.truncation_side = "right"
+        self.max_length = _check_max_length(max_length, context_length(backbone.config, self.tokenizer),
+                                            CARPER_MAX_LENGTH)
 
-    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
-        texts = [self.template.format(prompt=p, completion=c.lstrip()) for p, c in zip(prompts, completions)]
-        out = []
+    def features(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        """The float32 last hidden states ``(rows, hidden)`` that the v_head reads, one row per text.
+
+        Texts are batched by length (little padding); each row's result does not depend on its batch."""
+        texts = format_texts(self.template, prompts, completions)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros(len(texts), self.v_head_weight.shape[1], device=self.backbone.device)
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                ids, mask = _encode(self.tokenizer, texts[i:i + self.batch_size], self.max_length,
-                                    self.backbone.device)
+                rows = order[i:i + self.batch_size]
+                ids, mask = _encode(self.tokenizer, [texts[r] for r in rows], self.max_length, self.backbone.device)
                 hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-                last = hidden[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
-                out.append((last.float() @ self.v_head_weight.T)[:, 0].double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+                at = score_positions(ids, self.tokenizer.pad_token_id)
+                out[rows] = hidden[torch.arange(len(ids), device=ids.device), at].float()
+        return out
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        return (self.features(prompts, completions) @ self.v_head_weight.T)[:, 0].double().cpu().numpy()
+
+
+def score_positions(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Per row, the index before the first ``pad_id`` token, or the last index when there is none
+    (CarperAI's ``c_ind - 1``). A row that starts with a pad (an empty text) is read at 0, where
+    CarperAI's code would wrap around to the last padded position."""
+    is_pad = ids == pad_id
+    first = torch.where(is_pad.any(1), is_pad.int().argmax(1), ids.shape[1])
+    return (first - 1).clamp(min=0)
 
 
 def save_value_head_model(backbone_model, tokenizer, v_head: torch.Tensor | torch.nn.Linear,
@@ -278,13 +319,52 @@ def _resolve_label(config, label: str | int | None) -> int:
     return names[label.lower()]
 
 
+def format_texts(template: str, prompts: list[str], completions: list[str]) -> list[str]:
+    """The texts a model reward reads: ``template`` filled per row.
+
+    ``{prompt}`` and ``{completion}`` are the row's as given; ``{post}`` and ``{summary}`` are
+    ALT's ``(prompt + completion).split("TL;DR:")[0].strip()`` and ``[1].strip()``: the text
+    before the first mark and between the first and second (a completion that writes another
+    "TL;DR:" loses what follows, as in ALT). A row with no "TL;DR:" is an error naming it.
+    """
+    split = any(name in ("post", "summary") for _, name, _, _ in string.Formatter().parse(template))
+    texts = []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        parts = {}
+        if split:
+            pieces = (p + c).split(TLDR_MARK)
+            if len(pieces) < 2:
+                raise QuarkError(f"row {i} has no {TLDR_MARK!r} in prompt + completion ({(p + c)[:60]!r}), "
+                                 f"so the reward template {template!r} has no {{post}}/{{summary}} to split "
+                                 "off: give prompts in the TL;DR layout (quarklab.tldr.as_prompt) or use a "
+                                 "template of {prompt} and {completion}")
+            parts = dict(post=pieces[0].strip(), summary=pieces[1].strip())
+        texts.append(template.format(prompt=p, completion=c, **parts))
+    return texts
+
+
 def _check_template(template: str) -> str:
     try:
-        template.format(prompt="", completion="")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise QuarkError(f"bad reward template {template!r}: use only {{prompt}} and {{completion}} "
-                         f"({type(exc).__name__}: {exc})") from exc
+        bad = sorted({repr(name) for _, name, _, _ in string.Formatter().parse(template)
+                      if name is not None and name not in TEMPLATE_FIELDS})
+        if not bad:
+            template.format(**dict.fromkeys(TEMPLATE_FIELDS, ""))
+    except ValueError as exc:  # unbalanced braces, a bad format spec
+        bad = [f"{type(exc).__name__}: {exc}"]
+    if bad:
+        raise QuarkError(f"bad reward template {template!r}: use only {{prompt}}, {{completion}}, {{post}} "
+                         f"and {{summary}}, with a literal brace doubled ({', '.join(bad)})")
     return template
+
+
+def _check_max_length(max_length: int | None, limit: int, default: int | None) -> int:
+    """``max_length``, or ``default`` capped at the model's context ``limit`` (``limit`` itself when None)."""
+    if max_length is None:
+        return min(default, limit) if default else limit
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= limit:
+        raise QuarkError(f"reward max_length must be an integer from 1 to the model's context ({limit} "
+                         f"tokens), got {max_length!r}")
+    return max_length
 
 
 def _check_batch_size(batch_size: int) -> int:

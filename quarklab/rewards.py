@@ -5,8 +5,10 @@
 * ``"tiny-tldr"``: the offline TL;DR summary reward (:mod:`quarklab.world.reward`), the default;
 * a hub id or folder of an ``AutoModelForSequenceClassification`` checkpoint (pick the
   ``label`` whose logit or probability is the reward);
-* a trlx/ALT-style value-head reward model (causal-LM backbone plus a linear ``v_head``
-  read at the last non-pad token), see :class:`quarklab.reward_models.ValueHeadReward`;
+* a trlx/ALT-style value-head reward model (causal-LM backbone plus a linear ``v_head``), fed
+  as ALT feeds CarperAI's TL;DR reward model by default: ``"<|startoftext|>{post}\\nTL;DR:
+  {summary}<|endoftext|>"``, at most 550 tokens cut on the right, eos as the right padding,
+  read at the token before the first eos; see :class:`quarklab.reward_models.ValueHeadReward`;
 * any Python callable ``f(prompts, completions) -> sequence of floats``.
 
 Every reward is wrapped so that a wrong length, NaN or inf is one clear error.
@@ -65,14 +67,19 @@ class CheckedReward:
 
 def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str = "auto",
                 label: str | int | None = None, score: str = "logit", template: str | None = None,
-                base_model: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
-                batch_size: int = 16, trust_remote_code: bool = False) -> CheckedReward:
+                max_length: int | None = None, base_model: str | None = None, device: str | None = "auto",
+                dtype: str | None = "auto", batch_size: int = 16, trust_remote_code: bool = False) -> CheckedReward:
     """Return a checked, batched :class:`RewardFn` for ``spec``.
 
     ``kind`` is ``"auto"`` (guess from ``spec``), ``"tiny-tldr"``, ``"seq-classification"``,
     ``"value-head"`` or ``"callable"``. For model rewards, ``template`` formats the text the
-    model reads from ``{prompt}`` and ``{completion}``; ``label`` and ``score`` pick the
-    classifier output; ``base_model`` names the backbone of a bare value-head state dict.
+    model reads from ``{prompt}``, ``{completion}``, ``{post}`` and ``{summary}`` (ALT's split at
+    "TL;DR:"; default: :data:`~quarklab.reward_models.CARPER_TEMPLATE` for a value head,
+    ``"{completion}"`` for a classifier); ``max_length`` caps its tokens, cut on the right
+    (default: 550 for a value head, as ALT, else the model's context); ``dtype`` is the model's
+    weights (scores are float64 either way); ``label`` and ``score`` pick the classifier output;
+    ``base_model`` names the backbone of a bare value-head state dict. The tiny-tldr reward and
+    callables ignore these options.
     """
     if isinstance(spec, CheckedReward):
         return spec
@@ -87,7 +94,7 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
         from .world.reward import TinyTLDRReward
         return CheckedReward(TinyTLDRReward(), name="tiny-tldr", batch_size=None)
     from . import reward_models
-    common = dict(template=template, device=device, dtype=dtype, batch_size=batch_size,
+    common = dict(template=template, max_length=max_length, device=device, dtype=dtype, batch_size=batch_size,
                   trust_remote_code=trust_remote_code)
     if kind == "seq-classification":
         return CheckedReward(reward_models.SequenceClassifierReward(spec_s, label=label, score=score, **common),

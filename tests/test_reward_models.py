@@ -14,7 +14,8 @@ from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadM
                           GPTJForCausalLM, PreTrainedTokenizerFast)
 
 from quarklab.errors import QuarkError
-from quarklab.reward_models import ValueHeadReward, guess_kind, save_value_head_model
+from quarklab.config import QuarkConfig
+from quarklab.reward_models import CARPER_TEMPLATE, ValueHeadReward, format_texts, guess_kind, save_value_head_model
 from quarklab.rewards import CheckedReward, load_reward
 
 EOS = "<|endoftext|>"
@@ -31,7 +32,7 @@ PROMPTS = [
     "POST: I loved the movie, the movie was great, every minute of it was great\nTL;DR:",
 ]
 COMPLETIONS = [" cat sat on the mat", "  bad food and slow service, would not go back", "great movie"]
-LONG_PROMPT = "POST: " + " ".join(CORPUS * 3) + "\nTL;DR:"
+LONG_PROMPT = "POST: " + " ".join(CORPUS + [f"x{i}" for i in range(300)]) + "\nTL;DR:"  # over 550 tokens
 
 
 class Evil:
@@ -121,7 +122,9 @@ def test_classifier_empty_completion_scores_a_lone_eos(classifier, tokenizer):
     (dict(label="neutral"), r"NEGATIVE.*POSITIVE"),
     (dict(label=2), "out of range"),
     (dict(score="bogus"), "unknown score"),
-    (dict(template="{post} {completion}"), "bad reward template"),
+    (dict(template="{title} {completion}"), "bad reward template"),
+    (dict(template="{post.upper} {completion}"), "bad reward template"),
+    (dict(max_length=65), r"from 1 to the model's context \(64 tokens\)"),
 ])
 def test_classifier_bad_options(classifier, kwargs, match):
     with pytest.raises(QuarkError, match=match):
@@ -136,7 +139,7 @@ def _backbone(kind: str, vocab_size: int):
         return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2,
                                           n_positions=64)).eval()
     return GPTJForCausalLM(GPTJConfig(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, rotary_dim=8,
-                                      n_positions=128)).eval()
+                                      n_positions=1024)).eval()
 
 
 @pytest.fixture(scope="module", params=["gpt2", "gptj"])
@@ -148,10 +151,43 @@ def value_head(request, tokenizer, tmp_path_factory) -> tuple[Path, torch.nn.Mod
     return folder, lm, weight
 
 
-def _values_alone(lm, weight, tokenizer, texts: list[str]) -> np.ndarray:
+def _alt_text(prompt: str, completion: str) -> str:
+    """The text ALT's reward code builds, written with plain string operations."""
+    sample = prompt + completion
+    return ("<|startoftext|>" + sample.split("TL;DR:")[0].strip() + "\n" + "TL;DR: "
+            + sample.split("TL;DR:")[1].strip() + "<|endoftext|>")
+
+
+def _alt_scores(lm, weight, folder, texts: list[str], max_length: int = 550) -> np.ndarray:
+    """CarperAI's forward by hand: pad to max_length with eos on the right, read before the first eos."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
+    enc = tok(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    v_head = torch.nn.Linear(weight.shape[1], 1, bias=False)
+    v_head.weight.data = weight.clone()
     with torch.no_grad():
-        return np.array([(lm.base_model(_ids(tokenizer, t)).last_hidden_state[0, -1] @ weight[0]).item()
-                         for t in texts])
+        hidden = lm.transformer(enc["input_ids"], attention_mask=enc["attention_mask"])[0]
+        rewards = v_head(hidden).squeeze(-1)
+    pad_id = tok(tok.pad_token)["input_ids"][0]
+    out = []
+    for i in range(len(texts)):
+        c_inds = (enc["input_ids"][i] == pad_id).nonzero()
+        c_ind = c_inds[0].item() if len(c_inds) > 0 else enc["input_ids"].shape[1]
+        out.append(rewards[i, c_ind - 1].item())
+    return np.array(out)
+
+
+def _values_alone(lm, weight, tokenizer, texts: list[str]) -> np.ndarray:
+    """Each text alone, no padding: the value at the token before the first eos (or the last token)."""
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            ids = tokenizer(t)["input_ids"]
+            end = ids.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in ids else len(ids)
+            out.append((lm.base_model(torch.tensor([ids])).last_hidden_state[0, end - 1] @ weight[0]).item())
+    return np.array(out)
 
 
 def test_value_head_folder_autodetected_and_matches_by_hand(value_head, tokenizer):
@@ -160,24 +196,48 @@ def test_value_head_folder_autodetected_and_matches_by_hand(value_head, tokenize
     reward = load_reward(folder, device="cpu")
     scores = reward(PROMPTS, COMPLETIONS)
     assert scores.shape == (3,) and scores.dtype == np.float64 and np.isfinite(scores).all()
-    texts = [f"{p} {c.lstrip()}" for p, c in zip(PROMPTS, COMPLETIONS)]
+    texts = [_alt_text(p, c) for p, c in zip(PROMPTS, COMPLETIONS)]
     np.testing.assert_allclose(scores, _values_alone(lm, weight, tokenizer, texts), rtol=1e-5, atol=1e-5)
     alone = np.concatenate([reward([p], [c]) for p, c in zip(PROMPTS, COMPLETIONS)])
     np.testing.assert_allclose(scores, alone, rtol=1e-5, atol=1e-5)
 
 
-def test_value_head_truncates_from_the_left(value_head, tokenizer):
+def test_value_head_template_without_eos_reads_the_last_token(value_head, tokenizer):
+    folder, lm, weight = value_head
+    scores = load_reward(folder, template="{prompt} {completion}", device="cpu")(PROMPTS, COMPLETIONS)
+    texts = [f"{p} {c}" for p, c in zip(PROMPTS, COMPLETIONS)]  # {completion} is raw: its spaces stay
+    np.testing.assert_allclose(scores, _values_alone(lm, weight, tokenizer, texts), rtol=1e-5, atol=1e-5)
+
+
+def test_value_head_truncates_on_the_right(value_head, tokenizer):
     folder, lm, weight = value_head
     reward = ValueHeadReward(folder, device="cpu")
-    ids = tokenizer(f"{LONG_PROMPT} {COMPLETIONS[0].lstrip()}")["input_ids"]
-    assert len(ids) > reward.max_length == lm.config.n_positions
-    kept = tokenizer.decode(ids[-reward.max_length:])
+    assert reward.max_length == min(550, lm.config.n_positions)
+    ids = tokenizer(_alt_text(LONG_PROMPT, COMPLETIONS[0]))["input_ids"]
+    assert len(ids) > reward.max_length
+    kept = ids[:reward.max_length]  # the start of the post; the summary and its eos are cut off
+    assert tokenizer.eos_token_id not in kept
     score = reward([LONG_PROMPT, PROMPTS[1]], [COMPLETIONS[0], COMPLETIONS[1]])[0]
     with torch.no_grad():
-        expected = (lm.base_model(torch.tensor([ids[-reward.max_length:]])).last_hidden_state[0, -1]
-                    @ weight[0]).item()
-    assert kept.endswith(COMPLETIONS[0].lstrip())
+        expected = (lm.base_model(torch.tensor([kept])).last_hidden_state[0, -1] @ weight[0]).item()
     assert score == pytest.approx(expected, abs=1e-5)
+    short = ValueHeadReward(folder, device="cpu", max_length=12)([PROMPTS[0]], [COMPLETIONS[0]])[0]
+    head = tokenizer(_alt_text(PROMPTS[0], COMPLETIONS[0]))["input_ids"][:12]
+    with torch.no_grad():
+        expected = (lm.base_model(torch.tensor([head])).last_hidden_state[0, -1] @ weight[0]).item()
+    assert short == pytest.approx(expected, abs=1e-5)
+
+
+def test_value_head_template_split_and_its_errors(value_head):
+    folder = value_head[0]
+    texts = format_texts(CARPER_TEMPLATE, ["POST: a\nTL;DR:", "x TL;DR: y"], [" b TL;DR: c", ""])
+    assert texts == ["<|startoftext|>POST: a\nTL;DR: b<|endoftext|>", "<|startoftext|>x\nTL;DR: y<|endoftext|>"]
+    assert format_texts("{prompt}|{completion}", ["no mark"], [" c "]) == ["no mark| c "]
+    reward = load_reward(folder, device="cpu")
+    with pytest.raises(QuarkError, match=r"row 1 has no 'TL;DR:' in prompt \+ completion"):
+        reward([PROMPTS[0], "POST: no mark here"], [COMPLETIONS[0], " summary"])
+    with pytest.raises(QuarkError, match=r"max_length must be an integer from 1"):
+        load_reward(folder, device="cpu", max_length=0)
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +299,79 @@ def test_carperai_state_dict_errors(gpt2_parts, tmp_path):
     torch.save({**_carper_state(lm), "v_head.weight": torch.zeros(2, 32)}, good)
     with pytest.raises(QuarkError, match=r"expected \(1, 32\)"):
         load_reward(good, base_model=lm_dir, device="cpu")
+
+
+# ---------------------------------------------------------------- CarperAI's TL;DR reward model, as ALT feeds it
+
+@pytest.fixture(scope="module")
+def carper_gptj(tokenizer, tmp_path_factory) -> tuple[Path, Path, GPTJForCausalLM, torch.Tensor]:
+    """``(state-dict file, base model folder, causal LM, v_head weight)``: a tiny GPT-J reward model
+    saved as CarperAI's rm_checkpoint/pytorch_model.bin (``transformer.*`` + ``v_head.weight``)."""
+    lm = _backbone("gptj", len(tokenizer))
+    torch.manual_seed(3)
+    weight = torch.randn(1, 32)
+    base = tmp_path_factory.mktemp("carper-sft")
+    lm.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    path = tmp_path_factory.mktemp("rm_checkpoint") / "pytorch_model.bin"
+    torch.save({**_carper_state(lm), "v_head.weight": weight.clone()}, path)
+    return path, base, lm, weight
+
+
+CARPER_PROMPTS = PROMPTS + [LONG_PROMPT, PROMPTS[1]]
+CARPER_COMPLETIONS = COMPLETIONS + [COMPLETIONS[0], ""]  # a row cut at 550 tokens; a completion with no text
+
+
+def test_carperai_reward_model_matches_alts_forward_by_hand(carper_gptj, tokenizer):
+    path, base, lm, weight = carper_gptj
+    reward = load_reward(path, base_model=base, device="cpu", dtype="float32")
+    scores = reward(CARPER_PROMPTS, CARPER_COMPLETIONS)
+    assert scores.dtype == np.float64 and scores.shape == (5,)
+    texts = [_alt_text(p, c) for p, c in zip(CARPER_PROMPTS, CARPER_COMPLETIONS)]
+    lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
+    assert len(set(lengths)) == 5 and lengths[3] > 550  # right padding matters; row 3 is cut, its eos lost
+    np.testing.assert_allclose(scores, _alt_scores(lm, weight, base, texts), rtol=1e-5, atol=1e-5)
+    # the same numbers each text alone, unpadded: padding changes nothing
+    np.testing.assert_allclose(scores[[0, 1, 2, 4]], _values_alone(lm, weight, tokenizer, texts[:3] + texts[4:]),
+                               rtol=1e-5, atol=1e-5)
+    assert texts[4].endswith("TL;DR: <|endoftext|>")  # the empty summary is read at "TL;DR: "
+    # another value-head RM fed its own way: a template, a maximum length
+    other = load_reward(path, base_model=base, device="cpu", template="{prompt}{completion}<|endoftext|>",
+                        max_length=40)(PROMPTS, COMPLETIONS)
+    own = [p + c + "<|endoftext|>" for p, c in zip(PROMPTS, COMPLETIONS)]
+    np.testing.assert_allclose(other, _alt_scores(lm, weight, base, own, max_length=40), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(other, scores[:3], atol=1e-3)
+
+
+def test_carperai_reward_model_in_bfloat16_is_close_to_float32(carper_gptj):
+    path, base, _, _ = carper_gptj
+    fp32 = load_reward(path, base_model=base, device="cpu", dtype="float32")
+    bf16 = load_reward(path, base_model=base, device="cpu", dtype="bfloat16")
+    assert bf16.fn.backbone.dtype == torch.bfloat16 and bf16.fn.v_head_weight.dtype == torch.float32
+    a, b = fp32(CARPER_PROMPTS, CARPER_COMPLETIONS), bf16(CARPER_PROMPTS, CARPER_COMPLETIONS)
+    assert b.dtype == np.float64
+    np.testing.assert_allclose(b, a, atol=0.02 * np.abs(a).max())  # measured: 0.05 of 7.4
+    assert not np.array_equal(a, b)  # it did run in another precision
+
+
+def test_reward_config_fields_round_trip_and_reject_bad_values():
+    template = CARPER_TEMPLATE.replace("\n", "\\n")  # as typed on a command line, JSON-quoted
+    config = QuarkConfig().with_overrides([f'reward_template="{template}"', "reward_max_length=550",
+                                           "reward_dtype=bfloat16"])
+    assert (config.reward_template, config.reward_max_length, config.reward_dtype) == (CARPER_TEMPLATE, 550,
+                                                                                        "bfloat16")
+    assert QuarkConfig.from_dict(config.to_dict()) == config
+    defaults = QuarkConfig()
+    assert (defaults.reward_template, defaults.reward_max_length, defaults.reward_dtype) == (None, None, "auto")
+    assert config.with_overrides(["reward_template=null", "reward_max_length=None"]).reward_template is None
+    for bad, match in [("reward_template={title}: {completion}", r"reward_template must be text whose only "
+                        r"fields are \{prompt\}, \{completion\}, \{post\} and \{summary\}.*got '\{title\}"),
+                       ("reward_template={post", "reward_template must be"),
+                       ("reward_max_length=0", "reward_max_length must be an integer >= 1"),
+                       ("reward_max_length=5.5", "reward_max_length must be an integer"),
+                       ("reward_dtype=int8", "reward_dtype must be one of 'auto', 'float32'")]:
+        with pytest.raises(QuarkError, match=match):
+            QuarkConfig().with_overrides([bad])
 
 
 # ---------------------------------------------------------------- guess_kind

@@ -1,0 +1,121 @@
+"""Local stand-ins for the real checkpoints of ALT's TL;DR run, built from the tiny world in seconds.
+
+:func:`carper_reward_model` writes a tiny value-head reward model in the layout of CarperAI's
+``summarize_rlhf`` ``rm_checkpoint/pytorch_model.bin``: one ``torch.save`` state dict holding
+``transformer.*`` (a GPT-J backbone, the tiny world's SFT model by default) and ``v_head.weight``
+(1 x hidden, no bias). Load it as the real one is loaded::
+
+    reward = ql.load_reward(path, base_model=world.policy)   # base_model: config and tokenizer
+
+Its v_head is not random: a ridge regression (closed form) fits the hidden state that the reward
+reads (the summary's last token in :data:`~quarklab.reward_models.CARPER_TEMPLATE`) to the offline
+``tiny-tldr`` score, over reference summaries of train posts and worse variants of them
+(:func:`tldr_pairs`). So the stand-in prefers what tiny-tldr prefers, roughly, through the same
+code path as CarperAI's model. The tiny world's ``sft/`` folder already stands in for GPT-J SFT.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import QuarkError
+from ..runs import atomic_write_bytes, atomic_write_json
+from .build import World, tiny_world
+
+RIDGE = 1e-2
+"""Ridge strength, relative to the mean eigenvalue of the features' Gram matrix."""
+VARIANTS = ("label", "shuffled", "cut", "other", "repeated", "copied", "empty")
+
+
+def tldr_pairs(rows: list[dict], seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(prompts, completions)``: for each ``{prompt, label}`` row, its reference summary and worse
+    variants of it (:data:`VARIANTS`): words shuffled, cut to a third, another row's summary, repeated,
+    the post's first words copied, empty. Completions start with a space, as sampled ones do."""
+    rng = random.Random(seed)
+    prompts, completions = [], []
+    for i, row in enumerate(rows):
+        words = row["label"].split()
+        shuffled = rng.sample(words, len(words))
+        other = rows[(i + 1 + rng.randrange(len(rows) - 1)) % len(rows)]["label"] if len(rows) > 1 else ""
+        body = row["prompt"].split("POST:", 1)[-1].split()
+        variants = {"label": words, "shuffled": shuffled, "cut": words[:max(1, len(words) // 3)],
+                    "other": other.split(), "repeated": words + words, "copied": body[:len(words) + 8],
+                    "empty": []}
+        for name in VARIANTS:
+            prompts.append(row["prompt"])
+            completions.append(" " + " ".join(variants[name]))
+    return prompts, completions
+
+
+def read_rows(world: World, split: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` rows of the tiny world's ``split``, drawn with ``seed``."""
+    with open(world.data_file(split), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    if n > len(rows):
+        raise QuarkError(f"asked for {n} rows of the tiny world's {split!r} split, which has {len(rows)}")
+    return random.Random(seed).sample(rows, n)
+
+
+def carper_reward_model(path: str | os.PathLike | None = None, *, base_model: str | os.PathLike | None = None,
+                        world: World | None = None, seed: int = 0, n_rows: int = 64) -> Path:
+    """Write a tiny value-head reward model in CarperAI's single-file layout; return its path.
+
+    ``path=None`` caches it as ``<tiny world>/standins/carper-rm-seed<seed>-n<n_rows>/pytorch_model.bin``
+    (written once, then reused; only with the default ``base_model``); an explicit ``path`` is always
+    written anew. Either way the file appears whole or not at all (temp file, then rename), with a
+    ``standin.json`` beside it recording the fit: correlation with tiny-tldr on the ``n_rows`` train
+    posts' pairs (fit) and on as many valid posts' pairs (held out). Deterministic from ``seed``.
+    """
+    from ..models import load_policy
+    from ..reward_models import BACKBONE_PREFIX, V_HEAD_KEY, ValueHeadReward
+    from .reward import TinyTLDRReward
+
+    world = world or tiny_world(progress=False)
+    if path is None:
+        if base_model is not None:
+            raise QuarkError("carper_reward_model caches only stand-ins of the tiny world's SFT backbone; "
+                             "with another base_model pass path= too")
+        path = world.root / "standins" / f"carper-rm-seed{seed}-n{n_rows}" / "pytorch_model.bin"
+        if path.is_file():
+            return path
+    path = Path(path)
+    base_model = str(base_model or world.policy)
+    lm = load_policy(base_model, dtype="float32", device="cpu")
+    if not hasattr(lm, "transformer"):
+        raise QuarkError(f"base model {base_model!r} ({type(lm).__name__}) has no .transformer backbone, "
+                         "which CarperAI's layout stores (GPT-J, GPT-2 and kin have one)")
+    state = {BACKBONE_PREFIX + k: v.detach().clone().contiguous() for k, v in lm.transformer.state_dict().items()}
+    hidden = lm.config.hidden_size
+    del lm
+
+    with tempfile.TemporaryDirectory() as tmp:  # the real loader, with a zero head, gives the features
+        unfitted = Path(tmp) / "pytorch_model.bin"
+        torch.save({**state, V_HEAD_KEY: torch.zeros(1, hidden)}, unfitted)
+        reward = ValueHeadReward(unfitted, base_model=base_model, device="cpu", dtype="float32", batch_size=64)
+    truth = TinyTLDRReward()
+    fit, held = (tldr_pairs(read_rows(world, split, n_rows, seed), seed) for split in ("train", "valid"))
+    x, x_held = reward.features(*fit), reward.features(*held)
+    y = torch.from_numpy(truth(*fit)).float()
+    gram = x.T.double() @ x.double()
+    lam = RIDGE * gram.diagonal().mean()
+    weight = torch.linalg.solve(gram + lam * torch.eye(hidden, dtype=gram.dtype), x.T.double() @ y.double()).float()
+    r_fit = float(np.corrcoef((x @ weight).numpy(), y.numpy())[0, 1])  # the scores the reward will give
+    r_held = float(np.corrcoef((x_held @ weight).numpy(), truth(*held))[0, 1])
+
+    buf = io.BytesIO()
+    torch.save({**state, V_HEAD_KEY: weight[None, :].clone()}, buf)
+    atomic_write_json(path.parent / "standin.json", {
+        "layout": "CarperAI summarize_rlhf rm_checkpoint: transformer.* + v_head.weight (torch.save)",
+        "base_model": base_model, "seed": seed, "n_rows": n_rows, "variants": list(VARIANTS), "ridge": RIDGE,
+        "pairs_fit": len(fit[0]), "pearson_r_fit": round(r_fit, 4),
+        "pairs_held_out": len(held[0]), "pearson_r_held_out": round(r_held, 4)})
+    atomic_write_bytes(path, buf.getvalue())  # last: its presence marks a complete stand-in
+    return path
