@@ -202,9 +202,11 @@ class QuarkConfig:
         if self.pool_strategy == "quark" and self.steps_per_iteration is None:
             raise QuarkError("config: pool_strategy='quark' trains a fixed number of optimizer steps per iteration in "
                              "one schedule over the run: set steps_per_iteration (Quark: 500)")
-        if self.dtype in ("bfloat16", "bf16", "float16", "fp16") and self.precision == "fp32":
-            raise QuarkError(f"config: precision='fp32' computes in float32, but dtype={self.dtype!r} loads the "
-                             "policy in half precision: set dtype='float32' or precision='auto'")
+        half = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}.get(self.dtype)
+        if half and self.precision not in ("auto", half):
+            raise QuarkError(f"config: precision={self.precision!r} does not fit dtype={self.dtype!r}: half-precision "
+                             f"weights compute in their own dtype; set precision='auto' (or dtype='float32' to "
+                             "compute under autocast)")
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

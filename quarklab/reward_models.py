@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from .errors import QuarkError
-from .models import context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_source
+from .models import (context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_file,
+                     resolve_source)
 from .tldr import TLDR_MARK
 
 STATE_DICT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
@@ -136,7 +137,9 @@ class ValueHeadReward:
                  trust_remote_code: bool = False):
         self.template = _check_template(template or CARPER_TEMPLATE)
         self.batch_size = _check_batch_size(batch_size)
-        source = Path(resolve_source(name_or_path, "value-head reward model"))
+        spec = os.fspath(name_or_path)
+        source = Path(resolve_file(spec, "value-head reward model") if spec.lower().endswith(STATE_DICT_SUFFIXES)
+                      else resolve_source(spec, "value-head reward model"))
         if not source.exists():
             raise QuarkError(f"value-head reward model {str(source)!r} must be a local folder or "
                              "state-dict file; download it first")

@@ -8,15 +8,15 @@ recounted): exactly the prompt without the token, in one layout. NLL and entropy
 softmax over the whole vocabulary, quantile tokens included (Quark, ALT; ``loss_vocab``
 can drop them); KL compares the models without the quantile tokens, as Quark does.
 
-Half-precision weights train on fp32 master copies of the trainable parameters, with compute
-under autocast (bf16, or fp16 with a GradScaler): see :func:`train_on_rows`.
+Half-precision weights train on fp32 master copies of the trainable parameters and compute in
+their own dtype (bf16, or fp16 with a GradScaler); float32 weights may compute under autocast:
+see :func:`train_on_rows`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,30 +167,50 @@ HALF = (torch.bfloat16, torch.float16)
 
 
 def compute_dtype(weights: torch.dtype, precision: str) -> torch.dtype | None:
-    """The autocast dtype of training (None = no autocast): ``precision`` "bf16"/"fp16" name it, "fp32" has
-    none, "auto" computes in the dtype the weights were loaded in (bf16 or fp16; none for fp32 weights)."""
-    if precision == "auto":
-        return weights if weights in HALF else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    """The dtype training computes in (None = float32). Half-precision weights compute in their own dtype
+    (``precision`` "auto" or that dtype); float32 weights compute under autocast when ``precision`` names
+    "bf16" or "fp16", in float32 for "auto" and "fp32"."""
+    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "auto": None}[precision]
+    if weights in HALF:
+        if precision != "auto" and named != weights:
+            raise QuarkError(f"precision={precision!r} does not fit a policy loaded in {weights}: half-precision "
+                             "weights compute in their own dtype; set precision='auto' (or dtype='float32' to "
+                             "compute under autocast)")
+        return weights
+    return named
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-@contextmanager
-def master_weights(params: list[torch.nn.Parameter]):
-    """Trainable parameters (and so their gradients and AdamW's moments) in float32 for the duration, then
-    back in their own dtype: half-precision weights train on fp32 master copies, as DeepSpeed and AMP do.
-    Updates far below bf16's resolution accumulate in the masters instead of rounding away each step."""
-    stored = [p.dtype for p in params]
-    for p in params:
-        p.data = p.data.float()
-    try:
-        yield
-    finally:
-        for p, dtype in zip(params, stored):
-            p.data = p.data.to(dtype)
+class MasterWeights:
+    """fp32 master copies of half-precision trainable parameters, as DeepSpeed and mixed-precision training keep.
+
+    The model computes in its own dtype; after each backward :meth:`collect` moves the half-precision gradients
+    into the masters' fp32 gradients (accumulating there), the optimizer steps the masters, and :meth:`publish`
+    writes them back, rounded, into the model. Updates far below bf16's resolution (lr 2e-5 on weights near
+    0.02) accumulate in the masters instead of rounding away at every step. Float32 parameters are their own
+    masters.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.copies = any(p.dtype in HALF for p in params)
+        self.masters = [torch.nn.Parameter(p.detach().float()) for p in params] if self.copies else params
+
+    def collect(self) -> None:
+        if self.copies:
+            for m, p in zip(self.masters, self.params):
+                if p.grad is not None:
+                    m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
+                    p.grad = None
+
+    @torch.no_grad()
+    def publish(self) -> None:
+        if self.copies:
+            for m, p in zip(self.masters, self.params):
+                p.copy_(m)
 
 
 def schedule_steps(config: QuarkConfig, num_rows: int) -> tuple[int, int]:
@@ -250,75 +270,71 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
                   ) -> tuple[list[dict], dict]:
     """One Quark iteration's optimisation over ``rows`` (prompt_ids, completion_ids, finished, quantile).
 
-    AdamW (``lr``, betas, ``weight_decay``) on fp32 master weights (:func:`master_weights`) with compute
-    under autocast (:func:`compute_dtype`; fp16 with a GradScaler), gradient clipping and accumulation, and
+    AdamW (``lr``, betas, ``weight_decay``) on fp32 master weights (:class:`MasterWeights`), compute in the
+    dtype of :func:`compute_dtype` (fp16 with a GradScaler), gradient clipping and accumulation, and
     the warmup and linear decay of :func:`lr_schedule` over the steps of :func:`schedule_steps` (the
     learning rate is 0 on the first optimizer step, which only primes AdamW's moments; a single step trains
-    at full lr). ``state`` (optimizer, schedule and scaler,
-    as returned) continues a schedule that spans iterations; None starts one.
+    at full lr). ``state`` (optimizer, schedule and scaler, as returned) continues a schedule that spans
+    iterations; None starts one.
 
     Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used) and the
-    state to continue from. The policy leaves in the dtype it came in, ready to sample and save.
+    state to continue from. The policy keeps the dtype it came in (checkpoints are saved in it).
     """
     from tqdm.auto import tqdm
 
     check_rows(rows, control_ids)
     device = next(policy.parameters()).device
-    weights = policy.get_input_embeddings().weight.dtype
-    amp = compute_dtype(weights, config.precision)
-    if amp is None and weights in HALF:
-        raise QuarkError(f"precision={config.precision!r} computes in float32, but the policy is loaded in "
-                         f"{weights}: set dtype='float32' or precision='auto'")
+    amp = compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     set_trainable(policy, config.trainable_fraction)
-    params = [p for p in policy.parameters() if p.requires_grad]
+    master = MasterWeights([p for p in policy.parameters() if p.requires_grad])
     steps, total = schedule_steps(config, len(rows))
     batches = micro_batches(rows, config, steps, rng)
     use_ref = reference is not None and config.kl_coef > 0
     keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
                       reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)
+    opt = torch.optim.AdamW(master.masters, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                            weight_decay=config.weight_decay)
+    sched = lr_schedule(opt, config, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
     log, acc = [], []
     bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
-    with master_weights(params):
-        opt = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                weight_decay=config.weight_decay)
-        sched = lr_schedule(opt, config, total)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-        if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        policy.train()
-        for m, chunk in enumerate(batches):
-            batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
-                                [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
-                                pad_id, eos_id).to(device)
-            ref_logits = None
-            if use_ref:
-                with stage("train.reference"), autocast_context(device, amp), torch.no_grad():
-                    # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
-                    ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
-            with stage("train.policy"):
-                with autocast_context(device, amp):
-                    logits = completion_logits(policy, batch)
-                loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits,
-                                         kl_coef=config.kl_coef, kl_direction=config.kl_direction,
-                                         entropy_coef=config.entropy_coef, loss_vocab=config.loss_vocab)
-                scaler.scale(loss / config.grad_accum).backward()
-            acc.append(stats)
-            if len(acc) == config.grad_accum or m == len(batches) - 1:  # a last partial accumulation still counts
-                with stage("train.optimizer"):
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
-                sched.step()
-                acc = []
-                bar.update(1)
-        policy.eval()
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
+    policy.train()
+    for m, chunk in enumerate(batches):
+        batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
+                            [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
+                            pad_id, eos_id).to(device)
+        ref_logits = None
+        if use_ref:
+            with stage("train.reference"), autocast_context(device, amp), torch.no_grad():
+                # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
+                ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
+        with stage("train.policy"):
+            with autocast_context(device, amp):
+                logits = completion_logits(policy, batch)
+            loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
+                                     kl_direction=config.kl_direction, entropy_coef=config.entropy_coef,
+                                     loss_vocab=config.loss_vocab)
+            scaler.scale(loss / config.grad_accum).backward()
+            master.collect()
+        acc.append(stats)
+        if len(acc) == config.grad_accum or m == len(batches) - 1:  # a last partial accumulation still counts
+            with stage("train.optimizer"):
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(master.masters, config.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                master.publish()
+            log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
+            sched.step()
+            acc = []
+            bar.update(1)
     bar.close()
-    return log, state
+    policy.eval()
+    return log, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}

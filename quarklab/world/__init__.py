@@ -3,7 +3,7 @@ the build of data, tokenizer and an SFT GPT-J into the cache (:mod:`.build`), an
 real checkpoints built from it (:mod:`.standins`)."""
 
 from .build import EOS, TINY, World, WorldSpec, build_world, quarklab_home, tiny_world, world_dir
-from .standins import carper_reward_model
+from .standins import carper_reward_model, gptj_standin
 
-__all__ = ["EOS", "TINY", "World", "WorldSpec", "build_world", "carper_reward_model", "quarklab_home",
+__all__ = ["EOS", "TINY", "World", "WorldSpec", "build_world", "carper_reward_model", "gptj_standin", "quarklab_home",
            "tiny_world", "world_dir"]

@@ -11,7 +11,13 @@ Its v_head is not random: a ridge regression (closed form) fits the hidden state
 reads (the summary's last token in :data:`~quarklab.reward_models.CARPER_TEMPLATE`) to the offline
 ``tiny-tldr`` score, over reference summaries of train posts and worse variants of them
 (:func:`tldr_pairs`). So the stand-in prefers what tiny-tldr prefers, roughly, through the same
-code path as CarperAI's model. The tiny world's ``sft/`` folder already stands in for GPT-J SFT.
+code path as CarperAI's model.
+
+:func:`gptj_standin` writes a tiny GPT-J with GPT-J 6B's shape where it matters to the code: 28
+blocks (so ``trainable_fraction=0.3`` trains the same top 8), an embedding padded past the
+tokenizer by GPT-J's 143 spare rows (50,400 vs 50,257: the quantile tokens land in them), a head
+with a bias, 2,048 positions; random weights. The tiny world's ``sft/`` folder is the trained
+(3-block) stand-in.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import QuarkError
-from ..runs import atomic_write_bytes, atomic_write_json
+from ..runs import atomic_dir, atomic_write_bytes, atomic_write_json
 from .build import World, tiny_world
 
 RIDGE = 1e-2
@@ -119,3 +125,27 @@ def carper_reward_model(path: str | os.PathLike | None = None, *, base_model: st
         "pairs_held_out": len(held[0]), "pearson_r_held_out": round(r_held, 4)})
     atomic_write_bytes(path, buf.getvalue())  # last: its presence marks a complete stand-in
     return path
+
+
+GPTJ_SPARE_ROWS = 50400 - 50257
+"""Embedding rows GPT-J 6B holds beyond its tokenizer's vocabulary."""
+
+
+def gptj_standin(folder: str | os.PathLike, *, n_layer: int = 28, n_embd: int = 64, n_head: int = 4,
+                 seed: int = 0, world: World | None = None) -> Path:
+    """Write a randomly initialised GPT-J ``save_pretrained`` folder (model + the tiny world's tokenizer)
+    shaped like GPT-J 6B's in layer count, spare embedding rows and context; atomically. Returns it."""
+    from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM
+
+    world = world or tiny_world(progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(world.policy)
+    tokenizer.model_max_length = 2048
+    config = GPTJConfig(vocab_size=len(tokenizer) + GPTJ_SPARE_ROWS, n_positions=2048, n_embd=n_embd,
+                        n_layer=n_layer, n_head=n_head, rotary_dim=n_embd // n_head // 2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = GPTJForCausalLM(config)
+    with atomic_dir(Path(folder)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)

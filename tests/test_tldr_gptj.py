@@ -1,0 +1,105 @@
+"""The `tldr-gptj` preset (ALT's run) end to end on CPU: its own hub ids, answered offline from a hub cache that
+holds local stand-ins of the same architecture and file layout (a 28-block GPT-J with GPT-J's padded vocabulary as
+CarperAI/openai_summarize_tldr_sft, a value-head RM in CarperAI's single-file layout as
+CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin). Only the sizes and the dataset are overridden."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import quarklab as ql
+from quarklab import runs
+from quarklab.config import preset
+from quarklab.world import carper_reward_model, gptj_standin
+
+SFT, RM = "CarperAI/openai_summarize_tldr_sft", "CarperAI/openai_summarize_tldr_rm_checkpoint"
+SIZES = ["dataset=tiny-tldr", "iterations=2", "prompts_per_iteration=3", "samples_per_prompt=10",
+         "max_new_tokens=10", "eval_prompts=4", "eval_max_new_tokens=10", "sample_batch_size=30", "eval_batch_size=8",
+         "dtype=bfloat16"]
+
+
+def cache_repo(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
+    """Put ``files`` into ``cache`` as huggingface_hub lays out a downloaded snapshot (refs/main -> snapshot)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name, src in files.items():
+        shutil.copy(src, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+@pytest.fixture(scope="module")
+def hub_cache(world, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("standins")
+    sft = gptj_standin(root / "sft")
+    rm = carper_reward_model(root / "rm" / "pytorch_model.bin", base_model=sft)
+    cache = root / "hub"
+    cache_repo(cache, SFT, {f.name: f for f in sft.iterdir()})
+    cache_repo(cache, RM, {"pytorch_model.bin": rm})
+    return cache
+
+
+@pytest.fixture(scope="module")
+def gptj_run(hub_cache, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "gptj"
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "quarklab.cli", "train", "--preset", "tldr-gptj", "--run-dir", str(run_dir)]
+    proc = subprocess.run(cmd + [a for s in SIZES for a in ("--set", s)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_the_run_keeps_alts_settings(gptj_run):
+    config = ql.QuarkConfig.from_dict(json.loads((gptj_run / "config.json").read_text()))
+    assert config == preset("tldr-gptj").with_overrides(SIZES)
+    assert (config.policy, config.reward, config.reward_base_model) == (SFT, RM + "/pytorch_model.bin", SFT)
+    assert (config.adam_beta1, config.adam_beta2, config.weight_decay, config.lr) == (0.8, 0.999, 3e-7, 2e-5)
+    assert (config.batch_size, config.grad_accum, config.epochs_per_iteration) == (8, 2, 2)
+
+
+def test_eight_top_blocks_of_28_train_and_the_checkpoint_is_bfloat16(gptj_run, hub_cache):
+    sft = load_file(str(next(hub_cache.glob("models--*sft/snapshots/*/model.safetensors"))))
+    ckpt = load_file(str(runs.checkpoint_path(gptj_run, 2) / "model.safetensors"))
+    assert {t.dtype for t in ckpt.values()} == {torch.bfloat16}  # the dtype the policy was loaded in
+    changed = {int(k.split(".")[2]) for k in sft if k.startswith("transformer.h.")
+               and not torch.equal(sft[k].to(torch.bfloat16), ckpt[k])}
+    assert changed == set(range(20, 28))  # ALT's int(0.3 * 28) = 8, from the top
+    assert not torch.equal(sft["transformer.wte.weight"].to(torch.bfloat16), ckpt["transformer.wte.weight"])
+
+
+def test_training_steps_and_schedule_follow_the_preset(gptj_run):
+    metrics = runs.read_metrics(gptj_run)
+    train = metrics[metrics["kind"] == "train"]
+    # 3 prompts x 5 quantiles x 2 rows = 30 rows: 4 micro-batches of 8 per epoch, 2 epochs, 2 per step = 4 steps
+    assert train.groupby("iteration").size().tolist() == [4, 4] and (train["rows"] == 30).all()
+    assert train["lr"].tolist()[:4] == pytest.approx([0.0, 2e-5, 2e-5 * 2 / 3, 2e-5 / 3])  # warmup of 1 step
+
+
+def test_pool_is_scored_by_the_carperai_layout_rm_fed_as_alt(gptj_run, hub_cache):
+    pool = runs.read_pool(gptj_run, 1)
+    assert len(pool) == 30 and pool.groupby("prompt_id")["quantile"].value_counts().eq(2).all()
+    rm_file = next(hub_cache.glob("models--*rm_checkpoint/snapshots/*/pytorch_model.bin"))
+    sft_dir = rm_file.parents[3] / f"models--{SFT.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    reward = ql.load_reward(rm_file, base_model=sft_dir, max_length=550, dtype="float16")
+    rows = pool.iloc[:6]
+    assert reward(rows["prompt"].tolist(), rows["completion"].tolist()) == pytest.approx(rows["reward"].to_numpy())
+
+
+def test_evaluation_reads_the_valid_split(gptj_run):
+    valid = set(ql.load_prompts("tiny-tldr", "valid", limit=4)["prompt"])
+    scored = pd.read_parquet(runs.eval_path(gptj_run, 2))
+    assert set(scored["prompt"]) == valid
+    metrics = runs.read_metrics(gptj_run)
+    assert set(metrics.loc[metrics["kind"] == "eval", "iteration"]) == {0, 1, 2}
