@@ -14,6 +14,7 @@ import gc
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from quarklab import stages
 
@@ -24,7 +25,7 @@ from .settings import BenchSettings
 
 def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: Path) -> dict:
     from quarklab.models import add_quantile_tokens, load_tokenizer
-    from quarklab.train import train_on_rows
+    from quarklab.train import compute_dtype, train_on_rows
 
     from .trl_compare import trl_case
 
@@ -62,7 +63,7 @@ def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: P
            "how": ("quarklab.train.train_on_rows over batch_size x grad_accum x (steps + 1) rows sampled above; time "
                    "from the end of its first optimizer step to the end of its last (fresh AdamW per call, as per "
                    "iteration); stages: the loop's marks over the whole call, first step included"),
-           "precision": c.precision if device.type == "cuda" else "fp32"}
+           "compute_dtype": str(compute_dtype(next(policy.parameters()).dtype, c.precision) or torch.float32)}
     for mode, cfg in configs.items():
         out[mode] = {**case_section(rec[mode], "tokens"), "kl_coef": cfg.kl_coef, "entropy_coef": cfg.entropy_coef,
                      "stages": marks[mode]}
