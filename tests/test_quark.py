@@ -192,7 +192,7 @@ def test_tiny_preset_makes_token_0_better_and_orders_tokens(world, tmp_path):
     table = final_table(metrics)
     sft = table[(table["iteration"] == 0)]["reward"].iloc[0]
     last = table[table["iteration"] == table["iteration"].max()].set_index("token")
-    assert last.loc[0, "reward"] > sft + 0.2  # README: 3.88 vs 3.35
+    assert last.loc[0, "reward"] > sft + 0.2  # README: 3.92 vs 3.35
     ev = metrics[(metrics["kind"] == "eval") & (metrics["iteration"] == metrics["iteration"].max())]
     assert ev["order_spearman"].iloc[0] <= -0.9
 
