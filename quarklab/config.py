@@ -219,6 +219,12 @@ class QuarkConfig:
             raise QuarkError(f"config: unknown field(s) {unknown}: see quarklab train --help-config")
         return cls(**d)
 
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> "QuarkConfig":
+        """A run's config.json read back: a field it does not hold (written before the field existed) takes the
+        value that reproduces how that run trained (:data:`BEFORE_FIELD`), not today's default."""
+        return cls.from_dict({**{k: v for k, v in BEFORE_FIELD.items() if k not in d}, **d})
+
     def replace(self, **changes) -> "QuarkConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
@@ -232,6 +238,11 @@ class QuarkConfig:
                 raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(field_specs())}")
             changes[key] = parse_field(key, raw, where="--set")
         return self.replace(**changes)
+
+
+# What a config.json written before these fields existed ran with (quarklab before issue 9's ALT fidelity work).
+BEFORE_FIELD: dict[str, Any] = dict(per_quantile_draw="uniform", adam_beta1=0.9, adam_beta2=0.999,
+                                    loss_vocab="no-quantile-tokens", perplexity="sampled-ids", warmup_shape="linear")
 
 
 # ------------------------------------------------------------------ field specs

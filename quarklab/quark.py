@@ -106,7 +106,7 @@ def _stored_config(path: Path) -> QuarkConfig:
         d = json.loads(path.read_bytes())
         if not isinstance(d, dict):
             raise ValueError(f"a JSON {type(d).__name__}, not an object")
-        return QuarkConfig.from_dict(d)
+        return QuarkConfig.from_stored(d)
     except (ValueError, TypeError) as exc:  # bad JSON or bytes, bad fields (QuarkError is a ValueError)
         raise QuarkError(f"{str(path)!r}, the settings of this run, is damaged ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from a copy "

@@ -219,3 +219,18 @@ def test_first_iteration_never_samples_a_quantile_token_from_the_reference(world
     pool = runs.read_pool(tmp_path / "run", 1)
     assert pool["completion_ids"].map(lambda ids: max(ids, default=0) >= len(tok)).any()  # the other padded rows
     assert not pool["completion_ids"].map(quantile_ids.intersection).any()
+
+
+def test_a_run_written_before_a_field_existed_resumes_as_it_trained(tmp_path):
+    """config.json from an earlier quarklab lacks the fields added since: reading it back keeps that run's
+    behaviour (AdamW's default beta1, no quantile tokens in the softmax, a uniform draw), not today's defaults."""
+    from quarklab.quark import prepare_run_dir
+
+    old = preset("tiny").to_dict()
+    for name in ["per_quantile_draw", "adam_beta1", "adam_beta2", "loss_vocab", "perplexity", "warmup_shape"]:
+        del old[name]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = prepare_run_dir(tmp_path, None, resume=True)
+    assert (config.adam_beta1, config.loss_vocab, config.per_quantile_draw, config.perplexity) == \
+        (0.9, "no-quantile-tokens", "uniform", "sampled-ids")
+    assert preset("tiny").adam_beta1 == 0.8 and preset("tiny").loss_vocab == "full"
