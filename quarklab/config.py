@@ -169,6 +169,8 @@ class QuarkConfig:
     trainable_fraction: float = knob(1.0, """Share of transformer blocks trained, from the top: the top
         ``int(fraction * n_layers)`` (ALT's floor rule: 0.3 of GPT-J's 28 = 8), at least one; embeddings, final
         norm and head are always trained so new quantile tokens can learn.""", Range(0, 1, lo_open=True))
+    gradient_checkpointing: bool = knob(False, """Recompute each block's activations in the backward pass instead of
+        keeping them (transformers' gradient checkpointing): less memory for about one more forward's time.""")
     precision: Precision = knob("auto", """Training compute under autocast, with fp32 master weights for the
         trainable parameters: "auto" = the dtype the policy is loaded in (``dtype``; no autocast for float32),
         "bf16", "fp16" (with a GradScaler), "fp32" (needs float32 weights).""")

@@ -304,6 +304,8 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
         scaler.load_state_dict(state["scaler"])
     log, acc = [], []
     bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
+    if config.gradient_checkpointing:
+        policy.activation_checkpointing_enable()
     policy.train()
     for m, chunk in enumerate(batches):
         batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
@@ -337,4 +339,6 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
             bar.update(1)
     bar.close()
     policy.eval()
+    if config.gradient_checkpointing:
+        policy.activation_checkpointing_disable()
     return log, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}

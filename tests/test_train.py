@@ -188,3 +188,25 @@ def test_a_quantile_token_in_a_completion_is_refused(models, rows):
     bad[2]["completion_ids"] = bad[2]["completion_ids"][:3] + [ids[1]]
     with pytest.raises(ql.QuarkError, match=f"training row 2 has quantile token id {ids[1]}.*suppress"):
         train_on_rows(policy, None, bad, preset("tiny"), ids, tok.pad_token_id, tok.eos_token_id, seed=0)
+
+
+def test_gradient_checkpointing_keeps_fewer_activations_and_trains_the_same(models, rows):
+    policy, reference, tok, ids = models
+    config = preset("tiny", lr=1e-3, batch_size=2, epochs_per_iteration=2, kl_coef=0.05)
+    results = {}
+    for on in (False, True):
+        model, saved = copy.deepcopy(policy), [0]
+
+        def keep(t):
+            saved[0] += t.numel()  # every tensor autograd keeps for the backward pass
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            log, _ = train_on_rows(model, reference, rows, config.replace(gradient_checkpointing=on), ids,
+                                   tok.pad_token_id, tok.eos_token_id, seed=0)
+        results[on] = (log, saved[0], model)
+    assert results[True][1] < results[False][1] / 3  # blocks' activations recomputed, not kept
+    assert [e["loss"] for e in results[True][0]] == pytest.approx([e["loss"] for e in results[False][0]], rel=1e-5)
+    for a, b in zip(results[False][2].parameters(), results[True][2].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not results[True][2].is_activation_checkpointing  # switched off again for sampling
