@@ -85,6 +85,17 @@ def _bench(args) -> None:
     print(f"report: {args.out}")
 
 
+def _plan(args) -> None:
+    from .config import preset
+    from .plan import plan, report
+
+    config = preset(args.preset).with_overrides(args.set)
+    table, totals = plan(config, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb, prompt_tokens=args.prompt_tokens,
+                         lora_rank=args.lora_rank, sample_tokens_per_s=args.sample_tokens_per_s,
+                         train_tokens_per_s=args.train_tokens_per_s)
+    print(report(table, totals, config, args.gpus, args.gpu_memory_gb))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, notebooks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     nswp.add_argument("--cell-timeout", type=float, metavar="SECONDS",
                       help="stop a cell that runs longer than this (default: no limit)")
     nswp.set_defaults(func=_notebooks_sweep)
+    pln = sub.add_parser("plan", help="memory per GPU and tokens per iteration of a config, with no weights loaded")
+    pln.add_argument("--preset", default="tldr-gptj", help="tldr-gptj (default) or tiny")
+    pln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    pln.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs (default 1)")
+    pln.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
+    pln.add_argument("--prompt-tokens", type=int, default=512,
+                     help="prompt length a micro-batch pads to (default 512; TL;DR posts run to about 550)")
+    pln.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA row (default 16)")
+    pln.add_argument("--sample-tokens-per-s", type=float, help="generation throughput, for a time estimate")
+    pln.add_argument("--train-tokens-per-s", type=float, help="training throughput, for a time estimate")
+    pln.set_defaults(func=_plan)
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
     bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention, vLLM when installed)")

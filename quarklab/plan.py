@@ -1,0 +1,169 @@
+"""``quarklab plan``: memory per GPU and tokens per iteration of a run, before anything is downloaded.
+
+The models are built from their configs on the meta device (no weights), so parameter counts are exact;
+the rest is arithmetic over the config, per GPU:
+
+* resident through the run: the policy, the reference and the reward model, each in its dtype;
+* training adds fp32 master weights (for half-precision weights), gradients (the model's, plus fp32 in
+  the masters), AdamW's two fp32 moments, and the activations of one micro-batch;
+* sampling adds the KV cache of one ``generate`` call (``sample_batch_size`` sequences).
+
+Activations per transformer block are ``27 * B * S * H`` values (measured with autograd's saved-tensor
+hooks on GPT-J under SDPA attention, which keeps no S x S matrix), or one ``B * S * H`` input per block
+plus one block recomputed with ``gradient_checkpointing``; the loss keeps about 12 bytes per completion
+logit (float32 log-softmax, its exponent, the kept-vocabulary copy). S is ``prompt_tokens`` plus the
+completion (``max_new_tokens``), the quantile token and EOS.
+
+Sharding per strategy, over ``gpus`` data-parallel ranks: DDP replicates everything; ZeRO-2 shards the
+masters, fp32 gradients and optimizer states; ZeRO-3 / FSDP also shards the policy's weights (the
+reference and reward model stay replicated); LoRA trains only the adapters and the quantile-token rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .config import QuarkConfig
+from .errors import QuarkError
+
+GB = 1024 ** 3
+ACTIVATION_VALUES_PER_BLOCK = 27  # x B * S * H, see the module docstring
+LOSS_BYTES_PER_LOGIT = 12
+HEADROOM = 0.9  # of a GPU's memory usable: CUDA context, allocator fragmentation
+STRATEGIES = ("1 GPU", "DDP", "ZeRO-2", "ZeRO-3 / FSDP", "LoRA")
+
+
+@dataclass
+class Model:
+    """Parameter counts of a model built on the meta device."""
+    name: str
+    params: int
+    trainable: int
+    blocks: int
+    hidden: int
+    vocab: int
+    block_params: int  # parameters of one transformer block
+    lora_params: int   # rank-1 LoRA parameters over the blocks' linear layers (scale by the rank)
+
+
+def model_config(name: str):
+    """The transformers config of ``name`` (a folder, "tiny-tldr" or a hub id); GPT-J 6B's for the known
+    GPT-J 6B ids when the hub cannot be reached (transformers' ``GPTJConfig`` defaults are GPT-J 6B's)."""
+    from transformers import AutoConfig, GPTJConfig
+
+    from .models import resolve_source
+
+    try:
+        return AutoConfig.from_pretrained(resolve_source(name, "model"))
+    except (QuarkError, OSError, ValueError) as exc:
+        if name in GPTJ_6B_IDS:
+            return GPTJConfig()
+        raise QuarkError(f"cannot read the config of {name!r} to plan for it ({exc}); pass a local folder") from exc
+
+
+GPTJ_6B_IDS = ("CarperAI/openai_summarize_tldr_sft", "EleutherAI/gpt-j-6b", "EleutherAI/gpt-j-6B",
+               "sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr")
+
+
+def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True) -> Model:
+    """Build ``name`` on the meta device and count its parameters (``head=False``: the backbone only)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from .train import set_trainable
+
+    config = model_config(name)
+    with torch.device("meta"):
+        model = (AutoModelForCausalLM if head else AutoModel).from_config(config)
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers)
+    trainable = set_trainable(model, trainable_fraction) if head else 0
+    lora = sum(m.in_features + m.out_features for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    return Model(name, sum(p.numel() for p in model.parameters()), trainable, n_layers, config.hidden_size,
+                 model.get_input_embeddings().num_embeddings, sum(p.numel() for p in blocks[0].parameters()),
+                 lora)
+
+
+def dtype_bytes(dtype: str, gpu: bool = True) -> int:
+    """Bytes per weight of a config ``dtype``: "auto" is bf16 on a GPU."""
+    return {"auto": 2 if gpu else 4, "float32": 4, "fp32": 4}.get(dtype, 2)
+
+
+def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, prompt_tokens: int = 512,
+         lora_rank: int = 16, sample_tokens_per_s: float | None = None,
+         train_tokens_per_s: float | None = None) -> tuple[pd.DataFrame, dict]:
+    """``(table, totals)``: GB per GPU by strategy (resident weights, training and sampling peaks, whether it
+    fits), and the tokens an iteration generates and trains (with hours when throughputs are given)."""
+    if gpus < 1 or gpu_memory_gb <= 0 or prompt_tokens < 1:
+        raise QuarkError("plan needs gpus >= 1, gpu_memory_gb > 0 and prompt_tokens >= 1")
+    policy = meta_model(config.policy, config.trainable_fraction)
+    reference = policy if (config.reference or config.policy) == config.policy else meta_model(config.reference)
+    reward = (meta_model(config.reward_base_model, head=False) if config.reward_base_model else None)
+    wb, rb = dtype_bytes(config.dtype), dtype_bytes(config.reward_dtype)
+    half = wb < 4
+    B, C = config.batch_size, config.max_new_tokens
+    S = prompt_tokens + C + 2
+    block_act = ACTIVATION_VALUES_PER_BLOCK * B * S * policy.hidden * wb
+    activations = (policy.blocks * B * S * policy.hidden * wb + block_act if config.gradient_checkpointing
+                   else policy.blocks * block_act) + LOSS_BYTES_PER_LOGIT * B * (C + 1) * policy.vocab
+    kv_cache = config.sample_batch_size * (prompt_tokens + C + 1) * policy.blocks * 2 * policy.hidden * wb
+    weights = {"policy": policy.params * wb, "reference": reference.params * wb,
+               "reward": reward.params * rb if reward else 0}
+    token_rows = 2 * config.num_quantiles * policy.hidden  # the quantile tokens' input and output rows
+    rows = []
+    for strategy in STRATEGIES:
+        n = 1 if strategy == "1 GPU" else gpus
+        trained = lora_rank * policy.lora_params + token_rows if strategy == "LoRA" else policy.trainable
+        shard = n if strategy in ("ZeRO-2", "ZeRO-3 / FSDP") else 1
+        resident = weights["policy"] / (n if strategy == "ZeRO-3 / FSDP" else 1) + weights["reference"] \
+            + weights["reward"]
+        masters = trained * 4 / shard if half else 0
+        grads = trained * wb + (trained * 4 / shard if half else 0)
+        optimizer = trained * 8 / shard
+        train_peak = resident + masters + grads + optimizer + activations
+        sample_peak = resident + kv_cache
+        rows.append({"strategy": strategy, "gpus": n, "weights_gib": resident / GB, "masters_gib": masters / GB,
+                     "grads_gib": grads / GB, "optimizer_gib": optimizer / GB, "activations_gib": activations / GB,
+                     "train_peak_gib": train_peak / GB, "kv_cache_gib": kv_cache / GB,
+                     "sample_peak_gib": sample_peak / GB,
+                     "fits": max(train_peak, sample_peak) <= HEADROOM * gpu_memory_gb * GB})
+    table = pd.DataFrame(rows)
+    prompts = config.prompts_per_iteration
+    train_rows = prompts * config.num_quantiles * config.per_quantile_per_prompt \
+        if config.pool_strategy == "alt" else prompts * config.samples_per_prompt
+    totals = {"policy_params": policy.params, "trainable_params": policy.trainable, "blocks": policy.blocks,
+              "reward_params": reward.params if reward else 0, "sequence_tokens": S,
+              "generated_tokens": prompts * config.samples_per_prompt * C,
+              "trained_tokens": train_rows * config.epochs_per_iteration * S,
+              "optimizer_steps": -(-train_rows * config.epochs_per_iteration // (B * config.grad_accum * gpus))}
+    if sample_tokens_per_s:
+        totals["sample_hours"] = totals["generated_tokens"] / sample_tokens_per_s / 3600
+    if train_tokens_per_s:
+        totals["train_hours"] = totals["trained_tokens"] / train_tokens_per_s / 3600
+    return table, totals
+
+
+def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gpu_memory_gb: float) -> str:
+    """The plan as text: the per-GPU table, the tokens per iteration, and what fits."""
+    lines = [f"policy {config.policy}: {totals['policy_params'] / 1e9:.2f} B parameters, {totals['blocks']} blocks, "
+             f"{totals['trainable_params'] / 1e9:.2f} B trained (trainable_fraction {config.trainable_fraction}); "
+             f"reward backbone {totals['reward_params'] / 1e9:.2f} B; dtype {config.dtype}; micro-batch "
+             f"{config.batch_size} x {totals['sequence_tokens']} tokens; {gpus} x {gpu_memory_gb:g} GiB",
+             "", "GiB per GPU:"]
+    shown = table.assign(fits=table["fits"].map({True: "yes", False: "no"}))
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 1):
+        lines.append(shown.to_string(index=False))
+    lines += ["", f"per iteration: {totals['generated_tokens']:,} tokens generated, {totals['trained_tokens']:,} "
+                  f"trained, {totals['optimizer_steps']:,} optimizer steps over {gpus} GPU(s)"]
+    if "sample_hours" in totals or "train_hours" in totals:
+        lines.append("time per iteration: " + ", ".join(f"{k.split('_')[0]} {v:.1f} h" for k, v in totals.items()
+                                                        if k.endswith("_hours")))
+    lines.append("quarklab train runs the 1-GPU strategy today; DDP, ZeRO and FSDP (through accelerate) and LoRA "
+                 "(through peft) are planned, and their rows say what they would need")
+    fitting = table.loc[table["fits"], "strategy"].tolist()
+    lines.append(f"fits in {HEADROOM:.0%} of {gpu_memory_gb:g} GiB: " + (", ".join(fitting) if fitting else
+                 "none; try --set gradient_checkpointing=true, a smaller batch_size with a larger grad_accum, "
+                 "or more GPUs"))
+    return "\n".join(lines)
