@@ -41,7 +41,6 @@ _STYLE = """
 .quarklab-compare-wrap .quarklab-compare td.completion { border-left: 4px solid var(--qc-reward, #ccc); }
 .quarklab-compare-wrap .quarklab-compare .meta { display: block; margin-top: 4px; white-space: normal;
   font-size: 11px; color: #555; }
-.quarklab-compare-wrap .quarklab-compare .meta .part { white-space: nowrap; }
 .quarklab-compare-wrap .quarklab-compare .reward { padding: 0 4px; border-radius: 3px;
   font-variant-numeric: tabular-nums; }
 .quarklab-compare-wrap .quarklab-compare .cut { color: #a33; }
@@ -122,14 +121,15 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
         r = float(row["reward"]) if np.isfinite(pd.to_numeric(row["reward"], errors="coerce")) else math.nan
         colour = _viridis(0.5 if hi <= lo or not math.isfinite(r) else (r - lo) / (hi - lo))
         parts = [f'<span class="part reward" style="background:{colour};color:{_text_colour(colour)}">'
-                 f"reward {fmt_number(r)}</span>"]
+                 f"reward\u00a0{fmt_number(r)}</span>"]
         if "perplexity" in row.index:
-            parts.append(f'<span class="part">ppl {fmt_number(row["perplexity"])}</span>')
+            parts.append(f'<span class="part">ppl\u00a0{fmt_number(row["perplexity"])}</span>')
         if "length" in row.index:
-            parts.append(f'<span class="part">{fmt_number(row["length"])} tok</span>')
+            parts.append(f'<span class="part">{fmt_number(row["length"])}\u00a0tok</span>')
         if "finished" in row.index and not bool(row["finished"]):
             parts.append('<span class="part cut" title="hit max_new_tokens before EOS">cut</span>')
-        meta = "\u00a0· ".join(parts)  # a line breaks only after a "·", never inside a part
+        meta = "\u00a0· ".join(parts)  # no-break spaces inside a part: a line breaks after a "·" (or, in a
+        # column too narrow for one part, anywhere: overflow-wrap)
         return f'{html.escape(str(row["completion"]))}<span class="meta">{meta}</span>'
 
     groups: dict = {}
