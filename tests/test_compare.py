@@ -12,7 +12,7 @@ from matplotlib.colors import to_hex
 
 import quarklab as ql
 from quarklab.compare import compare_tokens
-from quarklab.present.html import comparison_html
+from quarklab.present.html import comparison_html, fmt_number
 from quarklab.tldr import shorten as shorten_prompt
 from quarklab.models import add_quantile_tokens, quantile_token, quantile_token_ids
 
@@ -143,18 +143,18 @@ def test_comparison_html(quark, greedy_table):
     # one row per prompt; the long post shortened in the middle, TITLE and TL;DR: kept
     assert page.count("<tr>") == 1 + df["prompt_id"].nunique()
     assert "TITLE: &lt;script&gt;" in page and "…" in page and "TL;DR:</td>" in page
-    # the reward, perplexity and length shown are the table's
+    # the reward, perplexity and length shown are the table's, to 3 significant digits
     for _, row in greedy_table.iterrows():
-        assert f"reward {row['reward']:.2f}" in page
-        assert f"ppl {row['perplexity']:.2f} · {row['length']} tok" in page
+        assert f"reward\u00a0{fmt_number(row['reward'])}" in page
+        assert f'ppl\u00a0{fmt_number(row["perplexity"])}</span>\u00a0· <span class="part">{row["length"]}\u00a0tok' in page
     # rewards coloured on matplotlib's viridis over the table (dark = lowest, yellow = highest), readable text
     lo, hi = greedy_table["reward"].min(), greedy_table["reward"].max()
     for _, row in greedy_table.iterrows():
         x = 0.5 if hi <= lo else (row["reward"] - lo) / (hi - lo)
         assert f'style="background:{to_hex(colormaps["viridis"](x))};color:' in page
     if hi > lo:
-        assert f'background:#fde725;color:#000">reward {hi:.2f}' in page  # yellow, black text
-        assert f'background:#440154;color:#fff">reward {lo:.2f}' in page  # dark purple, white text
+        assert f'background:#fde725;color:#000">reward\u00a0{fmt_number(hi)}' in page  # yellow, black text
+        assert f'background:#440154;color:#fff">reward\u00a0{fmt_number(lo)}' in page  # dark purple, white text
 
 
 def test_shorten_prompt_keeps_head_and_tail():

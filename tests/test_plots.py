@@ -105,11 +105,14 @@ def test_reward_distribution(samples):
     assert list(medians[shown]) == sorted(medians)  # sorted by median
 
 
-def test_reward_distribution_caps_prompts_at_30():
+def test_reward_distribution_shows_every_prompt_up_to_64():
     rng = np.random.default_rng(1)
-    many = pd.DataFrame({"prompt_id": np.repeat(np.arange(50), 3), "reward": rng.normal(size=150)})
-    shown = panel(quantile_plots.reward_distribution(many), "per_prompt").get_xticklabels()
-    assert len(shown) == 30
+    some = pd.DataFrame({"prompt_id": np.repeat(np.arange(50), 3), "reward": rng.normal(size=150)})
+    ax = panel(quantile_plots.reward_distribution(some), "per_prompt")
+    assert len(ax.get_xticklabels()) == 50 and "shown" not in ax.get_xlabel()
+    many = pd.DataFrame({"prompt_id": np.repeat(np.arange(80), 3), "reward": rng.normal(size=240)})
+    ax = panel(quantile_plots.reward_distribution(many), "per_prompt")
+    assert len(ax.get_xticklabels()) == 64 and "64 of 80 shown" in ax.get_xlabel()
 
 
 def test_quantile_comparison_global_vs_local(samples):
@@ -118,25 +121,27 @@ def test_quantile_comparison_global_vs_local(samples):
     check_readable(fig, 6)
     r, pid = samples["reward"].to_numpy(), samples["prompt_id"].to_numpy()
 
-    local = panel(fig, "local/heatmap").images[0].get_array()
-    glob = panel(fig, "global/heatmap").images[0].get_array()
-    assert local.shape == glob.shape == (N_PROMPTS, k)
+    # heatmaps: rows = quantiles, columns = every prompt (12 here)
+    local = np.asarray(panel(fig, "local/heatmap").images[0].get_array())
+    glob = np.asarray(panel(fig, "global/heatmap").images[0].get_array())
+    assert local.shape == glob.shape == (k, N_PROMPTS)
     assert (local == N_SAMPLES // k).all()  # every prompt spreads its samples evenly: uniform by construction
-    assert (glob.sum(axis=1) == N_SAMPLES).all()
-    assert len({tuple(row) for row in np.asarray(glob)}) > 1  # global: prompts differ
-    # the heatmap holds the real assignment: rows follow the y tick labels
-    prompts = [int(t.get_text()) for t in panel(fig, "global/heatmap").get_yticklabels()]
+    assert "split evenly: 4 per quantile" in panel(fig, "local/heatmap").get_title()
+    assert (glob.sum(axis=0) == N_SAMPLES).all()
+    assert len({tuple(col) for col in glob.T}) > 1  # global: prompts differ
+    # the heatmap holds the real assignment: columns follow the x tick labels
+    prompts = [int(t.get_text()) for t in panel(fig, "global/heatmap").get_xticklabels()]
     q = assign_quantiles(r, k)
-    for row, p in zip(np.asarray(glob), prompts):
-        assert list(row) == [int(((pid == p) & (q == j)).sum()) for j in range(k)]
-    # it draws analysis.prompt_quantile_counts, in its order (best prompt on top)
+    for col, p in zip(glob.T, prompts):
+        assert list(col) == [int(((pid == p) & (q == j)).sum()) for j in range(k)]
+    # it draws analysis.prompt_quantile_counts, in its order (best prompt on the left)
     for scope, drawn in (("global", glob), ("local", local)):
         table = analysis.prompt_quantile_counts(samples, k, scope)
         assert prompts == list(table.index)
-        assert (np.asarray(drawn) == table.to_numpy()).all()
+        assert (drawn.T == table.to_numpy()).all()
     # and the annotated numbers are those counts
     texts = [int(t.get_text()) for t in panel(fig, "global/heatmap").texts]
-    assert texts == [int(v) for v in np.asarray(glob).ravel()]
+    assert texts == [int(v) for v in glob.ravel()]
 
     thresholds = [ln.get_ydata()[0] for ln in panel(fig, "global/reward").lines if ln.get_gid() == "threshold"]
     assert thresholds == pytest.approx(quantile_thresholds(r, q, k)[: k - 1])
@@ -145,9 +150,28 @@ def test_quantile_comparison_global_vs_local(samples):
     assert panel(fig, "global/length").get_ylabel() == "length (tokens)"
 
 
+def test_quantile_comparison_one_scope_fits_a_screen(samples):
+    for scope in ("global", "local"):
+        fig = quantile_plots.quantile_comparison(samples, 5, scope=scope, reward_name="toy RM")
+        check_readable(fig, 3)
+        assert {ax.get_gid() for ax in panels(fig)} == {f"{scope}/reward", f"{scope}/length", f"{scope}/heatmap"}
+        assert fig.get_suptitle().startswith(f"{scope.capitalize()} quantiles, K = 5")
+        assert panel(fig, f"{scope}/reward").get_ylabel() == "reward (toy RM)"
+    # 16 samples in 5 local quantiles: 3 each, the last takes the remainder, and the title says so
+    local = np.asarray(panel(fig, "local/heatmap").images[0].get_array())
+    assert (local[:4] == 3).all() and (local[4] == 4).all()
+    assert "3 per quantile, quantile 4 takes the remainder: 4" in panel(fig, "local/heatmap").get_title()
+    # every size of pool: at most 9 inches tall (about 900 px at 100 dpi)
+    for k in (2, 5, 10):
+        for scope in (None, "local"):
+            assert quantile_plots.quantile_comparison(samples, k, scope=scope).get_size_inches()[1] <= 9.0
+
+
 def test_quantile_comparison_rejects_bad_input(samples):
     with pytest.raises(QuarkError):
         quantile_plots.quantile_comparison(samples, 0)
+    with pytest.raises(QuarkError, match="scope"):
+        quantile_plots.quantile_comparison(samples, 3, scope="pool")
     with pytest.raises(QuarkError, match="num_tokens"):
         quantile_plots.quantile_comparison(samples.drop(columns="num_tokens"), 3)
     with pytest.raises(QuarkError, match="non-finite"):

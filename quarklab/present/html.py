@@ -17,21 +17,34 @@ from ..tldr import shorten
 
 _VIRIDIS = colormaps["viridis"]  # colour-blind safe, perceptually uniform, sequential
 
+# Every rule is scoped under the wrapper and the table (specificity (0,2,1) and up), so it outranks JupyterLab's
+# ``:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td {text-align: right}`` (0,2,1, earlier in the page) and
+# ipywidgets' HTML-widget styles: prose cells are left-aligned and wrap, the table fits the output area
+# (fixed layout, 100% wide, words broken anywhere rather than overflowing), and the reward · ppl · length
+# line wraps between its parts.
 _STYLE = """
 <style>
-.quarklab-compare { border-collapse: collapse; font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
-  font-size: 13px; line-height: 1.35; width: 100%; table-layout: fixed; }
-.quarklab-compare caption { caption-side: top; text-align: left; padding: 4px 0 8px; color: #444; font-size: 12px; }
-.quarklab-compare th { background: #f3f3f3; text-align: left; padding: 6px 8px; border-bottom: 2px solid #bbb;
-  font-weight: 600; vertical-align: bottom; }
-.quarklab-compare td { padding: 6px 8px; border-bottom: 1px solid #ddd; vertical-align: top;
-  white-space: pre-wrap; overflow-wrap: anywhere; }
-.quarklab-compare td.prompt { color: #333; background: #fafafa; font-size: 12px; }
-.quarklab-compare td.completion { border-left: 4px solid var(--qc-reward, #ccc); }
-.quarklab-compare .meta { display: block; margin-top: 4px; white-space: nowrap; font-size: 11px; color: #555; }
-.quarklab-compare .reward { padding: 0 4px; border-radius: 3px; font-variant-numeric: tabular-nums; }
-.quarklab-compare .cut { color: #a33; }
-.quarklab-compare th .hint { display: block; font-weight: 400; font-size: 11px; color: #666; }
+.quarklab-compare-wrap { max-width: 100%; overflow-x: auto; min-width: 0; }
+.quarklab-compare-wrap .quarklab-compare { border-collapse: collapse; width: 100%; max-width: 100%;
+  table-layout: fixed; margin: 0; font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
+  font-size: 13px; line-height: 1.35; }
+.quarklab-compare-wrap .quarklab-compare caption { caption-side: top; text-align: left; padding: 4px 0 8px;
+  color: #444; font-size: 12px; white-space: normal; overflow-wrap: anywhere; }
+.quarklab-compare-wrap .quarklab-compare th { background: #f3f3f3; text-align: left; padding: 6px 8px;
+  border-bottom: 2px solid #bbb; font-weight: 600; vertical-align: bottom; white-space: normal;
+  overflow-wrap: anywhere; }
+.quarklab-compare-wrap .quarklab-compare td.prompt,
+.quarklab-compare-wrap .quarklab-compare td.completion { text-align: left; padding: 6px 8px;
+  border-bottom: 1px solid #ddd; vertical-align: top; white-space: pre-wrap; overflow-wrap: anywhere;
+  max-width: none; }
+.quarklab-compare-wrap .quarklab-compare td.prompt { color: #333; background: #fafafa; font-size: 12px; }
+.quarklab-compare-wrap .quarklab-compare td.completion { border-left: 4px solid var(--qc-reward, #ccc); }
+.quarklab-compare-wrap .quarklab-compare .meta { display: block; margin-top: 4px; white-space: normal;
+  font-size: 11px; color: #555; }
+.quarklab-compare-wrap .quarklab-compare .reward { padding: 0 4px; border-radius: 3px;
+  font-variant-numeric: tabular-nums; }
+.quarklab-compare-wrap .quarklab-compare .cut { color: #a33; }
+.quarklab-compare-wrap .quarklab-compare th .hint { display: block; font-weight: 400; font-size: 11px; color: #666; }
 </style>
 """
 
@@ -48,12 +61,25 @@ def _text_colour(colour: str) -> str:
     return "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "#fff"
 
 
-def _fmt(x, spec: str = ".2f", missing: str = "–") -> str:
+def fmt_number(x, digits: int = 3, missing: str = "–") -> str:
+    """``x`` for people: integers as they are, other numbers to ``digits`` significant digits without float
+    noise (``0.9000000000000001`` → ``"0.9"``, ``3.5201`` → ``"3.52"``, ``12.345`` → ``"12.3"``, ``1234.5`` →
+    ``"1234"``); ``missing`` for None, NaN, infinities and what is not a number."""
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
     try:
         x = float(x)
     except (TypeError, ValueError):
         return missing
-    return format(x, spec) if math.isfinite(x) else missing
+    if not math.isfinite(x):
+        return missing
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** digits:
+        return f"{x:.0f}"
+    return format(x, f".{digits}g")
 
 
 def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: str | None = None) -> str:
@@ -94,15 +120,16 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
     def cell(row) -> str:
         r = float(row["reward"]) if np.isfinite(pd.to_numeric(row["reward"], errors="coerce")) else math.nan
         colour = _viridis(0.5 if hi <= lo or not math.isfinite(r) else (r - lo) / (hi - lo))
-        parts = [f'<span class="reward" style="background:{colour};color:{_text_colour(colour)}">'
-                 f"reward {_fmt(r)}</span>"]
+        parts = [f'<span class="part reward" style="background:{colour};color:{_text_colour(colour)}">'
+                 f"reward\u00a0{fmt_number(r)}</span>"]
         if "perplexity" in row.index:
-            parts.append(f"ppl {_fmt(row['perplexity'])}")
+            parts.append(f'<span class="part">ppl\u00a0{fmt_number(row["perplexity"])}</span>')
         if "length" in row.index:
-            parts.append(f"{_fmt(row['length'], '.0f')} tok")
-        meta = " · ".join(parts)
+            parts.append(f'<span class="part">{fmt_number(row["length"])}\u00a0tok</span>')
         if "finished" in row.index and not bool(row["finished"]):
-            meta += ' · <span class="cut" title="hit max_new_tokens before EOS">cut</span>'
+            parts.append('<span class="part cut" title="hit max_new_tokens before EOS">cut</span>')
+        meta = "\u00a0· ".join(parts)  # no-break spaces inside a part: a line breaks after a "·" (or, in a
+        # column too narrow for one part, anywhere: overflow-wrap)
         return f'{html.escape(str(row["completion"]))}<span class="meta">{meta}</span>'
 
     groups: dict = {}
@@ -140,15 +167,19 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
         decoding = ""
         if settings:
             decoding = (" Greedy decoding" if not settings.get("do_sample") else
-                        f" Sampled (temperature {settings.get('temperature')}, top-p {settings.get('top_p')})")
-            decoding += f", at most {settings.get('max_new_tokens')} new tokens, seed {settings.get('seed')}."
+                        f" Sampled (temperature {fmt_number(settings.get('temperature'))}, "
+                        f"top-p {fmt_number(settings.get('top_p'))}, seed {fmt_number(settings.get('seed'))})")
+            decoding += f", at most {fmt_number(settings.get('max_new_tokens'))} new tokens."
         under = "the policy" if settings.get("perplexity_under") == "policy" else "the reference"
         caption = (f"Completions for {len(groups)} prompt(s), conditioned on each quantile token "
                    f"(token 0 = highest-reward quantile) and without a token.{decoding} "
-                   f"reward: higher is better (colour: viridis over this table, {_fmt(lo)} to {_fmt(hi)}); "
+                   f"reward: higher is better (colour: viridis over this table, {fmt_number(lo)} to {fmt_number(hi)}); "
                    f"ppl: perplexity under {under}; tok: length in tokens; cut: no EOS before the limit.")
-    widths = f'<col style="width:{max(18, 100 // (len(columns) + 2))}%">'
-    return (_STYLE + '<div class="quarklab-compare-wrap" style="overflow-x:auto">'
+    prompt_width = max(16, 100 // (len(columns) + 2))  # the prompt a little wider; the rest share what is left
+    col_width = (100 - prompt_width) / len(columns)
+    widths = f'<col class="prompt-col" style="width:{prompt_width}%">' + "".join(
+        f'<col style="width:{col_width:.2f}%">' for _ in columns)
+    return (_STYLE + '<div class="quarklab-compare-wrap">'
             f'<table class="quarklab-compare"><caption>{html.escape(caption)}</caption>'
-            f"<colgroup>{widths}{'<col>' * len(columns)}</colgroup>"
+            f"<colgroup>{widths}</colgroup>"
             f"<thead><tr>{''.join(head_cells)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")

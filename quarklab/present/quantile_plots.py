@@ -16,11 +16,15 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..analysis import best_of_n, check_num_quantiles, check_samples, prompt_quantile_counts, quantile_contrast
+from ..errors import QuarkError
 from ..quantiles import assign_quantiles, quantile_thresholds
 from .figures import (COUNT_LABEL, LENGTH_LABEL, QUANTILE_LABEL, SAMPLES_LABEL, new_figure, palette, pick_prompts,
                       reward_label, reward_unit)
 
 __all__ = ["reward_distribution", "quantile_comparison", "k_and_n_effect"]
+
+PROMPTS_SHOWN = 64  # prompts drawn in a per-prompt panel (more: evenly spaced ones, and the panel says so)
+MAX_HEIGHT = 9.0  # inches: about 900 px at 100 dpi, one laptop screen
 
 
 def reward_distribution(samples: pd.DataFrame, *, reward_name: str = "reward") -> Figure:
@@ -28,7 +32,8 @@ def reward_distribution(samples: pd.DataFrame, *, reward_name: str = "reward") -
 
     The right panel shows why local (per-prompt) quantiles matter: prompts differ in their
     baseline reward, so global quantiles mostly sort prompts rather than completions. With more
-    than 30 prompts, 30 evenly spaced in median order are shown (the lowest and highest included).
+    than 64 prompts, 64 evenly spaced in median order are shown (the lowest and highest included),
+    and the axis label says so.
     Axes carry gids ``"histogram"`` and ``"per_prompt"``.
     """
     df = check_samples(samples)
@@ -52,7 +57,7 @@ def reward_distribution(samples: pd.DataFrame, *, reward_name: str = "reward") -
 
     grouped = df.groupby("prompt_id", sort=False)["reward"]
     medians = grouped.median().sort_values(kind="stable")
-    shown = pick_prompts(medians.index)
+    shown = pick_prompts(medians.index, PROMPTS_SHOWN)
     data = [df.loc[df["prompt_id"] == p, "reward"].to_numpy() for p in shown]
     pos = np.arange(len(shown))
     boxes = ax_box.boxplot(data, positions=pos, widths=0.6, patch_artist=True, showfliers=False,
@@ -66,7 +71,7 @@ def reward_distribution(samples: pd.DataFrame, *, reward_name: str = "reward") -
                        linewidths=0, zorder=3)
     ax_box.axhline(float(np.median(r)), color=colors[2], linestyle=":", linewidth=2)
     ax_box.set_xticks(pos, [str(p) for p in shown], rotation=90 if len(shown) > 12 else 0,
-                      fontsize="small" if len(shown) > 12 else None)
+                      fontsize=7 if len(shown) > 40 else "small" if len(shown) > 12 else None)
     ax_box.set_xlim(-0.7, len(shown) - 0.3)
     n_prompts = len(medians)
     subset = "" if len(shown) == n_prompts else f", {len(shown)} of {n_prompts} shown"
@@ -99,83 +104,125 @@ def _quantile_boxes(ax, values: np.ndarray, q: np.ndarray, k: int, colors: list,
     ax.set_ylabel(ylabel)
 
 
-def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, reward_name: str = "reward") -> Figure:
-    """Global (Quark) vs local (ALT) quantile assignment, side by side (columns: global, local).
+SCOPE_TITLES = {"global": "global: quantiles over the whole pool (Quark)",
+                "local": "local: quantiles within each prompt (ALT)"}
 
-    Rows: (a) reward per quantile (box plots, quantile 0 = best; for global the thresholds, i.e.
-    the minimum reward of quantiles 0..K-2, as dashed lines: K-1 lines, gid ``"threshold"``);
-    (b) length (``num_tokens``) per quantile; (c) a heatmap of how many of each prompt's samples
-    fall in each quantile (:func:`quarklab.analysis.prompt_quantile_counts`; prompts sorted by mean
-    reward, at most 30). Local is uniform per row by construction; global is not: prompts with a
-    high baseline fill the best quantiles.
 
-    Axes carry gids ``"<scope>/reward"``, ``"<scope>/length"``, ``"<scope>/heatmap"`` with scope
-    ``global`` or ``local``; a heatmap's counts are ``ax.images[0].get_array()`` (rows = the
-    prompts in its y tick labels, columns = quantiles).
+def _local_split(per_prompt: pd.Series, k: int) -> str:
+    """How local quantiles split each prompt's samples, as :func:`quarklab.assign_quantiles` does it."""
+    sizes = sorted(set(int(n) for n in per_prompt))
+    if len(sizes) > 1:
+        return f"each prompt: n // {k} per quantile, the remainder in quantile {k - 1}"
+    n = sizes[0]
+    if n < k:
+        return f"each prompt: 1 in each of quantiles 0..{n - 1}, none beyond"
+    base, rest = divmod(n, k)
+    if rest == 0 or k == 1:
+        return f"each prompt split evenly: {n // k} per quantile"
+    return f"each prompt: {base} per quantile, quantile {k - 1} takes the remainder: {base + rest}"
+
+
+def _scope_panels(ax_r, ax_l, ax_h, fig, scope: str, q: np.ndarray, r: np.ndarray, lengths: np.ndarray,
+                  counts: pd.DataFrame, n_prompts: int, per_prompt: pd.Series, k: int, label: str, vmax: int,
+                  panel_width: float) -> None:
+    """Reward and length per quantile, and the prompt × quantile heatmap, for one scope."""
+    colors = palette(k)
+    _quantile_boxes(ax_r, r, q, k, colors, label)
+    ax_r.set_title(f"(a) {SCOPE_TITLES[scope]}\nreward per quantile"
+                   + (" (thresholds differ per prompt)" if scope == "local" else ""))
+    handles = [Line2D([], [], marker="^", linestyle="none", markerfacecolor="white", markeredgecolor="black",
+                      label="mean")]
+    if scope == "global":
+        thresholds = quantile_thresholds(r, q, k)
+        for j in range(k - 1):
+            if np.isfinite(thresholds[j]):
+                line = ax_r.axhline(thresholds[j], color=colors[j], linestyle="--", linewidth=1.3, zorder=0)
+                line.set_gid("threshold")
+        if k > 1:
+            handles.append(Line2D([], [], color="0.3", linestyle="--", label="threshold (min reward of quantile)"))
+    ax_r.legend(handles=handles, fontsize="small", loc="upper right")
+    ax_r.set_gid(f"{scope}/reward")
+
+    _quantile_boxes(ax_l, lengths, q, k, colors, LENGTH_LABEL)
+    ax_l.set_title("(b) length per quantile")
+    ax_l.legend(handles=handles[:1], fontsize="small", loc="upper right")
+    ax_l.set_gid(f"{scope}/length")
+
+    c = counts.to_numpy().T  # rows = quantiles, columns = prompts
+    shown = list(counts.index)
+    image = ax_h.imshow(c, aspect="auto", cmap="cividis", vmin=0, vmax=max(vmax, 1), interpolation="nearest")
+    if panel_width / max(len(shown), 1) >= 0.14:  # a count fits its cell (inches): write it
+        for j in range(c.shape[0]):
+            for i in range(c.shape[1]):
+                ax_h.text(i, j, str(int(c[j, i])), ha="center", va="center", fontsize=7 if len(shown) > 15 else 9,
+                          color="black" if c[j, i] > 0.55 * vmax else "white")
+    ax_h.set_yticks(range(k), [str(j) for j in range(k)])
+    ax_h.set_xticks(range(len(shown)), [str(p) for p in shown], rotation=90 if len(shown) > 12 else 0,
+                    fontsize=7 if len(shown) > 24 else None)
+    ax_h.set_ylabel(QUANTILE_LABEL)
+    ax_h.set_xlabel("prompt (prompt_id, by mean reward, best on the left)")
+    subset = "" if len(shown) == n_prompts else f"; {len(shown)} of {n_prompts} prompts shown"
+    ax_h.set_title("(c) samples per prompt and quantile\n("
+                   + (_local_split(per_prompt, k) if scope == "local" else
+                      "high-baseline prompts fill the best quantiles") + subset + ")")
+    ax_h.set_gid(f"{scope}/heatmap")
+    fig.colorbar(image, ax=ax_h, label=COUNT_LABEL, shrink=0.9, pad=0.01)
+
+
+def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, scope: str | None = None,
+                        reward_name: str = "reward") -> Figure:
+    """How the same samples fall into K quantiles, global (Quark) and/or local (ALT).
+
+    ``scope=None`` draws both side by side (columns: global, local); ``"global"`` or ``"local"``
+    draws that one only (the explorer follows its scope toggle so). For each scope: (a) reward per
+    quantile (box plots, quantile 0 = best; for global the thresholds, i.e. the minimum reward of
+    quantiles 0..K-2, as dashed lines: K-1 lines, gid ``"threshold"``); (b) length
+    (``num_tokens``) per quantile; (c) a heatmap of how many of each prompt's samples fall in each
+    quantile (:func:`quarklab.analysis.prompt_quantile_counts`): rows = quantiles, columns =
+    prompts by mean reward (best on the left; all of them up to 64, else 64 evenly spaced and the
+    title says "64 of N prompts shown"). Local splits each prompt the same way by construction
+    (the title says how: n // K per quantile, the remainder in quantile K-1); global does not:
+    prompts with a high baseline fill the best quantiles. At most 9 inches tall.
+
+    Axes carry gids ``"<scope>/reward"``, ``"<scope>/length"``, ``"<scope>/heatmap"``; a heatmap's
+    counts are ``ax.images[0].get_array()`` (rows = quantiles, columns = the prompts in its x tick
+    labels).
     """
     k = check_num_quantiles(num_quantiles)
+    if scope not in (None, "global", "local"):
+        raise QuarkError(f"scope must be 'global', 'local' or None (both), got {scope!r}")
     df = check_samples(samples, need_length=True)
     r = df["reward"].to_numpy()
     lengths = df["num_tokens"].to_numpy(dtype=float)
     pid = df["prompt_id"].to_numpy()
-    scopes = {"global": assign_quantiles(r, k), "local": assign_quantiles(r, k, groups=pid)}
-    colors = palette(k)
+    scopes = ["global", "local"] if scope is None else [scope]
+    assigned = {s: assign_quantiles(r, k, groups=pid if s == "local" else None) for s in scopes}
     label = reward_label(reward_name)
+    per_prompt = df.groupby("prompt_id").size()
 
-    tables = {scope: prompt_quantile_counts(df, k, scope) for scope in scopes}
-    n_prompts = len(tables["global"])
-    shown = pick_prompts(tables["global"].index)
-    counts = {scope: table.loc[shown].to_numpy() for scope, table in tables.items()}
-    vmax = max(int(c.max()) for c in counts.values())
+    tables = {s: prompt_quantile_counts(df, k, s) for s in scopes}
+    n_prompts = len(per_prompt)
+    shown = pick_prompts(tables[scopes[0]].index, PROMPTS_SHOWN)
+    counts = {s: table.loc[shown] for s, table in tables.items()}
+    vmax = max(int(c.to_numpy().max()) for c in counts.values())
 
-    n_rows = len(shown)
-    fig = new_figure(13, 8.5 + 0.24 * n_rows)
-    axes = fig.subplots(3, 2, height_ratios=[1, 1, max(1.0, n_rows / 9)])
-    titles = {"global": "global: quantiles over the whole pool (Quark)",
-              "local": "local: quantiles within each prompt (ALT)"}
-    for col, (scope, q) in enumerate(scopes.items()):
-        ax_r, ax_l, ax_h = axes[:, col]
-        _quantile_boxes(ax_r, r, q, k, colors, label)
-        ax_r.set_title(f"(a) {titles[scope]}\nreward per quantile"
-                       + (" (thresholds differ per prompt)" if scope == "local" else ""))
-        handles = [Line2D([], [], marker="^", linestyle="none", markerfacecolor="white", markeredgecolor="black",
-                          label="mean")]
-        if scope == "global":
-            thresholds = quantile_thresholds(r, q, k)
-            for j in range(k - 1):
-                if np.isfinite(thresholds[j]):
-                    line = ax_r.axhline(thresholds[j], color=colors[j], linestyle="--", linewidth=1.3, zorder=0)
-                    line.set_gid("threshold")
-            if k > 1:
-                handles.append(Line2D([], [], color="0.3", linestyle="--",
-                                      label="threshold (min reward of quantile)"))
-        ax_r.legend(handles=handles, fontsize="small", loc="upper right")
-        ax_r.set_gid(f"{scope}/reward")
-
-        _quantile_boxes(ax_l, lengths, q, k, colors, LENGTH_LABEL)
-        ax_l.set_title("(b) length per quantile")
-        ax_l.legend(handles=handles[:1], fontsize="small", loc="upper right")
-        ax_l.set_gid(f"{scope}/length")
-
-        c = counts[scope]
-        image = ax_h.imshow(c, aspect="auto", cmap="cividis", vmin=0, vmax=max(vmax, 1), interpolation="nearest")
-        for i in range(c.shape[0]):
-            for j in range(c.shape[1]):
-                ax_h.text(j, i, str(int(c[i, j])), ha="center", va="center", fontsize=7 if n_rows > 15 else 9,
-                          color="black" if c[i, j] > 0.55 * vmax else "white")
-        ax_h.set_xticks(range(k), [str(j) for j in range(k)])
-        ax_h.set_yticks(range(n_rows), [str(p) for p in shown], fontsize=7 if n_rows > 15 else None)
-        ax_h.set_xlabel(QUANTILE_LABEL)
-        subset = "" if n_rows == n_prompts else f", {n_rows} of {n_prompts}"
-        ax_h.set_ylabel(f"prompt (prompt_id, by mean reward{subset})")
-        ax_h.set_title("(c) samples per prompt and quantile\n"
-                       + ("(each prompt split evenly, by construction)" if scope == "local"
-                          else "(high-baseline prompts fill the best quantiles)"))
-        ax_h.set_gid(f"{scope}/heatmap")
-        fig.colorbar(image, ax=ax_h, label=COUNT_LABEL, shrink=0.9)
-    n_per = df.groupby("prompt_id").size()
-    fig.suptitle(f"Global vs local quantiles, K = {k} ({len(r)} samples, {n_prompts} prompts, "
-                 f"{n_per.min() if n_per.min() == n_per.max() else f'{n_per.min()}-{n_per.max()}'} per prompt)",
+    heat = max(0.8, 0.25 + 0.12 * k)  # the heatmap's height relative to a box-plot row
+    if scope is None:
+        fig = new_figure(13, min(MAX_HEIGHT, 7.0 + 0.15 * k))
+        axes = fig.subplots(3, 2, height_ratios=[1, 0.85, heat])
+        panels = {s: axes[:, col] for col, s in enumerate(scopes)}
+        panel_width = 13 / 2 - 1.4
+    else:
+        fig = new_figure(12, min(MAX_HEIGHT, 6.2 + 0.15 * k))
+        mosaic = fig.subplot_mosaic([["reward", "length"], ["heatmap", "heatmap"]], height_ratios=[1, heat])
+        panels = {scope: (mosaic["reward"], mosaic["length"], mosaic["heatmap"])}
+        panel_width = 12 - 1.6
+    for s in scopes:
+        _scope_panels(*panels[s], fig, s, assigned[s], r, lengths, counts[s], n_prompts, per_prompt, k, label,
+                      vmax, panel_width)
+    n_per = f"{per_prompt.min()}" if per_prompt.min() == per_prompt.max() else f"{per_prompt.min()}-{per_prompt.max()}"
+    what = "Global vs local quantiles" if scope is None else f"{scope.capitalize()} quantiles"
+    fig.suptitle(f"{what}, K = {k} ({len(r)} samples, {n_prompts} prompts, {n_per} per prompt)",
                  fontsize="x-large")
     return fig
 

@@ -19,7 +19,8 @@ from ..errors import QuarkError
 from ..models import quantile_token_ids
 from ..quantiles import assign_quantiles, quantile_table
 from ..tldr import as_prompt, title_of
-from .html import comparison_html
+from .html import comparison_html, fmt_number
+from .figures import reward_label as figure_label
 from .quantile_plots import quantile_comparison
 
 
@@ -38,10 +39,15 @@ class TokenComparer:
     ``prompts`` is a list of str or a DataFrame with ``prompt`` (and ``prompt_id``). Display
     ``self.widget``. :meth:`regenerate` (what the button calls) returns the table and keeps it in
     ``self.last``; errors are shown in ``self.status`` instead of being raised.
+
+    The controls start at the values given (a notebook passes its parameters: ``greedy``,
+    ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``); a slider's range widens to hold a value
+    outside its usual range rather than clipping it.
     """
 
     def __init__(self, policy, tokenizer, reward, prompts, *, reference=None, num_quantiles: int | None = None,
-                 max_new_tokens: int = 48, temperature: float = 0.9, top_p: float = 0.9, seed: int = 0):
+                 greedy: bool = False, max_new_tokens: int = 48, temperature: float = 0.9, top_p: float = 0.9,
+                 seed: int = 0):
         if isinstance(prompts, str):
             prompts = [prompts]
         if isinstance(prompts, pd.DataFrame):
@@ -54,6 +60,8 @@ class TokenComparer:
             ids = list(range(len(texts)))
         if not texts:
             raise QuarkError("TokenComparer needs at least one prompt")
+        if not isinstance(greedy, (bool, np.bool_)):
+            raise QuarkError(f"greedy must be True or False, got {greedy!r}")
         self.policy, self.tokenizer, self.reward, self.reference = policy, tokenizer, reward, reference
         self.prompts = [str(t) for t in texts]
         self.prompt_ids = ids
@@ -71,27 +79,32 @@ class TokenComparer:
                                           "prompt when not empty; \"TL;DR:\" is appended if missing)",
                                           description="your post", style=style,
                                           layout=widgets.Layout(width="640px", height="90px"))
-        self.temperature = widgets.FloatSlider(value=min(max(float(temperature), 0.1), 2.0), min=0.1, max=2.0,
-                                               step=0.05, description="temperature", style=style, layout=wide,
+        t, p, m = float(temperature), float(top_p), int(max_new_tokens)
+        self.temperature = widgets.FloatSlider(value=t, min=min(0.1, t), max=max(2.0, t), step=0.05,
+                                               description="temperature", style=style, layout=wide,
                                                readout_format=".2f")
-        self.top_p = widgets.FloatSlider(value=min(max(float(top_p), 0.05), 1.0), min=0.05, max=1.0, step=0.05,
+        self.top_p = widgets.FloatSlider(value=p, min=min(0.05, p), max=1.0, step=0.05,
                                          description="top-p", style=style, layout=wide, readout_format=".2f")
-        self.max_new_tokens = widgets.IntSlider(value=min(max(int(max_new_tokens), 8), 128), min=8, max=128, step=1,
+        self.max_new_tokens = widgets.IntSlider(value=m, min=min(8, m), max=max(128, m), step=1,
                                                 description="max new tokens", style=style, layout=wide)
         self.seed = widgets.IntText(value=int(seed), description="seed", style=style,
                                     layout=widgets.Layout(width="220px"))
-        self.greedy = widgets.Checkbox(value=False, description="greedy (ignore temperature, top-p, seed)",
+        self.greedy = widgets.Checkbox(value=bool(greedy), description="greedy (ignore temperature, top-p, seed)",
                                        indent=False)
         self.button = widgets.Button(description="Regenerate", button_style="primary", icon="refresh",
                                      tooltip="generate one completion per quantile token for the chosen prompt")
-        self.output = widgets.HTML(value="<i>Press <b>Regenerate</b> to generate.</i>")
+        # the table fills the output area's width and wraps inside it (see comparison_html's style)
+        self.output = widgets.HTML(value="<i>Press <b>Regenerate</b> to generate.</i>",
+                                   layout=widgets.Layout(width="100%", min_width="0"))
         self.status = widgets.Label(value=f"{self.num_quantiles} quantile tokens; token 0 = best reward quantile")
         self.button.on_click(self.regenerate)
         self.greedy.observe(self._sync_sampling_controls, names="value")
+        self._sync_sampling_controls()
 
         knobs = widgets.VBox([self.temperature, self.top_p, self.max_new_tokens])
         side = widgets.VBox([self.seed, self.greedy, widgets.HBox([self.button, self.status])])
-        self.widget = widgets.VBox([self.picker, self.free_text, widgets.HBox([knobs, side]), self.output])
+        self.widget = widgets.VBox([self.picker, self.free_text, widgets.HBox([knobs, side]), self.output],
+                                   layout=widgets.Layout(width="100%"))
 
     def _sync_sampling_controls(self, *_):
         for w in (self.temperature, self.top_p, self.seed):
@@ -129,7 +142,8 @@ class TokenComparer:
         finally:
             self.button.disabled = False
         self.error, self.last, self.last_prompt = None, table, prompt
-        mode = "greedy" if self.greedy.value else f"T={self.temperature.value:.2f}, top-p={self.top_p.value:.2f}"
+        mode = "greedy" if self.greedy.value else \
+            f"T={fmt_number(self.temperature.value)}, top-p={fmt_number(self.top_p.value)}, seed {self.seed.value}"
         self.status.value = f"{len(table)} completions ({mode}) in {time.perf_counter() - start:.1f} s"
         return table
 
@@ -137,15 +151,17 @@ class TokenComparer:
 class QuantileExplorer:
     """Slide K and switch local/global: how a scored pool splits into reward quantiles.
 
-    ``samples`` holds ``prompt_id`` and ``reward_name`` (and ``num_tokens`` for lengths). Shows a
-    summary table (per quantile: count, mean reward, mean length, threshold) and the figure of
-    :func:`quarklab.present.quantile_plots.quantile_comparison` (both scopes side by side).
+    ``samples`` holds ``prompt_id`` and the column ``reward_name`` (and ``num_tokens`` for
+    lengths). Shows a summary table (per quantile: count, mean reward, mean length, threshold) and
+    the figure of :func:`quarklab.present.quantile_plots.quantile_comparison` for the chosen K and
+    scope. ``reward_label`` names the reward on the axes (e.g. the reward's ``.name``; see
+    :func:`quarklab.present.figures.reward_label`); by default the column's name.
     :meth:`redraw` (what the controls call) keeps the assignment in ``self.assignment`` and the
     figure in ``self.figure``.
     """
 
     def __init__(self, samples: pd.DataFrame, *, num_quantiles: int = 5, scope: str = "local",
-                 reward_name: str = "reward"):
+                 reward_name: str = "reward", reward_label: str | None = None):
         if not isinstance(samples, pd.DataFrame):
             raise QuarkError(f"samples must be a DataFrame, got {type(samples).__name__}")
         if reward_name not in samples.columns:
@@ -160,6 +176,8 @@ class QuantileExplorer:
             raise QuarkError("no samples to explore")
         self.samples = samples.reset_index(drop=True)
         self.reward_name = reward_name
+        self.reward_label = reward_name if reward_label is None else reward_label
+        figure_label(self.reward_label)  # a bad label fails here, not in every redraw
         self.rewards = self.samples[reward_name].to_numpy(dtype=np.float64)
         # what the quantile figure reads: the reward in 'reward' (reward_name only labels the axes), lengths in 'num_tokens'
         plot = self.samples.assign(reward=self.rewards)
@@ -194,13 +212,14 @@ class QuantileExplorer:
         thr = "mean per-prompt min reward" if scope == "local" else "min reward"
         rows = "".join(
             f'<tr data-quantile="{q}"><td>{q}{" (best)" if q == 0 else ""}</td><td>{int(r["count"])}</td>'
-            f"<td>{_num(r['reward'])}</td><td>{_num(r['length'], '.1f')}</td>"
-            f"<td>{_num(r['threshold'])}</td></tr>"
+            f"<td>{fmt_number(r['reward'])}</td><td>{fmt_number(r['length'])}</td>"
+            f"<td>{fmt_number(r['threshold'])}</td></tr>"
             for q, r in table.iterrows())
         return ('<table class="quarklab-quantiles" style="border-collapse:collapse;font-size:12px">'
                 f"<caption style='text-align:left;caption-side:top'>K = {len(table)}, {html.escape(scope)} "
                 f"quantiles of {len(self.rewards)} samples (quantile 0 = highest rewards)</caption>"
-                "<thead><tr><th>quantile</th><th>count</th><th>mean reward</th><th>mean length</th>"
+                f"<thead><tr><th>quantile</th><th>count</th><th>mean {html.escape(figure_label(self.reward_label))}</th>"
+                "<th>mean length (tokens)</th>"
                 f"<th>threshold ({html.escape(thr)})</th></tr></thead><tbody>{rows}</tbody></table>"
                 "<style>.quarklab-quantiles td,.quarklab-quantiles th{padding:2px 10px;text-align:right;"
                 "border-bottom:1px solid #ddd}</style>")
@@ -211,13 +230,13 @@ class QuantileExplorer:
         groups = self.samples["prompt_id"].to_numpy() if scope == "local" else None
         self.assignment = assign_quantiles(self.rewards, k, groups)
         self.summary.value = self._summary_html(self.summary_table(k, scope), scope)
-        self._draw_figure(k)
+        self._draw_figure(k, scope)
         return self.assignment
 
-    def _draw_figure(self, k: int) -> None:
+    def _draw_figure(self, k: int, scope: str) -> None:
         old, self.figure = self.figure, None
         try:
-            self.figure = quantile_comparison(self._plot_samples, k, reward_name=self.reward_name)
+            self.figure = quantile_comparison(self._plot_samples, k, scope=scope, reward_name=self.reward_label)
             self.error = None
         except Exception as exc:  # an observer must not raise into the front end
             self.error = exc
@@ -229,14 +248,6 @@ class QuantileExplorer:
             self.message.value = f"<i>no figure: {html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</i>"
         self.image.layout.display = None if self.figure is not None else "none"
         _close(self.figure)  # shown once, as the Image's value; the Figure stays usable (savefig)
-
-
-def _num(x, spec: str = ".3f") -> str:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    return format(x, spec) if np.isfinite(x) else "–"
 
 
 def _png(fig) -> bytes:
