@@ -169,6 +169,11 @@ class QuarkConfig:
     trainable_fraction: float = knob(1.0, """Share of transformer blocks trained, from the top: the top
         ``int(fraction * n_layers)`` (ALT's floor rule: 0.3 of GPT-J's 28 = 8), at least one; embeddings, final
         norm and head are always trained so new quantile tokens can learn.""", Range(0, 1, lo_open=True))
+    lora_rank: int = knob(0, """LoRA (through peft) instead of full fine-tuning: the rank of adapters on every linear
+        layer of the trained blocks (the top ones, as ``trainable_fraction`` says), with the quantile tokens'
+        input and output rows trained too; merged into the checkpoint each iteration. 0 = no LoRA.""",
+        NON_NEGATIVE)
+    lora_alpha: float = knob(16.0, "LoRA's scaling numerator: adapters are scaled by lora_alpha / lora_rank.", POSITIVE)
     gradient_checkpointing: bool = knob(False, """Recompute each block's activations in the backward pass instead of
         keeping them (transformers' gradient checkpointing): less memory for about one more forward's time.""")
     precision: Precision = knob("auto", """Training compute under autocast, with fp32 master weights for the
@@ -204,6 +209,10 @@ class QuarkConfig:
         if self.pool_strategy == "quark" and self.steps_per_iteration is None:
             raise QuarkError("config: pool_strategy='quark' trains a fixed number of optimizer steps per iteration in "
                              "one schedule over the run: set steps_per_iteration (Quark: 500)")
+        if self.lora_rank and self.pool_strategy == "quark":
+            raise QuarkError("config: lora_rank > 0 trains a fresh adapter each iteration and merges it into the "
+                             "checkpoint, which the run-long optimizer of pool_strategy='quark' cannot follow; use "
+                             "pool_strategy='alt' or lora_rank=0")
         half = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}.get(self.dtype)
         if half and self.precision not in ("auto", half):
             raise QuarkError(f"config: precision={self.precision!r} does not fit dtype={self.dtype!r}: half-precision "

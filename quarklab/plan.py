@@ -115,7 +115,8 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     rows = []
     for strategy in STRATEGIES:
         n = 1 if strategy == "1 GPU" else gpus
-        trained = lora_rank * policy.lora_params + token_rows if strategy == "LoRA" else policy.trainable
+        trained = (config.lora_rank or lora_rank) * policy.lora_params + token_rows if strategy == "LoRA" \
+            else policy.trainable
         shard = n if strategy in ("ZeRO-2", "ZeRO-3 / FSDP") else 1
         resident = weights["policy"] / (n if strategy == "ZeRO-3 / FSDP" else 1) + weights["reference"] \
             + weights["reward"]
@@ -160,8 +161,8 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
     if "sample_hours" in totals or "train_hours" in totals:
         lines.append("time per iteration: " + ", ".join(f"{k.split('_')[0]} {v:.1f} h" for k, v in totals.items()
                                                         if k.endswith("_hours")))
-    lines.append("quarklab train runs the 1-GPU strategy today; DDP, ZeRO and FSDP (through accelerate) and LoRA "
-                 "(through peft) are planned, and their rows say what they would need")
+    lines.append("quarklab train runs the 1-GPU and LoRA (--set lora_rank=16) strategies today; DDP, ZeRO and FSDP "
+                 "(through accelerate) are planned, and their rows say what they would need")
     fitting = table.loc[table["fits"], "strategy"].tolist()
     lines.append(f"fits in {HEADROOM:.0%} of {gpu_memory_gb:g} GiB: " + (", ".join(fitting) if fitting else
                  "none; try --set gradient_checkpointing=true, a smaller batch_size with a larger grad_accum, "

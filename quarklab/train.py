@@ -153,14 +153,44 @@ def set_trainable(model, fraction: float) -> int:
         p.requires_grad_(True)
     if fraction >= 1.0:
         return sum(p.numel() for p in model.parameters())
-    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
-    blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
-    if blocks is None:
-        raise QuarkError("trainable_fraction < 1 needs a model with one list of transformer blocks")
-    for block in list(blocks)[: n_layers - max(1, int(fraction * n_layers))]:
+    _, blocks = transformer_blocks(model)
+    for block in list(blocks)[: len(blocks) - trained_blocks(len(blocks), fraction)]:
         for p in block.parameters():
             p.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trained_blocks(n_layers: int, fraction: float) -> int:
+    return n_layers if fraction >= 1.0 else max(1, int(fraction * n_layers))
+
+
+def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
+    """``(attribute name, module list)`` of the model's transformer blocks (``h`` in GPT-J)."""
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
+    found = next(((name, m) for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
+    if found is None:
+        raise QuarkError("trainable_fraction < 1 and LoRA need a model with one list of transformer blocks")
+    return found[0].rsplit(".", 1)[-1], found[1]
+
+
+def with_lora(policy, config: QuarkConfig, control_ids: list[int]):
+    """``policy`` with peft LoRA adapters on every linear layer of its top ``trainable_fraction`` blocks, and the
+    quantile tokens' input and output rows trainable (peft's trainable tokens); ``merge_and_unload()`` folds
+    them back into ``policy``'s own weights."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise QuarkError("lora_rank > 0 needs peft: pip install peft") from exc
+    name, blocks = transformer_blocks(policy)
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in blocks.named_modules() if isinstance(m, torch.nn.Linear)})
+    k = trained_blocks(len(blocks), config.trainable_fraction)
+    modules = {m: n for n, m in policy.named_modules()}
+    rows = {modules[policy.get_input_embeddings()]: control_ids, modules[policy.get_output_embeddings()]: control_ids}
+    return get_peft_model(policy, LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=linear,
+        layers_to_transform=list(range(len(blocks) - k, len(blocks))), layers_pattern=name,
+        trainable_token_indices=rows))
 
 
 HALF = (torch.bfloat16, torch.float16)
@@ -287,8 +317,12 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     amp = compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    set_trainable(policy, config.trainable_fraction)
-    master = MasterWeights([p for p in policy.parameters() if p.requires_grad])
+    if config.lora_rank:
+        model = with_lora(policy, config, control_ids)
+    else:
+        model = policy
+        set_trainable(policy, config.trainable_fraction)
+    master = MasterWeights([p for p in model.parameters() if p.requires_grad])
     steps, total = schedule_steps(config, len(rows))
     batches = micro_batches(rows, config, steps, rng)
     use_ref = reference is not None and config.kl_coef > 0
@@ -318,7 +352,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
                 ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
         with stage("train.policy"):
             with autocast_context(device, amp):
-                logits = completion_logits(policy, batch)
+                logits = completion_logits(model, batch)
             loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
                                      kl_direction=config.kl_direction, entropy_coef=config.entropy_coef,
                                      loss_vocab=config.loss_vocab)
@@ -338,6 +372,8 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
             acc = []
             bar.update(1)
     bar.close()
+    if config.lora_rank:
+        model.merge_and_unload()
     policy.eval()
     if config.gradient_checkpointing:
         policy.activation_checkpointing_disable()

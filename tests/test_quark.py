@@ -234,3 +234,31 @@ def test_a_run_written_before_a_field_existed_resumes_as_it_trained(tmp_path):
     assert (config.adam_beta1, config.loss_vocab, config.per_quantile_draw, config.perplexity) == \
         (0.9, "no-quantile-tokens", "uniform", "sampled-ids")
     assert preset("tiny").adam_beta1 == 0.8 and preset("tiny").loss_vocab == "full"
+
+
+def test_lora_run_trains_adapters_merges_them_and_notebook_03_opens_the_checkpoint(world, sft, tmp_path):
+    """LoRA (peft) on the top block and the quantile tokens' rows: the checkpoint is a plain merged GPT-J folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from quarklab.models import quantile_token_ids
+    from quarklab.notebooks import run_notebooks
+
+    config = preset("tiny").with_overrides(SMALL + ["iterations=1", "lora_rank=4", "lora_alpha=8",
+                                                    "trainable_fraction=0.34", "lr=3e-3"])
+    run(config, tmp_path / "run", progress=False)
+    folder = runs.checkpoint_path(tmp_path / "run", 1)
+    assert not list(folder.glob("adapter_*"))  # merged: nothing peft-specific to load
+    base = {k: v for k, v in sft[0].state_dict().items()}
+    ckpt = load_file(str(folder / "model.safetensors"))
+    ids = quantile_token_ids(ql.load_tokenizer(folder), 5)
+    changed = {k for k in base if k in ckpt and ckpt[k].shape == base[k].shape and not torch.equal(ckpt[k], base[k])}
+    assert any(k.startswith("transformer.h.2.") for k in changed)  # the top int(0.34 * 3) = 1 block's adapters
+    assert not any(k.startswith(("transformer.h.0.", "transformer.h.1.")) for k in changed)
+    wte = ckpt["transformer.wte.weight"]
+    assert torch.equal(wte[: ids[0]], base["transformer.wte.weight"])  # only the quantile tokens' rows train
+    policy = ql.load_policy(folder)
+    assert policy.get_input_embeddings().weight.shape[0] == wte.shape[0]
+    executed = run_notebooks(tmp_path / "run", {"run_dir": str(tmp_path / "run")},
+                             notebooks=["03_compare_tokens.ipynb"], progress=False)
+    assert executed and (tmp_path / "run" / "results").exists()
