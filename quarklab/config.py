@@ -30,6 +30,7 @@ Draw = Literal["finished-first", "uniform"]
 LossVocab = Literal["full", "no-quantile-tokens"]
 Perplexity = Literal["alt", "sampled-ids"]
 WarmupShape = Literal["linear", "log"]
+Sampler = Literal["hf", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
 
@@ -140,6 +141,11 @@ class QuarkConfig:
     top_k: int = knob(0, "Keep only the top_k most likely tokens when sampling; 0 = no top-k filter.", NON_NEGATIVE)
     max_new_tokens: int = knob(64, "Cap on a sampled completion's length, in tokens (ALT: 64).", AT_LEAST_1)
     sample_batch_size: int = knob(64, "Sequences per generate call.", AT_LEAST_1)
+    sampler: Sampler = knob("hf", """Who samples the iteration's pool: "hf" (transformers, in this process) or
+        "vllm" (a vLLM engine loaded from the reference, then each iteration's checkpoint, and released after;
+        as ALT samples; needs vllm on a CUDA machine). Evaluation always uses transformers.""")
+    vllm_gpu_memory_utilization: float = knob(0.3, """Share of the GPU the vLLM engine may take (the policy, the
+        reference and the reward model share the rest).""", Range(0, 1, lo_open=True))
 
     # --- training ----------------------------------------------------------------------
     lr: float = knob(2e-5, """Peak AdamW learning rate, reached after the warmup and decayed linearly to 0 over

@@ -32,7 +32,8 @@ from .config import QuarkConfig
 from .data import load_prompts
 from .errors import QuarkError
 from .evaluate import evaluate
-from .models import add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device
+from .models import (add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device,
+                     resolve_model)
 from .quantiles import assign_quantiles, select_per_quantile
 from .rewards import load_reward
 from .stages import stage
@@ -59,6 +60,9 @@ class Session:
 
     @classmethod
     def open(cls, config: QuarkConfig, run_dir: Path) -> "Session":
+        if config.sampler == "vllm":  # before any model loads: say now, not after an hour, that vLLM is missing
+            from .vllm_backend import require_vllm
+            require_vllm()
         device = resolve_device(config.device)
         reference = load_policy(config.reference or config.policy, dtype=config.dtype, device=device)
         reference.requires_grad_(False)
@@ -170,7 +174,9 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
                             top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
                             seed=_seed(c, it, 1))
     with stage("sample"):
-        if it == 1:  # the first pass explores with the reference, without a token (and never generates one)
+        if c.sampler == "vllm":
+            pool = _sample_vllm(s, it, prompts, params)
+        elif it == 1:  # the first pass explores with the reference, without a token (and never generates one)
             pool = sample(s.reference, s.tokenizer, prompts, params, suppress=s.control_ids, progress=progress)
         else:
             pool = sample(s.policy, s.tokenizer, prompts, params, token=0, prefix_token_id=s.control_ids[0],
@@ -181,6 +187,29 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         pool.insert(0, "iteration", it)
         pool["quantile"] = _quantiles(c, pool)
         runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
+
+
+def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams) -> pd.DataFrame:
+    """The pool from a vLLM engine: iteration 1 from the reference without a token, later ones from the previous
+    iteration's checkpoint on token 0; quantile tokens suppressed; the engine released afterwards."""
+    import gc
+
+    from .vllm_backend import VLLMSampler
+
+    c = s.config
+    source = resolve_model(c.reference or c.policy) if it == 1 else runs.checkpoint_path(s.run_dir, it - 1)
+    sampler = VLLMSampler(source, tokenizer=runs.checkpoint_path(s.run_dir, it - 1) if it > 1 else None,
+                          dtype=c.dtype, seed=params.seed,
+                          gpu_memory_utilization=c.vllm_gpu_memory_utilization)
+    try:
+        if it == 1:
+            return sampler.sample(prompts, params, suppress=s.control_ids)
+        return sampler.sample(prompts, params, token=0, prefix_token_id=s.control_ids[0], suppress=s.control_ids)
+    finally:
+        del sampler
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _add_prompt_ids(s: Session) -> None:

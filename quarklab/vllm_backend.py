@@ -35,6 +35,11 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def require_vllm() -> None:
+    """One clear error now when vLLM cannot be imported (a run with ``sampler="vllm"`` checks before it starts)."""
+    _import_vllm()
+
+
 def _import_vllm():
     try:
         import vllm

@@ -262,3 +262,14 @@ def test_lora_run_trains_adapters_merges_them_and_notebook_03_opens_the_checkpoi
     executed = run_notebooks(tmp_path / "run", {"run_dir": str(tmp_path / "run")},
                              notebooks=["03_compare_tokens.ipynb"], progress=False)
     assert executed and (tmp_path / "run" / "results").exists()
+
+
+def test_vllm_sampler_without_vllm_is_one_clear_error_before_any_model_loads(tmp_path):
+    from quarklab.vllm_backend import vllm_available
+
+    if vllm_available():
+        pytest.skip("vLLM is installed here: its sampler runs instead of failing")
+    proc = _cli("--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "sampler=vllm")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "vLLM sampling backend needs the vllm package" in err
+    assert not (tmp_path / "run" / "pool").exists()
