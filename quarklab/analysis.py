@@ -15,8 +15,10 @@ Inputs:
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -385,9 +387,8 @@ def reward_name(spec: str) -> str:
 def run_reward_name(*run_dirs) -> str:
     """The :func:`reward_name` of the reward the runs in ``run_dirs`` were scored with (their ``config.json``);
     runs scored by different rewards share no scale: then one QuarkError naming each run's reward."""
-    import json
-    from pathlib import Path
-
+    if not run_dirs:
+        raise QuarkError("run_reward_name needs at least one run directory")
     names = {}
     for run_dir in run_dirs:
         path = Path(run_dir) / "config.json"
@@ -397,7 +398,7 @@ def run_reward_name(*run_dirs) -> str:
             raise QuarkError(f"{str(path)!r} is missing, damaged or names no reward: is {str(run_dir)!r} a Quark "
                              "run directory (run 02 or `quarklab train` into it first)?") from None
     if len(set(names.values())) != 1:
-        raise QuarkError("run_reward_name needs run directories scored by one reward, got "
-                         + (", ".join(f"{d}: {r}" for d, r in names.items()) or "none")
-                         + "; rewards share no scale: draw each reward's runs in a figure of their own")
+        raise QuarkError("these runs were scored by different rewards ("
+                         + ", ".join(f"{d}: {r}" for d, r in names.items())
+                         + "), which share no scale: draw each reward's runs in a figure of their own")
     return next(iter(names.values()))

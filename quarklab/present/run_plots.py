@@ -264,7 +264,8 @@ def _quoted_table(ax, quoted: pd.DataFrame) -> None:
     def cell(v):
         return "–" if pd.isna(v) else f"{float(v):.2f}"
 
-    rows = [[str(r["label"]), cell(r["reward"]), cell(r["perplexity"]), cell(r["length"])] for _, r in quoted.iterrows()]
+    rows = [[str(r["label"]), cell(r["reward"]), cell(r["perplexity"]), cell(r["length"])]
+            for _, r in quoted.iterrows()]
     ax.set_axis_off()
     ax.set_gid("quoted_table")
     table = ax.table(cellText=rows, colLabels=["model (quoted)", "RM", "PPL", "Avg. len"], cellLoc="center",
