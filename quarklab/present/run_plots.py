@@ -2,8 +2,9 @@
 
 ``metrics`` is :func:`quarklab.runs.read_metrics` of a run directory; only its greedy evaluation
 rows are drawn (:func:`quarklab.analysis.eval_rows`). ``points`` is
-:func:`quarklab.analysis.tradeoff_points` (several runs joined with ``pd.concat``). Style, labels and
-saving: :mod:`.figures`.
+:func:`quarklab.analysis.tradeoff_points` (several runs joined with ``pd.concat``); figures quoted
+from elsewhere (a model card) go in a table of their own, never on the measured axes. Point labels
+are placed by :func:`place_labels` so that none collide. Style, labels and saving: :mod:`.figures`.
 """
 
 from __future__ import annotations
