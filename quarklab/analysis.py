@@ -15,8 +15,10 @@ Inputs:
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -28,7 +30,8 @@ from .quantiles import assign_quantiles
 
 __all__ = [
     "check_samples", "eval_rows", "train_rows", "token_order", "prompt_quantile_counts", "quantile_contrast",
-    "best_of_n", "tradeoff_points", "pareto_front", "model_card_table",
+    "best_of_n", "tradeoff_points", "pareto_front", "model_card_table", "card_tables", "reward_name",
+    "run_reward_name", "QUOTED_CAPTION",
 ]
 
 SCOPES = ("global", "local")
@@ -224,7 +227,11 @@ def best_of_n(samples: pd.DataFrame, ns: Sequence[int] | None = None, *, seed: i
 
 # ---------------------------------------------------------------------------- trade-offs
 
-POINT_COLUMNS = ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted"]
+POINT_COLUMNS = ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted", "run"]
+
+QUOTED_CAPTION = ("Quoted, not measured: the ALT model card's figures for GPT-J 6B on the real TL;DR data, scored by "
+                  "another reward model (the CarperAI RM). Another reward on another scale: not comparable to the "
+                  "measured points, so never drawn on their axes.")
 
 
 def tradeoff_points(metrics: pd.DataFrame, *, quoted=None, label_prefix: str = "") -> pd.DataFrame:
@@ -236,8 +243,9 @@ def tradeoff_points(metrics: pd.DataFrame, *, quoted=None, label_prefix: str = "
     (nullable int), ``token`` (``"0"``, ..., ``"none"`` as str; NaN for quoted), ``reward``,
     ``perplexity``, ``length`` and ``quoted``. ``quoted`` is a list of dicts or a DataFrame with
     ``label`` and ``reward`` and, where known, ``perplexity`` and ``length`` (e.g. figures typed
-    in from a model card); they are appended with ``quoted=True``. Several results can be joined
-    with ``pd.concat``.
+    in from a model card); they are appended with ``quoted=True``. ``run`` names the run the
+    points come from: ``label_prefix`` without its trailing ``":"`` (``""`` without a prefix).
+    Several results can be joined with ``pd.concat``.
     """
     if not isinstance(label_prefix, str):
         raise QuarkError(f"label_prefix must be a string, got {label_prefix!r}")
@@ -261,11 +269,13 @@ def tradeoff_points(metrics: pd.DataFrame, *, quoted=None, label_prefix: str = "
             rows.append({"label": label_prefix + label, "group": group, "iteration": int(it), "token": token,
                          "reward": float(sel["reward"].mean()), "perplexity": float(sel["perplexity"].mean()),
                          "length": float(sel["length"].mean()), "quoted": False})
-    out = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    run = label_prefix.strip().rstrip(":").strip()
+    out = pd.DataFrame([{**row, "run": run} for row in rows], columns=POINT_COLUMNS)
     if quoted is not None:
         q = quoted_frame(quoted)
         if not q.empty:
-            q = q.assign(label=label_prefix + q["label"], group="quoted", iteration=pd.NA, token=np.nan, quoted=True)
+            q = q.assign(label=label_prefix + q["label"], group="quoted", iteration=pd.NA, token=np.nan, quoted=True,
+                         run=run)
             out = pd.concat([out, q[POINT_COLUMNS]], ignore_index=True)
     out["iteration"] = out["iteration"].astype("Int64")
     out["quoted"] = out["quoted"].astype(bool)
@@ -308,7 +318,10 @@ def quoted_frame(quoted) -> pd.DataFrame:
 def check_points(points) -> pd.DataFrame:
     """``points`` (from :func:`tradeoff_points`) with a fresh index, once it holds the columns drawn."""
     df = check_frame(points, ["label", "group", "reward", "perplexity", "length", "quoted"], "points")
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    if "run" not in df.columns:
+        df = df.assign(run="")
+    return df
 
 
 def pareto_front(points: pd.DataFrame, x: str = "perplexity") -> pd.Series:
@@ -339,3 +352,53 @@ def model_card_table(points: pd.DataFrame) -> pd.DataFrame:
         "source": np.where(df["quoted"].astype(bool), "quoted", "measured"),
     })
     return table.reset_index(drop=True)
+
+
+def card_tables(points: pd.DataFrame, *, reward_name: str = "tiny-tldr score") -> tuple:
+    """The model card split in two captioned tables (pandas Stylers, for a notebook): the measured rows,
+    their reward named, and the quoted ones under :data:`QUOTED_CAPTION` (an empty table when none)."""
+    card = model_card_table(points)
+    styles = []
+    for source, caption in (("measured", f"Measured here (greedy evaluation): RM = {reward_name}, PPL = perplexity "
+                                         "under the reference model, Avg. len in tokens."),
+                            ("quoted", QUOTED_CAPTION)):
+        part = card[card["source"] == source].drop(columns="source").reset_index(drop=True)
+        styles.append(part.style.format(precision=2, na_rep="–").hide(axis="index").set_caption(caption)
+                      .set_properties(subset=["model"], **{"text-align": "left"})
+                      .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))
+    return tuple(styles)
+
+
+# ---------------------------------------------------------------------------- the reward a run used
+
+def reward_name(spec: str) -> str:
+    """How figures name a reward spec (a run's ``config.json`` ``reward``): ``"tiny-tldr"`` is the ``"tiny-tldr
+    score"``; a model is its hub id or folder's name (a weights file dropped) + ``" score"``."""
+    if not isinstance(spec, str) or not spec.strip("/ "):
+        raise QuarkError(f"a reward spec must be a non-empty string, got {spec!r}")
+    parts = spec.strip().rstrip("/").split("/")
+    if len(parts) > 1 and parts[-1].endswith((".bin", ".pt", ".pth", ".safetensors")):
+        parts = parts[:-1]
+    if spec.strip().startswith(("/", "~", ".")):  # a local folder: its name, not the whole path
+        parts = parts[-1:]
+    return "/".join(parts) + " score"
+
+
+def run_reward_name(*run_dirs) -> str:
+    """The :func:`reward_name` of the reward the runs in ``run_dirs`` were scored with (their ``config.json``);
+    runs scored by different rewards share no scale: then one QuarkError naming each run's reward."""
+    if not run_dirs:
+        raise QuarkError("run_reward_name needs at least one run directory")
+    names = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "config.json"
+        try:
+            names[str(run_dir)] = reward_name(json.loads(path.read_text())["reward"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise QuarkError(f"{str(path)!r} is missing, damaged or names no reward: is {str(run_dir)!r} a Quark "
+                             "run directory (run 02 or `quarklab train` into it first)?") from None
+    if len(set(names.values())) != 1:
+        raise QuarkError("these runs were scored by different rewards ("
+                         + ", ".join(f"{d}: {r}" for d, r in names.items())
+                         + "), which share no scale: draw each reward's runs in a figure of their own")
+    return next(iter(names.values()))

@@ -159,7 +159,9 @@ QUOTED = [{"label": "ALT-Quark GPT-J", "reward": 99.0, "perplexity": 0.5, "lengt
 
 def test_tradeoff_points(metrics5):
     pts = analysis.tradeoff_points(metrics5, quoted=QUOTED, label_prefix="run A: ")
-    assert list(pts.columns) == ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted"]
+    assert list(pts.columns) == ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted",
+                                 "run"]
+    assert set(pts["run"]) == {"run A"}  # the prefix names the run
     measured = pts[~pts["quoted"]]
     assert len(measured) == 1 + 3 * 6  # reference + 3 iterations x (5 tokens + none); sampled rows ignored
     assert measured["reward"].max() < 50
@@ -213,3 +215,49 @@ def test_model_card_table(metrics5):
     assert (last["RM"], last["PPL"], last["Avg. len"], last["source"]) == (3.14, 1.23, 25.56, "quoted")
     assert set(table["source"].iloc[:-1]) == {"measured"}
     assert (table[["RM", "PPL", "Avg. len"]].round(2) == table[["RM", "PPL", "Avg. len"]]).all().all()
+
+
+def test_card_tables_keep_quoted_rows_apart_under_their_caption(metrics5):
+    pts = analysis.tradeoff_points(metrics5, quoted=[{"label": "SFT (ALT card)", "reward": 2.89, "perplexity": 1.96,
+                                                      "length": 31.25}])
+    measured, quoted = analysis.card_tables(pts, reward_name="toy RM score")
+    assert list(measured.data["model"]) == list(pts.loc[~pts["quoted"], "label"])
+    assert list(quoted.data["model"]) == ["SFT (ALT card)"]
+    assert "source" not in measured.data.columns
+    assert "toy RM score" in measured.caption
+    assert quoted.caption == analysis.QUOTED_CAPTION and "CarperAI" in quoted.caption
+    assert "not comparable" in quoted.caption
+    html = quoted.to_html()
+    assert all(v in html for v in ("2.89", "1.96", "31.25")) and "2.890000" not in html
+
+
+# ---------------------------------------------------------------------------- the reward a run used
+
+def test_reward_name():
+    assert analysis.reward_name("tiny-tldr") == "tiny-tldr score"
+    assert (analysis.reward_name("CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin")
+            == "CarperAI/openai_summarize_tldr_rm_checkpoint score")
+    assert analysis.reward_name("OpenAssistant/reward-model-deberta-v3-large-v2") == \
+        "OpenAssistant/reward-model-deberta-v3-large-v2 score"
+    assert analysis.reward_name("/home/me/models/my-rm/") == "my-rm score"
+    with pytest.raises(QuarkError, match="reward spec"):
+        analysis.reward_name("")
+
+
+def test_run_reward_name_reads_config_json_and_refuses_mixed_rewards(tmp_path):
+    import json
+
+    for name, spec in (("a", "tiny-tldr"), ("b", "tiny-tldr"), ("c", "CarperAI/rm/pytorch_model.bin")):
+        (tmp_path / name).mkdir()
+        runs.atomic_write_json(tmp_path / name / "config.json", {"reward": spec, "seed": 0})
+    assert analysis.run_reward_name(tmp_path / "a") == "tiny-tldr score"
+    assert analysis.run_reward_name(tmp_path / "a", tmp_path / "b") == "tiny-tldr score"
+    assert analysis.run_reward_name(tmp_path / "c") == "CarperAI/rm score"
+    with pytest.raises(QuarkError, match=r"different|one reward") as err:
+        analysis.run_reward_name(tmp_path / "a", tmp_path / "c")
+    assert "tiny-tldr score" in str(err.value) and "CarperAI/rm score" in str(err.value)
+    with pytest.raises(QuarkError, match="config.json"):
+        analysis.run_reward_name(tmp_path / "missing")
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 0}))
+    with pytest.raises(QuarkError, match="names no reward"):
+        analysis.run_reward_name(tmp_path / "b")

@@ -256,36 +256,4 @@ def test_iteration_curves_before_training(tmp_path, metrics5):
         run_plots.iteration_curves(pd.DataFrame())
 
 
-# ---------------------------------------------------------------------------- trade-offs
-
-
-def test_tradeoff_scatter(metrics5, tmp_path):
-    other = analysis.tradeoff_points(make_metrics(tmp_path, 3, iterations=1), label_prefix="K=3: ")
-    pts = pd.concat([analysis.tradeoff_points(metrics5, quoted=QUOTED), other], ignore_index=True)
-    fig = run_plots.tradeoff_scatter(pts)
-    check_readable(fig, 2)
-    assert "another" in fig.get_suptitle()  # the note about quoted figures
-    for x in ("perplexity", "length"):
-        ax = panel(fig, x)
-        (quoted,) = [c for c in ax.collections if c.get_gid() == "quoted"]
-        fc = quoted.get_facecolors()
-        assert len(fc) == 0 or (np.asarray(fc)[:, 3] == 0).all()  # hollow
-        assert quoted.get_offsets().tolist() == [[QUOTED[0][x], QUOTED[0]["reward"]]]
-        assert "ALT-Quark GPT-J (quoted)" in [t.get_text() for t in ax.texts]
-        assert {"quoted from model card", "Pareto front"} <= set(legend_texts(ax))
-        (line,) = [ln for ln in ax.lines if ln.get_gid() == "pareto_front"]
-        front = analysis.pareto_front(pts, x)
-        assert sorted(line.get_xdata()) == list(line.get_xdata())
-        assert sorted(line.get_xdata()) == sorted(pts.loc[front, x])
-    assert panel(fig, "perplexity").get_xlabel() == "perplexity (exp mean NLL, reference model)"
-
-
-def test_tradeoff_scatter_reward_only_quote(metrics5):
-    pts = analysis.tradeoff_points(metrics5, quoted=[{"label": "card", "reward": 3.8}])
-    assert pts["quoted"].sum() == 1 and pd.isna(pts["perplexity"].iloc[-1])
-    fig = run_plots.tradeoff_scatter(pts)
-    for x in ("perplexity", "length"):
-        ax = panel(fig, x)
-        (level,) = [ln for ln in ax.lines if ln.get_gid() == "quoted_reward_only"]
-        assert level.get_ydata()[0] == pytest.approx(3.8)
-        assert f"card (quoted, no {x})" in [t.get_text() for t in ax.texts]
+# trade-offs: tests/test_run_plots.py

@@ -2,24 +2,28 @@
 
 ``metrics`` is :func:`quarklab.runs.read_metrics` of a run directory; only its greedy evaluation
 rows are drawn (:func:`quarklab.analysis.eval_rows`). ``points`` is
-:func:`quarklab.analysis.tradeoff_points` (several runs joined with ``pd.concat``). Style, labels and
-saving: :mod:`.figures`.
+:func:`quarklab.analysis.tradeoff_points` (several runs joined with ``pd.concat``); figures quoted
+from elsewhere (a model card) go in a table of their own, never on the measured axes. Point labels
+are placed by :func:`place_labels` so that none collide. Style, labels and saving: :mod:`.figures`.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis import check_points, eval_rows, pareto_front, token_order, train_rows
+from ..analysis import QUOTED_CAPTION, check_points, eval_rows, pareto_front, token_order, train_rows
+from ..errors import QuarkError
 from .figures import (FRONT_COLOR, ITERATION_LABEL, KL_LABEL, LENGTH_LABEL, NONE_COLOR, PERPLEXITY_LABEL,
-                      REFERENCE_COLOR, new_figure, no_data, palette, reward_label)
+                      REFERENCE_COLOR, new_figure, no_data, palette, reward_label, reward_unit)
 
-__all__ = ["iteration_curves", "tradeoff_scatter"]
+__all__ = ["iteration_curves", "tradeoff_scatter", "place_labels"]
 
 
 # ---------------------------------------------------------------------------- training iterations
@@ -179,86 +183,177 @@ def _group_colors(groups: list[str]) -> dict:
     return colors
 
 
-def _annotate(ax, text: str, x: float, y: float, all_x: pd.Series, *, dy, **kwargs) -> None:
-    """Label a point to its right, or to its left when it lies in the right part of the data (stays inside).
+# Where a label may go around its point: right, left, above, below, then the diagonals; nearer rings first.
+DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
+RINGS = (4, 9, 16, 26, 40)  # points between a marker's edge and its label
+MARKER_PT = 5.5  # half the width of the box a marker (or its Pareto ring) keeps free, in points
+MARKERS = "osD^vP<>"
 
-    ``dy`` is the vertical offset in points, or a pair (right of the point, left of it).
+
+def place_labels(ax, texts: list[str], xs, ys, **kwargs) -> list:
+    """Label the points (xs, ys) of ``ax`` with ``texts`` so that no two labels overlap, none covers a
+    marker and all stay inside the axes; return the annotations (gid ``"point_label"``).
+
+    Greedy over the points most crowded first: each label takes the first free spot of 8 directions
+    on rings of growing distance (with a thin leader line beyond the first ring). A label with
+    no free spot may cover a marker, never another label; with none at all it is left out. Draws the
+    figure once to settle its layout: call it last; the labels take no part in the layout.
     """
-    lo, hi = float(all_x.min()), float(all_x.max())
-    right_part = hi > lo and x > lo + 0.6 * (hi - lo)
-    if isinstance(dy, tuple):
-        dy = dy[1] if right_part else dy[0]
-    ax.annotate(text, (x, y), xytext=(-7 if right_part else 7, dy), textcoords="offset points",
-                ha="right" if right_part else "left", **kwargs)
+    fig = ax.figure
+    fig.draw_without_rendering()
+    px = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    scale = fig.dpi / 72.0
+    r = MARKER_PT * scale
+    markers = [(x - r, y - r, x + r, y + r) for x, y in px]
+    frame = ax.get_window_extent()
+    inside = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
+    crowd = [sum(np.hypot(*(p - q)) < 40 * scale for q in px) for p in px]
+    placed, out = [], []
+    for i in sorted(range(len(texts)), key=lambda i: (-crowd[i], i)):
+        probe = ax.text(0, 0, texts[i], **kwargs)
+        extent = probe.get_window_extent()
+        probe.remove()
+        w, h = extent.width + 2, extent.height + 2
+        spot = (_free_spot(px[i], w, h, scale, inside, placed, markers)
+                or _free_spot(px[i], w, h, scale, inside, placed, []))
+        if spot is None:
+            continue
+        (dx, dy, ha, va, ring), box = spot
+        leader = None if ring <= RINGS[0] else {"arrowstyle": "-", "color": "0.55", "linewidth": 0.6,
+                                                "shrinkA": 1, "shrinkB": MARKER_PT}
+        ann = ax.annotate(texts[i], (float(xs[i]), float(ys[i])), xytext=(dx, dy), textcoords="offset points",
+                          ha=ha, va=va, arrowprops=leader, gid="point_label", **kwargs)
+        ann.set_in_layout(False)
+        placed.append(box)
+        out.append(ann)
+    return out
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _free_spot(p, w, h, scale, inside, placed, markers):
+    """((dx, dy, ha, va, ring), box in pixels) of the first free spot for a w x h label around pixel p."""
+    for ring in RINGS:
+        for ux, uy in DIRECTIONS:
+            d = (MARKER_PT + ring) / (np.sqrt(2) if ux and uy else 1)
+            dx, dy = ux * d, uy * d
+            cx, cy = p[0] + dx * scale, p[1] + dy * scale
+            x0 = cx if ux > 0 else cx - w if ux < 0 else cx - w / 2
+            y0 = cy if uy > 0 else cy - h if uy < 0 else cy - h / 2
+            box = (x0, y0, x0 + w, y0 + h)
+            if not (box[0] >= inside[0] and box[1] >= inside[1] and box[2] <= inside[2] and box[3] <= inside[3]):
+                continue
+            if any(_overlap(box, b) for b in placed) or any(_overlap(box, m) for m in markers):
+                continue
+            ha = "left" if ux > 0 else "right" if ux < 0 else "center"
+            va = "bottom" if uy > 0 else "top" if uy < 0 else "center"
+            return (dx, dy, ha, va, ring), box
+    return None
+
+
+def _short_label(row) -> str:
+    """What a point's label says: ``SFT`` for the reference, else its Quark iteration."""
+    if row["group"] == "reference":
+        return "SFT" if str(row["token"]) == "none" else f"SFT·t{row['token']}"
+    return str(int(row["iteration"]))
+
+
+def _quoted_table(ax, quoted: pd.DataFrame) -> None:
+    """The quoted rows as a table on an axes of its own, under :data:`QUOTED_CAPTION`."""
+    def cell(v):
+        return "–" if pd.isna(v) else f"{float(v):.2f}"
+
+    rows = [[str(r["label"]), cell(r["reward"]), cell(r["perplexity"]), cell(r["length"])]
+            for _, r in quoted.iterrows()]
+    ax.set_axis_off()
+    ax.set_gid("quoted_table")
+    table = ax.table(cellText=rows, colLabels=["model (quoted)", "RM", "PPL", "Avg. len"], cellLoc="center",
+                     colLoc="center", bbox=[0.2, 0, 0.6, 1], colWidths=[0.3, 0.1, 0.1, 0.1])
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    for (row, col), c in table.get_celld().items():
+        c.set_edgecolor("0.75")
+        if row == 0:
+            c.set_text_props(weight="bold")
+        if col == 0:
+            c.set_text_props(ha="left")
+            c.PAD = 0.03
+    ax.set_title(textwrap.fill(QUOTED_CAPTION, 130), fontsize="small", loc="center", color="0.25")
 
 
 def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Figure:
-    """Reward vs perplexity and reward vs length, with the measured Pareto front.
+    """Reward vs perplexity and reward vs length of the MEASURED points, each panel on axes scaled to them,
+    with the Pareto front; quoted points (``points["quoted"]``) only in a table below, never on those axes.
 
-    Measured points are coloured by ``group``; quoted ones are hollow black-edged diamonds
-    (gid ``"quoted"``) annotated ``"<label> (quoted)"``; a quoted figure without the panel's x (e.g.
-    a model card that gives only the reward) is a dotted horizontal line at its reward. Per panel
-    the Pareto front (:func:`quarklab.analysis.pareto_front`: maximise reward, minimise x, measured
-    points only) is ringed (gid ``"pareto_ring"``) and joined by a step line sorted by x (gid
-    ``"pareto_front"``). Axes have gids ``"perplexity"`` and ``"length"``. Groups share colours
-    across concatenated runs (``token k`` is palette colour k, as in :func:`iteration_curves`);
-    labels tell runs apart.
+    ``reward_name`` names the reward the runs used (:func:`quarklab.analysis.run_reward_name`), on the
+    y axes. Colour = group (``token k`` is palette colour k, as in :func:`iteration_curves`; the
+    reference black, no token grey); marker = run (several runs concatenated); each point is labelled
+    with its Quark iteration (``SFT`` for the reference), labels placed by :func:`place_labels` so
+    that none collide. Per panel the Pareto front (:func:`quarklab.analysis.pareto_front`: maximise
+    reward, minimise x) is ringed (gid ``"pareto_ring"``) and joined by a step line (gid
+    ``"pareto_front"``). Axes gids: ``"perplexity"``, ``"length"``, and ``"quoted_table"`` when
+    quoted rows are given (a table captioned :data:`quarklab.analysis.QUOTED_CAPTION`).
     """
     df = check_points(points)
-    label = reward_label(reward_name)
     quoted = df["quoted"].astype(bool)
-    groups = list(dict.fromkeys(df.loc[~quoted, "group"].astype(str)))
+    measured = df[~quoted]
+    if measured.empty:
+        raise QuarkError("points hold no measured point (only quoted ones): nothing to draw on the measured axes")
+    groups = list(dict.fromkeys(measured["group"].astype(str)))
     colors = _group_colors(groups)
+    run_names = list(dict.fromkeys(measured["run"].astype(str)))
+    markers = {run: MARKERS[j % len(MARKERS)] for j, run in enumerate(run_names)}
+    ylabel = reward_label(reward_name)
 
-    fig = new_figure(14, 5.8)
-    axes = fig.subplots(1, 2)
-    for ax, x, xlabel in zip(axes, ("perplexity", "length"), (PERPLEXITY_LABEL, LENGTH_LABEL)):
+    table_height = 0.25 * (quoted.sum() + 1)  # inches: a row per quoted figure and the header
+    fig = new_figure(13, 5.6 + (table_height + 0.6 if quoted.any() else 0))
+    grid = fig.add_gridspec(2 if quoted.any() else 1, 2, height_ratios=[5.2, table_height] if quoted.any() else None)
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
+    drawn = []
+    for ax, x, xlabel, letter in zip(axes, ("perplexity", "length"), (PERPLEXITY_LABEL, LENGTH_LABEL), "ab"):
         ax.set_gid(x)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
-        ax.set_title(f"Reward vs {x}: up and to the left is better")
-        xs = pd.to_numeric(df[x], errors="coerce")
-        ys = pd.to_numeric(df["reward"], errors="coerce")
-        ok = xs.notna() & ys.notna()
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"({letter}) reward vs {x}: up and to the left is better", fontsize="medium")
+        xs = pd.to_numeric(measured[x], errors="coerce")
+        ys = pd.to_numeric(measured["reward"], errors="coerce")
+        ok = xs.notna() & ys.notna() & np.isfinite(xs) & np.isfinite(ys)
         if not ok.any():
-            no_data(ax, f"no point has a {x}")
+            no_data(ax, f"no measured point has a {x}")
             continue
-        for group in groups:
-            sel = ok & ~quoted & (df["group"].astype(str) == group)
-            if sel.any():
-                ax.scatter(xs[sel], ys[sel], s=42, color=colors[group], edgecolors="white", linewidths=0.6,
-                           label=group, zorder=3)
-        front = pareto_front(df, x) & ok
-        if front.any():
-            order = xs[front].sort_values(kind="stable").index
-            (line,) = ax.plot(xs[order], ys[order], drawstyle="steps-post", color=FRONT_COLOR, linewidth=1,
-                              alpha=0.7, zorder=2)
-            line.set_gid("pareto_front")
-            ring = ax.scatter(xs[front], ys[front], s=150, facecolors="none", edgecolors=FRONT_COLOR,
-                              linewidths=1.2, zorder=4, label="Pareto front")
-            ring.set_gid("pareto_ring")
-            for i in order:  # the front rises to the right: below-right / above-left of a point is free
-                _annotate(ax, str(df.at[i, "label"]), xs[i], ys[i], xs[ok], dy=(-11, 5), fontsize="x-small",
-                          color="0.2")
-        reward_only = quoted & xs.isna() & ys.notna()
-        for n, i in enumerate(df.index[reward_only]):  # a model card that gives only the reward: a level line
-            ax.axhline(ys[i], color="black", linestyle=(0, (1, 3)), linewidth=1.2, gid="quoted_reward_only",
-                       label="quoted, reward only" if n == 0 else None)
-            ax.annotate(f"{df.at[i, 'label']} (quoted, no {x})", (0.99, ys[i]), xycoords=("axes fraction", "data"),
-                        xytext=(0, 3), textcoords="offset points", ha="right", fontsize="small")
-        sel = ok & quoted
-        if sel.any():
-            q = ax.scatter(xs[sel], ys[sel], s=70, marker="D", facecolors="none", edgecolors="black", linewidths=1.5,
-                           label="quoted from model card", zorder=5)
-            q.set_gid("quoted")
-            for i in df.index[sel]:
-                _annotate(ax, f"{df.at[i, 'label']} (quoted)", xs[i], ys[i], xs[ok], dy=6, fontsize="small")
-        ax.margins(0.12)
-        if len(ax.get_legend_handles_labels()[0]) > 1:
-            ax.legend(fontsize="small", loc="best")
-    title = "Reward trade-offs (greedy evaluation; ringed: Pareto front of measured points)"
+        for (group, run), part in measured[ok].groupby([measured["group"].astype(str), measured["run"].astype(str)],
+                                                       sort=False):
+            ax.scatter(xs[part.index], ys[part.index], s=46, marker=markers[run], color=colors[group],
+                       edgecolors="white", linewidths=0.6, zorder=3)
+        front = pareto_front(measured, x) & ok
+        order = xs[front].sort_values(kind="stable").index
+        (line,) = ax.plot(xs[order], ys[order], drawstyle="steps-post", color=FRONT_COLOR, linewidth=1, alpha=0.6,
+                          zorder=2, gid="pareto_front")
+        ax.scatter(xs[front], ys[front], s=150, facecolors="none", edgecolors=FRONT_COLOR, linewidths=1.1,
+                   zorder=4, gid="pareto_ring")
+        ax.margins(0.1)
+        ax.grid(True, color="0.92", linewidth=0.8, zorder=0)
+        ax.set_axisbelow(True)
+        drawn.append((ax, measured[ok], xs[ok], ys[ok]))
+
+    legend = [Line2D([], [], linestyle="none", marker="o", markersize=7, color=colors[g],
+                     label={"reference": "SFT reference"}.get(g, g)) for g in groups]
+    legend += [Line2D([], [], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
+                      markeredgecolor=FRONT_COLOR, label="Pareto front"),
+               Line2D([], [], linestyle="none", marker="$3$", markersize=8, color="0.2",
+                      label="label: Quark iteration")]
+    if len(run_names) > 1:
+        legend += [Line2D([], [], linestyle="none", marker=markers[run], markersize=7, color="0.4",
+                          label=f"run: {run or 'this run'}") for run in run_names]
+    fig.legend(handles=legend, loc="outside right upper", fontsize="small", frameon=False)
     if quoted.any():
-        title += ("\nquoted figures come from another setup: comparable only where the reward model "
-                  "(and its scale) is the same")
-    fig.suptitle(title)
+        _quoted_table(fig.add_subplot(grid[1, :]), df[quoted])
+    n = len(measured)
+    fig.suptitle(f"Reward trade-offs of {n} measured point{'s' if n != 1 else ''} (greedy evaluation; "
+                 f"reward: {reward_unit(reward_name)})")
+    for ax, part, xs, ys in drawn:  # last: the layout is settled
+        place_labels(ax, [_short_label(row) for _, row in part.iterrows()], xs.to_numpy(), ys.to_numpy(),
+                     fontsize=8, color="0.15")
     return fig
