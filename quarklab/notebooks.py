@@ -15,6 +15,7 @@ sweep writing elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -204,6 +205,23 @@ def _sources(notebooks: list[str] | None, source_dir: str | os.PathLike | None,
     return declared
 
 
+# Set for the kernels run_notebooks starts (unless already set): transformers' and huggingface_hub's own
+# progress bars ("Loading weights", downloads) are ipywidgets in a kernel, and an executed notebook
+# keeps only a widget's first state, a bar stuck at 0%.
+KERNEL_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def _kernel_env():
+    added = {k: v for k, v in KERNEL_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None = None, *,
                   notebooks: list[str] | None = None, source_dir: str | os.PathLike | None = None,
                   progress: bool = True, cell_timeout: float | None = None) -> list[Path]:
@@ -216,7 +234,8 @@ def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None 
     notebook, the cell and the error; the partly executed notebook stays in ``run_dir`` for
     inspection. ``cell_timeout`` (seconds, None = no limit: training cells may run for hours) stops a
     cell that runs longer, with the same kind of error. Progress bars printed by a cell are kept in
-    the executed notebook as their last state (one line each).
+    the executed notebook as their last state (one line each); transformers' and the hub's widget bars
+    are off in these kernels (:data:`KERNEL_ENV`).
     """
     import papermill as pm
 
@@ -228,9 +247,10 @@ def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None 
     for src, names in declared.items():
         out = run_dir / src.name
         try:
-            pm.execute_notebook(str(src), str(out), parameters={k: v for k, v in params.items() if k in names},
-                                progress_bar=progress, cwd=str(project_root()), kernel_name="python3",
-                                execution_timeout=cell_timeout, coalesce_streams=True)
+            with _kernel_env():
+                pm.execute_notebook(str(src), str(out), parameters={k: v for k, v in params.items() if k in names},
+                                    progress_bar=progress, cwd=str(project_root()), kernel_name="python3",
+                                    execution_timeout=cell_timeout, coalesce_streams=True)
         except pm.PapermillExecutionError as exc:
             raise QuarkError(f"{src.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                              f"(the executed notebook is at {out})") from None
