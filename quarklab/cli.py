@@ -19,18 +19,19 @@ def _world_build(args) -> None:
 
 
 def _notebooks_run(args) -> None:
-    from .notebooks import parse_value, run_notebooks
+    from .notebooks import parse_value, resolve_path, run_notebooks
 
     params = {name: parse_value(value, name) for name, value in args.param}
     for path in run_notebooks(args.run_dir, params, notebooks=args.only or None, cell_timeout=args.cell_timeout):
         print(f"executed {path}")
-    print(f"figures in {args.run_dir}/figures, results in {args.run_dir}/results")
+    run_dir = resolve_path(args.run_dir)
+    print(f"figures in {run_dir / 'figures'}, results in {run_dir / 'results'}")
 
 
 def _notebooks_sweep(args) -> None:
     import pandas as pd
 
-    from .notebooks import parse_value, sweep
+    from .notebooks import parse_value, resolve_path, sweep
 
     if any(len(p) < 2 for p in args.param):
         raise QuarkError("each -p NAME needs at least one value: -p num_quantiles 3 5 7")
@@ -39,7 +40,7 @@ def _notebooks_sweep(args) -> None:
     table = sweep(args.out, grid, fixed, notebooks=args.only or None, cell_timeout=args.cell_timeout)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(table.to_string(index=False))
-    print(f"summary: {args.out}/summary.csv")
+    print(f"summary: {resolve_path(args.out) / 'summary.csv'}")
 
 
 def _train(args) -> None:
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     nbs = sub.add_parser("notebooks", help="run the four notebooks with papermill, or a sweep of them")
     nsub = nbs.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
     nrun = nsub.add_parser("run", help="execute the notebooks in order into a run directory")
-    nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run")
+    nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run "
+                      "(relative: from the project root, the folder holding notebooks/)")
     nrun.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="a notebook parameter (repeatable); a config field's VALUE is read by the field's type "
                            "(see quarklab train --help-config), any other as JSON when it parses, else as text")
@@ -132,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a parameter and the values to sweep: -p num_quantiles 3 5 7")
     nswp.add_argument("--set", dest="fixed", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="a parameter held fixed across the sweep")
-    nswp.add_argument("--out", required=True, help="folder for the run dirs and summary.csv")
+    nswp.add_argument("--out", required=True,
+                      help="folder for the run dirs and summary.csv (relative: from the project root)")
     nswp.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
     nswp.add_argument("--cell-timeout", type=float, metavar="SECONDS",
                       help="stop a cell that runs longer than this (default: no limit)")

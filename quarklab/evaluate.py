@@ -68,7 +68,7 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
     Returns ``(summary, samples)``: one summary row per token (with ``mode`` greedy/sampled and the
     run-wide ``controllability`` and ``order_spearman``), and every scored sample.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     params = params or SamplingParams(do_sample=False)
     control_ids = control_ids or []

@@ -4,10 +4,18 @@ and the small helpers the notebooks share (run-dir set-up, recorded results, exa
 A run directory is the record of a run: the Quark run itself (config.json, pools,
 checkpoints, metrics.jsonl), the executed notebooks, ``figures/*.png`` and
 ``results/*.json`` (what each notebook measured, for tests and sweeps).
+
+Paths mean the same wherever a notebook runs: a relative path in a notebook parameter (``run_dir``,
+a model, reward or dataset folder or file, ``extra_run_dirs``), and ``--run-dir``/``--out`` of
+``quarklab notebooks``, is read from :func:`project_root`, the folder holding ``notebooks/`` and
+``pyproject.toml`` (found upward from the working directory). So ``runs/demo`` is the same folder
+for a kernel that JupyterLab starts in ``notebooks/``, for ``make demo`` at the root, and for a
+sweep writing elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -55,9 +63,60 @@ def check_parameters(**parameters: Any) -> None:
             raise QuarkError(f"check_parameters: {name!r} is neither run_dir nor a QuarkConfig field")
 
 
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder that relative paths in notebook parameters are read from: the nearest folder, from
+    ``start`` (default: the working directory) upward, that holds both ``pyproject.toml`` and ``notebooks/``
+    (a quarklab checkout, or a project laid out like one); outside any such project, ``start`` itself.
+
+    A kernel that JupyterLab starts for ``notebooks/01_….ipynb`` works in ``notebooks/``; one that
+    :func:`run_notebooks` starts works in the project root; both find the same root, so
+    ``run_dir = "runs/demo"`` is ``<project>/runs/demo`` either way.
+    """
+    here = Path(start if start is not None else Path.cwd()).expanduser().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return here
+
+
+def resolve_path(path: str | os.PathLike, *, must_exist: bool = False) -> Path:
+    """``path`` as an absolute Path: ``~`` expanded, a relative path joined to :func:`project_root`.
+
+    With ``must_exist``, a path that is not there is one QuarkError naming the resolved path.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise QuarkError(f"a path must be a non-empty string, got {path!r}")
+    given = Path(path).expanduser()
+    resolved = given if given.is_absolute() else project_root() / given
+    if must_exist and not resolved.exists():
+        raise QuarkError(f"{str(path)!r} resolves to {resolved}, which does not exist (relative paths are read "
+                         f"from the project root, {project_root()})")
+    return resolved
+
+
+def locate(source: Any) -> Any:
+    """A model, reward or dataset parameter with a relative path read as :func:`resolve_path` reads it.
+
+    A relative path that exists under the project root, starts with ``./`` or ``../``, or names a
+    ``.jsonl``/``.json``/``.csv``/``.parquet`` file becomes that absolute path (so a missing file is
+    reported by its resolved path); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a
+    callable) is returned as given.
+    """
+    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+        return source
+    text = os.fspath(source)
+    if Path(text).expanduser().is_absolute():
+        return str(Path(text).expanduser())
+    candidate = project_root() / text
+    looks_local = text.startswith(("./", "../")) or Path(text).suffix.lower() in {".jsonl", ".json", ".csv",
+                                                                                  ".parquet"}
+    return str(candidate) if candidate.exists() or looks_local else source
+
+
 def prepare(run_dir: str | os.PathLike) -> Path:
-    """The run directory as a Path, created if missing (figures and results go inside)."""
-    path = Path(run_dir).expanduser()
+    """The run directory as an absolute Path (relative: under :func:`project_root`), created if missing
+    (figures and results go inside)."""
+    path = resolve_path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -75,10 +134,11 @@ def results(run_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def policy_source(policy: str, run_dir: str | os.PathLike) -> str:
-    """``"auto"``: the latest checkpoint of the run in ``run_dir``; anything else as given (``"tiny-tldr"``
-    included: :func:`quarklab.load_policy` takes it)."""
+    """``"auto"``: the latest checkpoint of the run in ``run_dir``; anything else as :func:`locate` reads it
+    (``"tiny-tldr"`` and hub ids as given: :func:`quarklab.load_policy` takes them)."""
     if policy != "auto":
-        return policy
+        return locate(policy)
+    run_dir = resolve_path(run_dir)
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise QuarkError(f"policy='auto' takes the latest checkpoint of {str(run_dir)!r}, and it has none: run "
@@ -119,35 +179,83 @@ def parse_value(raw: str, name: str | None = None, where: str = "-p") -> Any:
         return raw
 
 
+def notebook_parameters(path: str | os.PathLike) -> list[str]:
+    """The parameters of a notebook, as papermill reads its ``parameters`` cell (``papermill --help-notebook``)."""
+    import papermill as pm
+
+    return list(pm.inspect_notebook(str(path)))
+
+
+def _sources(notebooks: list[str] | None, source_dir: str | os.PathLike | None,
+             parameters: dict[str, Any]) -> dict[Path, list[str]]:
+    """Each notebook to run with the parameters it declares; one QuarkError for a missing notebook or for a
+    parameter that none of them declares (papermill would warn "Passed unknown parameter" and ignore it)."""
+    source = Path(source_dir) if source_dir else notebooks_dir()
+    declared = {}
+    for name in notebooks or NOTEBOOKS:
+        src = source / name
+        if not src.exists():
+            raise QuarkError(f"notebook not found: {src}")
+        declared[src] = notebook_parameters(src)
+    unknown = sorted(set(parameters) - {"run_dir"} - {p for names in declared.values() for p in names})
+    if unknown and declared:
+        listed = ", ".join(sorted({p for names in declared.values() for p in names}))
+        raise QuarkError(f"{', '.join(map(repr, unknown))}: not a parameter of "
+                         f"{', '.join(p.name for p in declared)} (they take: {listed})")
+    return declared
+
+
+# Set for the kernels run_notebooks starts (unless already set): transformers' and huggingface_hub's own
+# progress bars ("Loading weights", downloads) are ipywidgets in a kernel, and an executed notebook
+# keeps only a widget's first state, a bar stuck at 0%.
+KERNEL_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def _kernel_env():
+    added = {k: v for k, v in KERNEL_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None = None, *,
                   notebooks: list[str] | None = None, source_dir: str | os.PathLike | None = None,
                   progress: bool = True, cell_timeout: float | None = None) -> list[Path]:
     """Execute the notebooks in order into ``run_dir`` with papermill; return the executed paths.
 
-    A failing cell stops the sequence with one :class:`QuarkError` naming the notebook, the cell
-    and the error; the partly executed notebook stays in ``run_dir`` for inspection.
-    ``cell_timeout`` (seconds, None = no limit: training cells may run for hours) stops a cell that
-    runs longer, with the same kind of error.
+    ``run_dir`` and relative paths among the parameters are read from :func:`project_root` (the
+    kernels work there, as a notebook opened in JupyterLab reads them). Each notebook gets the
+    parameters its ``parameters`` cell declares; one that no notebook declares is a QuarkError before
+    anything runs. A failing cell stops the sequence with one :class:`QuarkError` naming the
+    notebook, the cell and the error; the partly executed notebook stays in ``run_dir`` for
+    inspection. ``cell_timeout`` (seconds, None = no limit: training cells may run for hours) stops a
+    cell that runs longer, with the same kind of error. Progress bars printed by a cell are kept in
+    the executed notebook as their last state (one line each); transformers' and the hub's widget bars
+    are off in these kernels (:data:`KERNEL_ENV`).
     """
     import papermill as pm
 
+    params = dict(parameters or {})
+    declared = _sources(notebooks, source_dir, params)
     run_dir = prepare(run_dir)
-    source = Path(source_dir) if source_dir else notebooks_dir()
-    params = {**(parameters or {}), "run_dir": str(run_dir.resolve())}
+    params["run_dir"] = str(run_dir)
     done = []
-    for name in notebooks or NOTEBOOKS:
-        src = source / name
-        if not src.exists():
-            raise QuarkError(f"notebook not found: {src}")
-        out = run_dir / name
+    for src, names in declared.items():
+        out = run_dir / src.name
         try:
-            pm.execute_notebook(str(src), str(out), parameters=params, progress_bar=progress, cwd=str(run_dir),
-                                kernel_name="python3", execution_timeout=cell_timeout)
+            with _kernel_env():
+                pm.execute_notebook(str(src), str(out), parameters={k: v for k, v in params.items() if k in names},
+                                    progress_bar=progress, cwd=str(project_root()), kernel_name="python3",
+                                    execution_timeout=cell_timeout, coalesce_streams=True)
         except pm.PapermillExecutionError as exc:
-            raise QuarkError(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+            raise QuarkError(f"{src.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
                              f"(the executed notebook is at {out})") from None
         except TimeoutError as exc:  # nbclient's CellTimeoutError
-            raise QuarkError(f"{name}: a cell ran past cell_timeout={cell_timeout} s ({exc}); "
+            raise QuarkError(f"{src.name}: a cell ran past cell_timeout={cell_timeout} s ({exc}); "
                              f"the partly executed notebook is at {out}") from None
         done.append(out)
     return done
@@ -158,9 +266,10 @@ def sweep(out_dir: str | os.PathLike, grid: dict[str, list[Any]], parameters: di
           cell_timeout: float | None = None) -> pd.DataFrame:
     """Run the notebooks once per combination of ``grid``, one run dir each, and write ``summary.csv``.
 
-    Run dirs are named ``name=value,name=value`` under ``out_dir``; a combination whose notebooks all
-    ran before (every executed notebook present) is not run again.
+    Run dirs are named ``name=value,name=value`` under ``out_dir`` (relative: under :func:`project_root`);
+    a combination whose notebooks all ran before (every executed notebook present) is not run again.
     """
+    _sources(notebooks, None, {**(parameters or {}), **grid})
     out_dir = prepare(out_dir)
     names = list(grid)
     rows = []

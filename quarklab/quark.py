@@ -136,7 +136,7 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
 
     The run holds a lock on ``run_dir`` throughout: a second process on the same folder fails at once.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     run_dir = Path(run_dir)
     if resume and not run_dir.is_dir():

@@ -68,7 +68,7 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     """
     from dataclasses import replace
 
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     params = replace(params or SamplingParams(), **overrides)
     texts, pids = prompt_lists(prompts)

@@ -310,7 +310,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used) and the
     state to continue from. The policy keeps the dtype it came in (checkpoints are saved in it).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     check_rows(rows, control_ids)
     device = next(policy.parameters()).device

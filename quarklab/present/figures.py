@@ -1,9 +1,11 @@
 """What every figure shares: the colour-blind-safe palette, axis labels with units, saving into a run.
 
-Every plotting function (:mod:`.quantile_plots`, :mod:`.run_plots`) returns a
+Every plotting function (:mod:`.quantile_plots`, :mod:`.run_plots`) returns a :class:`QuarkFigure`, a
 :class:`matplotlib.figure.Figure` built with the object API (nothing is registered with pyplot, so
-nothing accumulates and no backend is needed): in Jupyter ``display(fig)`` (or ending a cell with
-``fig``) shows it, and :func:`save_figure` writes it into a run directory. Colours come from
+nothing accumulates, no backend is needed, and a figure is freed like any object once no name holds
+it). It shows itself as a PNG: in Jupyter, ending a cell with ``fig`` (or ``display(fig)``) draws it
+inline, in JupyterLab and in notebooks executed by papermill alike; :func:`save_figure` writes the
+same PNG into a run directory. Colours come from
 seaborn's colour-blind-safe ``"colorblind"`` palette (:func:`palette`); quantile/token ``k`` gets
 colour ``k`` everywhere, so quantile 0 (the BEST rewards) always has the same colour.
 
@@ -27,7 +29,7 @@ from matplotlib.figure import Figure
 from ..errors import QuarkError
 from ..runs import atomic_write_bytes
 
-__all__ = ["palette", "save_figure", "reward_label"]
+__all__ = ["QuarkFigure", "palette", "save_figure", "reward_label"]
 
 LENGTH_LABEL = "length (tokens)"
 PERPLEXITY_LABEL = "perplexity (exp mean NLL, reference model)"
@@ -41,6 +43,33 @@ MAX_PROMPTS = 30  # prompts shown in per-prompt panels
 REFERENCE_COLOR = "black"
 NONE_COLOR = "0.35"
 FRONT_COLOR = "black"
+
+
+DPI = 120  # of saved and displayed PNGs
+
+
+class QuarkFigure(Figure):
+    """A matplotlib Figure that Jupyter draws inline as a PNG (the one :func:`save_figure` writes), with a
+    one-line text form naming its title instead of ``<Figure size ... with N Axes>``."""
+
+    def png(self) -> bytes:
+        """The figure as PNG bytes (dpi 120, tight bounding box)."""
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+        return buf.getvalue()
+
+    def title(self) -> str:
+        """The figure's suptitle, else its panels' titles joined by " · "."""
+        if self.get_suptitle().strip():
+            return " ".join(self.get_suptitle().split())
+        titles = [" ".join(ax.get_title().split()) for ax in self.axes if ax.get_title().strip()]
+        return " · ".join(titles) or "untitled"
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"image/png": self.png(), "text/plain": f"figure: {self.title()}"}
+
+    def __repr__(self) -> str:
+        return f"<QuarkFigure {self.title()!r}>"
 
 
 def palette(n: int) -> list:
@@ -73,7 +102,7 @@ def save_figure(fig: Figure, run_dir: str | os.PathLike, name: str) -> Path:
     if not name or "/" in name or "\\" in name or name in {".", ".."} or name.startswith("."):
         raise QuarkError(f"figure name must be a plain file name (no folders, not hidden), got {name!r}")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     path = Path(run_dir) / "figures" / f"{name}.png"
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -100,8 +129,9 @@ def reward_unit(reward_name: str) -> str:
     return match.group(1) if match else reward_name
 
 
-def new_figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
+def new_figure(width: float, height: float) -> QuarkFigure:
+    """A figure of ``width`` x ``height`` inches with the constrained layout, shown inline in Jupyter."""
+    return QuarkFigure(figsize=(width, height), layout="constrained")
 
 
 def no_data(ax, text: str) -> None:

@@ -154,7 +154,7 @@ def _train_tokenizer(spec: WorldSpec, texts: list[str]):
 
 def _train_sft(spec: WorldSpec, tokenizer, rows: list[dict], progress: bool):
     """Supervised fine-tuning from scratch on ``prompt + " " + label + EOS``, loss on every token."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
     from transformers import GPTJConfig, GPTJForCausalLM
 
     torch.manual_seed(spec.seed)
