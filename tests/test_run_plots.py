@@ -37,7 +37,8 @@ def quoted_rows() -> list[dict]:
     """The model card's figures where quarklab keeps them: notebook 04's ``quoted_rows`` parameter."""
     book = nbformat.read(notebooks_dir() / "04_tradeoffs.ipynb", as_version=4)
     (cell,) = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
-    (node,) = [n for n in ast.parse(cell.source).body if isinstance(n, ast.Assign) and n.targets[0].id == "quoted_rows"]
+    (node,) = [n for n in ast.parse(cell.source).body
+               if isinstance(n, ast.AnnAssign) and n.target.id == "quoted_rows"]  # papermill-typed: name: type = value
     return ast.literal_eval(node.value)
 
 
