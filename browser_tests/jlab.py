@@ -145,7 +145,20 @@ class Notebook:
         self.page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
         self.page.wait_for_timeout(1000)
         self.wait_idle(timeout)
-        return time.monotonic() - start
+        seconds = time.monotonic() - start
+        self.wait_drawn()
+        return seconds
+
+    def wait_drawn(self, timeout_ms: int = 30_000) -> None:
+        """Widgets draw after the kernel is idle (their state comes over the wire): wait until no output
+        area is still empty (a widget drawn, or "Error displaying widget", or any text or image)."""
+        try:
+            self.page.wait_for_function(
+                """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
+                       .every(o => o.getAttribute('data-mime-type') || o.querySelector('.jupyter-widgets, img')
+                                   || o.textContent.trim())""", timeout=timeout_ms)
+        except Exception:
+            pass  # what is still empty is reported by check_outputs
 
     def save(self) -> None:
         """File > Save (Ctrl+S), and wait until the tab is no longer marked dirty."""
@@ -191,17 +204,17 @@ class Notebook:
                                     "not drawn (no image/png output)")
                 if re.fullmatch(r"\s*(Posix|Windows)?Path\(.*\)\s*", out["text"]):
                     c.expect(False, f"{where}: prints a bare {out['text'].strip()[:80]!r}")
-                if out["mime"] == "application/vnd.jupyter.widget-view+json":
-                    c.expect(out["widgets"] > 0, f"{where}: a widget output that JupyterLab did not draw "
-                                                 f"(text {out['text'].strip()[:120]!r})")
+                if out["mime"] == "application/vnd.jupyter.widget-view+json" or not (
+                        out["mime"] or out["widgets"] or out["images"] or out["text"].strip()):
+                    c.expect(out["widgets"] > 0, f"{where}: a widget output that JupyterLab did not draw within "
+                                                 f"30 s (text {out['text'].strip()[:120]!r})")
             if "save_figure(" in cell["source"]:
                 c.expect(any(o["images"] for o in cell["outputs"]),
                          f"{where}: a figure cell with no image in its output "
                          f"(outputs: {[o['mime'] for o in cell['outputs']] or 'none'})")
             last = cell["source"].strip().splitlines()[-1] if cell["source"].strip() else ""
             if last.endswith(".widget"):
-                c.expect(any(o["mime"] == "application/vnd.jupyter.widget-view+json" and o["widgets"]
-                             for o in cell["outputs"]),
+                c.expect(any(o["widgets"] for o in cell["outputs"]),
                          f"{where}: the widget was not drawn (outputs: {[o['mime'] for o in cell['outputs']] or 'none'})")
         return cells
 

@@ -18,9 +18,9 @@ import pytest
 
 from jlab import NOTEBOOKS, Checks, Notebook, notebook_parameters
 
-# seconds for Run All, generous for a busy 2-core CPU; 02 trains the demo run when it is not there yet
-RUN_ALL_TIMEOUT = {"01_quantile_distributions.ipynb": 360, "02_training_iterations.ipynb": 480,
-                   "03_compare_tokens.ipynb": 240, "04_tradeoffs.ipynb": 120}
+# seconds for Run All on a busy 2-core CPU. 02 reopens the demo run (conftest's demo_run): it must not train.
+RUN_ALL_TIMEOUT = {"01_quantile_distributions.ipynb": 300, "02_training_iterations.ipynb": 180,
+                   "03_compare_tokens.ipynb": 180, "04_tradeoffs.ipynb": 120}
 POST = ("I moved to a new city for work and my roommate keeps eating my food without asking. I left notes and "
         "talked to him twice, but nothing changed. Should I move out or lock my food away?")
 
@@ -51,7 +51,14 @@ def visit(browser, lab, shots, untouched, name: str, interact=None) -> None:
     try:
         nb.open()
         nb.shot("opened")
-        seconds = nb.run_all(timeout=RUN_ALL_TIMEOUT[name])
+        try:
+            seconds = nb.run_all(timeout=RUN_ALL_TIMEOUT[name])
+        except AssertionError as exc:
+            written = sorted(p.name for p in NOTEBOOKS.iterdir() if p not in untouched["existed"])
+            hint = (f" It is writing {written} under notebooks/: it did not find the project's runs/demo (run_dir is "
+                    "taken relative to the kernel's working directory notebooks/) and trains a new run there."
+                    if written else "")
+            pytest.fail(f"{exc}.{hint}", pytrace=False)
         print(f"{name}: Run All took {seconds:.0f} s")
         nb.shot("ran_all")
         cells = nb.check_outputs("after Run All")
@@ -144,7 +151,8 @@ _OBSERVE_JS = """root => { window.__qlSeen = {disabled: false, generating: false
 def _regenerate(nb: Notebook, c: Checks, out, what: str) -> str | None:
     """Press Regenerate; wait until the widget said "generating…" and then reported its completions.
     Returns the table's HTML (None when nothing came)."""
-    status = out.locator(".widget-label-basic").first
+    status = out.locator(".widget-hbox").filter(has=nb.page.locator("button", has_text="Regenerate")).last \
+        .locator(".widget-label-basic")
     out.element_handle().evaluate(_OBSERVE_JS)
     out.locator("button", has_text="Regenerate").click()
     try:
@@ -199,7 +207,7 @@ def compare_tokens(nb: Notebook, c: Checks) -> None:
     # 1. another prompt from the picker
     label = picker.locator("option").nth(1).text_content()
     picker.select_option(index=1)
-    title = re.escape(label.split("·", 1)[-1].strip().rstrip("…").strip()[:40])
+    title = re.escape(label.replace("\xa0", " ").split("·", 1)[-1].strip().rstrip("…").strip()[:40])
     html = table_of("another prompt", None, prompt=title)
 
     # 2. a typed post, sampled at a higher temperature with another seed
@@ -243,5 +251,5 @@ def compare_tokens(nb: Notebook, c: Checks) -> None:
     ("03_compare_tokens.ipynb", compare_tokens),
     ("04_tradeoffs.ipynb", None),
 ], ids=["01", "02", "03", "04"])
-def test_notebook_in_jupyterlab(browser, lab, shots, notebooks_untouched, name, interact):
+def test_notebook_in_jupyterlab(browser, lab, shots, notebooks_untouched, demo_run, name, interact):
     visit(browser, lab, shots, notebooks_untouched, name, interact)
