@@ -38,11 +38,14 @@ _TABLE_BOX_JS = """
   const r = e => e.getBoundingClientRect();
   const area = table.closest('.jp-OutputArea'), panel = table.closest('.jp-NotebookPanel');
   const t = r(table), a = r(area), p = r(panel);
-  const overflowing = [...table.querySelectorAll('.meta')].filter(m => r(m).right > r(m.closest('td')).right + 1)
-      .map(m => m.textContent.trim());
+  const spills = e => e.scrollWidth > e.clientWidth + 1;  // its text runs past its own box
+  const overflowing = [...table.querySelectorAll('.meta')]
+      .filter(m => spills(m) || r(m).right > r(m.closest('td')).right + 1).map(m => m.textContent.trim());
+  const spilling_cells = [...table.querySelectorAll('td')].filter(spills).length;
+  const wrap = table.parentElement, scrolls = wrap !== area && spills(wrap);
   const aligned = [...table.querySelectorAll('td')].map(td => getComputedStyle(td).textAlign);
   return {table: [t.left, t.right, t.width], area: [a.left, a.right, a.width], panel: [p.left, p.right],
-          overflowing, right_aligned: aligned.filter(x => x === 'right').length, cells: aligned.length,
+          overflowing, spilling_cells, scrolls, right_aligned: aligned.filter(x => x === 'right').length, cells: aligned.length,
           headers: [...table.querySelectorAll('thead th')].map(th => th.childNodes[0].textContent.trim()),
           caption: (table.querySelector('caption') || {}).textContent || '',
           prompt: (table.querySelector('td.prompt') || {}).textContent || ''};
@@ -150,15 +153,18 @@ class Notebook:
         return seconds
 
     def wait_drawn(self, timeout_ms: int = 30_000) -> None:
-        """Widgets draw after the kernel is idle (their state comes over the wire): wait until no output
-        area is still empty (a widget drawn, or "Error displaying widget", or any text or image)."""
+        """Widgets draw after the kernel is idle (their state comes over the wire): wait until every cell
+        that ends by showing a ``.widget`` drew it (or said "Error displaying widget")."""
         try:
             self.page.wait_for_function(
-                """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
-                       .every(o => o.getAttribute('data-mime-type') || o.querySelector('.jupyter-widgets, img')
-                                   || o.textContent.trim())""", timeout=timeout_ms)
+                """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell')]
+                       .filter(c => /\\.widget\\s*$/.test([...c.querySelectorAll('.jp-InputArea .cm-line')]
+                                                          .map(l => l.textContent).join('\\n')))
+                       .every(c => c.querySelector('.jp-OutputArea .jupyter-widgets')
+                                   || c.querySelector('.jp-OutputArea').textContent.includes('Error displaying widget'))""",
+                timeout=timeout_ms)
         except Exception:
-            pass  # what is still empty is reported by check_outputs
+            pass  # what is still not drawn is reported by check_outputs
 
     def save(self) -> None:
         """File > Save (Ctrl+S), and wait until the tab is no longer marked dirty."""
@@ -204,10 +210,9 @@ class Notebook:
                                     "not drawn (no image/png output)")
                 if re.fullmatch(r"\s*(Posix|Windows)?Path\(.*\)\s*", out["text"]):
                     c.expect(False, f"{where}: prints a bare {out['text'].strip()[:80]!r}")
-                if out["mime"] == "application/vnd.jupyter.widget-view+json" or not (
-                        out["mime"] or out["widgets"] or out["images"] or out["text"].strip()):
-                    c.expect(out["widgets"] > 0, f"{where}: a widget output that JupyterLab did not draw within "
-                                                 f"30 s (text {out['text'].strip()[:120]!r})")
+                if re.match(r"\s*(VBox|HBox|Box|IntProgress|FloatProgress|HTML|Image|Output)\(", out["text"]):
+                    c.expect(False, f"{where}: a widget shown as its text {out['text'].strip()[:80]!r}, "
+                                    "not drawn (no widget manager)")
             if "save_figure(" in cell["source"]:
                 c.expect(any(o["images"] for o in cell["outputs"]),
                          f"{where}: a figure cell with no image in its output "
@@ -232,6 +237,9 @@ class Notebook:
                  f"{where}: the table ({tw:.0f} px wide, x {tl:.0f}..{tr:.0f}) does not fit in its output area "
                  f"({aw:.0f} px, x {al:.0f}..{ar:.0f}): it is clipped or needs sideways scrolling")
         c.expect(tr <= pr + 1, f"{where}: the table's right edge ({tr:.0f}) is past the notebook's ({pr:.0f})")
+        c.expect(not box["scrolls"], f"{where}: the table is wider than its box and needs sideways scrolling")
+        c.expect(not box["spilling_cells"], f"{where}: the text of {box['spilling_cells']} table cell(s) runs past "
+                                            "the cell's edge (clipped or over the next column)")
         c.expect(not box["overflowing"],
                  f"{where}: {len(box['overflowing'])} reward · ppl · tokens line(s) run past their column into "
                  f"the next, e.g. {box['overflowing'][:1]}")

@@ -54,7 +54,8 @@ def visit(browser, lab, shots, untouched, name: str, interact=None) -> None:
         try:
             seconds = nb.run_all(timeout=RUN_ALL_TIMEOUT[name])
         except AssertionError as exc:
-            written = sorted(p.name for p in NOTEBOOKS.iterdir() if p not in untouched["existed"])
+            written = sorted(p.name for p in NOTEBOOKS.iterdir()
+                             if p not in untouched["existed"] and p.name != ".ipynb_checkpoints")
             hint = (f" It is writing {written} under notebooks/: it did not find the project's runs/demo (run_dir is "
                     "taken relative to the kernel's working directory notebooks/) and trains a new run there."
                     if written else "")
@@ -78,14 +79,7 @@ def visit(browser, lab, shots, untouched, name: str, interact=None) -> None:
         nb.save()
         nb.close()
         nb.open()
-        widget_outputs = nb.page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.widget-view+json"]')
-        try:
-            nb.page.wait_for_function(
-                """() => [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.widget-view+json"]')]
-                       .every(o => o.querySelector('.jupyter-widgets') || o.textContent.includes('Error displaying widget'))""",
-                timeout=30_000)
-        except Exception:
-            checks.expect(False, f"after reopening: {widget_outputs.count()} widget output(s) still not drawn after 30 s")
+        nb.wait_drawn()
         nb.shot("reopened")
         nb.check_outputs("after saving and reopening the tab while the kernel runs")
     finally:
@@ -151,8 +145,7 @@ _OBSERVE_JS = """root => { window.__qlSeen = {disabled: false, generating: false
 def _regenerate(nb: Notebook, c: Checks, out, what: str) -> str | None:
     """Press Regenerate; wait until the widget said "generating…" and then reported its completions.
     Returns the table's HTML (None when nothing came)."""
-    status = out.locator(".widget-hbox").filter(has=nb.page.locator("button", has_text="Regenerate")).last \
-        .locator(".widget-label-basic")
+    status = out.locator(".widget-hbox > div.widget-label")  # the Label beside the button (not a description)
     out.element_handle().evaluate(_OBSERVE_JS)
     out.locator("button", has_text="Regenerate").click()
     try:
