@@ -65,11 +65,13 @@ class Checks:
     """Problems found while looking at one notebook: all of them are reported together at the end."""
 
     def __init__(self, name: str):
-        self.name, self.problems = name, []
+        self.name, self.problems, self.keys = name, [], set()
 
-    def expect(self, ok: bool, message: str) -> bool:
-        if not ok:
+    def expect(self, ok: bool, message: str, key=None) -> bool:
+        """Record ``message`` when not ``ok``; a problem already recorded under ``key`` is not repeated."""
+        if not ok and (key is None or key not in self.keys):
             self.problems.append(message)
+            self.keys.add(key)
         return bool(ok)
 
     def done(self, shots: Path) -> None:
@@ -202,25 +204,29 @@ class Notebook:
             where = f"{when}, cell {cell['index'] + 1} ({short(cell['source'])!r})"
             for out in cell["outputs"]:
                 if out["mime"] == "application/vnd.jupyter.stderr" and _ERROR_RE.search(out["text"]):
-                    c.expect(False, f"{where}: error output: {_error_line(out['text'])}")
+                    c.expect(False, f"{where}: error output: {_error_line(out['text'])}",
+                             key=(cell["index"], "error", _error_line(out["text"])))
                 if "Error displaying widget" in out["text"]:
-                    c.expect(False, f"{where}: {out['text'].strip()[:200]!r} (the widget's model is gone)")
-                if re.search(r"<Figure size \d+x\d+ with \d+ Axes>", out["text"]):
-                    c.expect(False, f"{where}: the figure is printed as text {out['text'].strip()[:60]!r}, "
-                                    "not drawn (no image/png output)")
+                    c.expect(False, f"{where}: {out['text'].strip()[:200]!r} (the widget's model is gone)",
+                             key=(cell["index"], "widget-error"))
+                if "save_figure(" not in cell["source"] and re.search(r"<Figure size \d+x\d+ with \d+ Axes>", out["text"]):
+                    c.expect(False, f"{where}: a figure printed as text {out['text'].strip()[:60]!r}, not drawn",
+                             key=(cell["index"], "figure-text"))
                 if re.fullmatch(r"\s*(Posix|Windows)?Path\(.*\)\s*", out["text"]):
-                    c.expect(False, f"{where}: prints a bare {out['text'].strip()[:80]!r}")
+                    c.expect(False, f"{where}: prints a bare {out['text'].strip()[:80]!r}", key=(cell["index"], "path"))
                 if re.match(r"\s*(VBox|HBox|Box|IntProgress|FloatProgress|HTML|Image|Output)\(", out["text"]):
                     c.expect(False, f"{where}: a widget shown as its text {out['text'].strip()[:80]!r}, "
-                                    "not drawn (no widget manager)")
+                                    "not drawn (no widget manager)", key=(cell["index"], "widget-text"))
             if "save_figure(" in cell["source"]:
+                texts = [o["text"].strip()[:60] for o in cell["outputs"] if o["text"].strip()]
                 c.expect(any(o["images"] for o in cell["outputs"]),
-                         f"{where}: a figure cell with no image in its output "
-                         f"(outputs: {[o['mime'] for o in cell['outputs']] or 'none'})")
+                         f"{where}: a figure cell that drew no image (its output: {texts or 'none'})",
+                         key=(cell["index"], "no-image"))
             last = cell["source"].strip().splitlines()[-1] if cell["source"].strip() else ""
             if last.endswith(".widget"):
                 c.expect(any(o["widgets"] for o in cell["outputs"]),
-                         f"{where}: the widget was not drawn (outputs: {[o['mime'] for o in cell['outputs']] or 'none'})")
+                         f"{where}: the widget was not drawn (outputs: {[o['mime'] for o in cell['outputs']] or 'none'})",
+                         key=(cell["index"], "no-widget"))
         return cells
 
     def table_box(self, table) -> dict:
