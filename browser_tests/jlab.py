@@ -140,8 +140,10 @@ class Notebook:
                 return
             self.page.wait_for_timeout(500)
         self.shot("timeout")
-        raise AssertionError(f"{self.name}: the kernel was still busy after {timeout:.0f} s "
-                             f"(state {self.kernel_state()!r}); see the last screenshot")
+        running = sum("*" in p for p in self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputArea-prompt")
+                      .all_text_contents())
+        raise AssertionError(f"{self.name}: Run All had not finished after {timeout:.0f} s ({running} cell(s) still "
+                             f"show [*]; the server reports the kernel {self.kernel_state()!r}); see the last screenshot")
 
     def run_all(self, timeout: float) -> float:
         """Run > Run All Cells from the menu bar, as a person would; wait for the kernel to finish."""
