@@ -124,11 +124,11 @@ def _local_split(per_prompt: pd.Series, k: int) -> str:
 
 def _scope_panels(ax_r, ax_l, ax_h, fig, scope: str, q: np.ndarray, r: np.ndarray, lengths: np.ndarray,
                   counts: pd.DataFrame, n_prompts: int, per_prompt: pd.Series, k: int, label: str, vmax: int,
-                  panel_width: float) -> None:
-    """Reward and length per quantile, and the prompt × quantile heatmap, for one scope."""
+                  panel_width: float, letters: str = "abc") -> None:
+    """Reward and length per quantile, and the prompt × quantile heatmap, for one scope (panels ``letters``)."""
     colors = palette(k)
     _quantile_boxes(ax_r, r, q, k, colors, label)
-    ax_r.set_title(f"(a) {SCOPE_TITLES[scope]}\nreward per quantile"
+    ax_r.set_title(f"({letters[0]}) {SCOPE_TITLES[scope]}\nreward per quantile"
                    + (" (thresholds differ per prompt)" if scope == "local" else ""))
     handles = [Line2D([], [], marker="^", linestyle="none", markerfacecolor="white", markeredgecolor="black",
                       label="mean")]
@@ -144,7 +144,7 @@ def _scope_panels(ax_r, ax_l, ax_h, fig, scope: str, q: np.ndarray, r: np.ndarra
     ax_r.set_gid(f"{scope}/reward")
 
     _quantile_boxes(ax_l, lengths, q, k, colors, LENGTH_LABEL)
-    ax_l.set_title("(b) length per quantile")
+    ax_l.set_title(f"({letters[1]}) length per quantile")
     ax_l.legend(handles=handles[:1], fontsize="small", loc="upper right")
     ax_l.set_gid(f"{scope}/length")
 
@@ -162,7 +162,7 @@ def _scope_panels(ax_r, ax_l, ax_h, fig, scope: str, q: np.ndarray, r: np.ndarra
     ax_h.set_ylabel(QUANTILE_LABEL)
     ax_h.set_xlabel("prompt (prompt_id, by mean reward, best on the left)")
     subset = "" if len(shown) == n_prompts else f"; {len(shown)} of {n_prompts} prompts shown"
-    ax_h.set_title("(c) samples per prompt and quantile\n("
+    ax_h.set_title(f"({letters[2]}) samples per prompt and quantile\n("
                    + (_local_split(per_prompt, k) if scope == "local" else
                       "high-baseline prompts fill the best quantiles") + subset + ")")
     ax_h.set_gid(f"{scope}/heatmap")
@@ -217,9 +217,9 @@ def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, scope: str
         mosaic = fig.subplot_mosaic([["reward", "length"], ["heatmap", "heatmap"]], height_ratios=[1, heat])
         panels = {scope: (mosaic["reward"], mosaic["length"], mosaic["heatmap"])}
         panel_width = 12 - 1.6
-    for s in scopes:
+    for s, letters in zip(scopes, ["abc", "def"]):  # side by side: (a)-(c) global, (d)-(f) local
         _scope_panels(*panels[s], fig, s, assigned[s], r, lengths, counts[s], n_prompts, per_prompt, k, label,
-                      vmax, panel_width)
+                      vmax, panel_width, letters)
     n_per = f"{per_prompt.min()}" if per_prompt.min() == per_prompt.max() else f"{per_prompt.min()}-{per_prompt.max()}"
     what = "Global vs local quantiles" if scope is None else f"{scope.capitalize()} quantiles"
     fig.suptitle(f"{what}, K = {k} ({len(r)} samples, {n_prompts} prompts, {n_per} per prompt)",
