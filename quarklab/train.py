@@ -103,16 +103,19 @@ def quark_loss(policy_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Te
     """
     mask = labels != -100
     n = mask.sum().clamp(min=1)
-    kept_logp = F.log_softmax(policy_logits[..., : keep.numel()][..., keep].float(), dim=-1)
+    kept_logp = None  # the softmax over ``keep``: computed only where a term needs it (not on the NLL-only path)
     if loss_vocab == "full":
         logp, target = F.log_softmax(policy_logits.float(), dim=-1), labels.clamp(min=0)
     else:
+        kept_logp = F.log_softmax(policy_logits[..., : keep.numel()][..., keep].float(), dim=-1)
         logp, target = kept_logp, (keep.long().cumsum(0) - 1)[labels.clamp(min=0)]  # ids after the drop
     nll = -(logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask).sum() / n
     entropy = (-(logp.exp() * logp).sum(-1) * mask).sum() / n  # logged always, in the loss when entropy_coef > 0
     loss = nll - entropy_coef * entropy
     stats = {"nll": nll.item(), "entropy": entropy.item()}
     if ref_logits is not None:
+        if kept_logp is None:
+            kept_logp = F.log_softmax(policy_logits[..., : keep.numel()][..., keep].float(), dim=-1)
         ref_logp = F.log_softmax(ref_logits[..., : keep.numel()][..., keep].float(), dim=-1)
         if kl_direction == "policy||ref":
             kl_tok = (kept_logp.exp() * (kept_logp - ref_logp)).sum(-1)

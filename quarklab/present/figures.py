@@ -53,10 +53,8 @@ class QuarkFigure(Figure):
     one-line text form naming its title instead of ``<Figure size ... with N Axes>``."""
 
     def png(self) -> bytes:
-        """The figure as PNG bytes (dpi 120, tight bounding box)."""
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-        return buf.getvalue()
+        """The figure as PNG bytes (dpi 120, tight bounding box): what :func:`save_figure` writes."""
+        return png_bytes(self)
 
     def title(self) -> str:
         """The figure's suptitle, else its panels' titles joined by " · "."""
@@ -101,11 +99,16 @@ def save_figure(fig: Figure, run_dir: str | os.PathLike, name: str) -> Path:
         name = name[:-4]
     if not name or "/" in name or "\\" in name or name in {".", ".."} or name.startswith("."):
         raise QuarkError(f"figure name must be a plain file name (no folders, not hidden), got {name!r}")
+    path = Path(run_dir) / "figures" / f"{name}.png"
+    atomic_write_bytes(path, png_bytes(fig))
+    return path
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes, dpi 120 with a tight bounding box: one rendering for files and for Jupyter."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    path = Path(run_dir) / "figures" / f"{name}.png"
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def reward_label(reward_name: str = "reward") -> str:
