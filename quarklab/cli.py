@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import QuarkError
@@ -60,6 +61,8 @@ def _train(args) -> None:
         if not args.run_dir:
             raise QuarkError("quarklab train needs --run-dir DIR (or --resume RUN_DIR)")
         metrics = run(preset(args.preset).with_overrides(args.set), args.run_dir)
+    if int(os.environ.get("RANK", "0")):  # under accelerate launch, the main process prints the table
+        return
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print(final_table(metrics).to_string(index=False))
 

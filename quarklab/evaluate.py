@@ -68,11 +68,20 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
     Returns ``(summary, samples)``: one summary row per token (with ``mode`` greedy/sampled and the
     run-wide ``controllability`` and ``order_spearman``), and every scored sample.
     """
+    params = params or SamplingParams(do_sample=False)
+    tokens = tokens if tokens is not None else [*range(len(control_ids or [])), None]
+    samples = scored_samples(policy, tokenizer, prompts, reward, reference=reference, control_ids=control_ids,
+                             tokens=tokens, params=params, perplexity=perplexity, progress=progress)
+    return summary_table(samples, tokens, "sampled" if params.do_sample else "greedy"), samples
+
+
+def scored_samples(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference, control_ids: list[int] | None,
+                   tokens: list[int | None], params: SamplingParams, perplexity: str = "alt",
+                   progress: bool = False) -> pd.DataFrame:
+    """Every sample of :func:`evaluate`, token by token in ``tokens``' order, with its reward and perplexity."""
     from .progress import tqdm
 
-    params = params or SamplingParams(do_sample=False)
     control_ids = control_ids or []
-    tokens = tokens if tokens is not None else [*range(len(control_ids)), None]
     parts = []
     for k in tqdm(tokens, desc="evaluating", disable=not progress, leave=False):
         out = sample(policy, tokenizer, prompts, params, token=k, suppress=control_ids,
@@ -81,8 +90,14 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
         out["perplexity"] = (reference_perplexity(reference, tokenizer, out, mode=perplexity)
                              if reference is not None else np.nan)
         parts.append(out)
-    samples = pd.concat(parts, ignore_index=True)
-    mode = "sampled" if params.do_sample else "greedy"
+    return pd.concat(parts, ignore_index=True)
+
+
+def summary_table(samples: pd.DataFrame, tokens: list[int | None], mode: str) -> pd.DataFrame:
+    """One :func:`summarize` row per token of ``tokens`` (None = the unconditioned rows), with the run-wide
+    ``controllability`` (Spearman of token index and reward over the conditioned samples) and
+    ``order_spearman`` (of token index and mean reward) when more than one token is conditioned."""
+    parts = [samples[samples["token"].isna() if k is None else samples["token"] == k] for k in tokens]
     rows = [{"token": "none" if k is None else int(k), "mode": mode, **summarize(part)} for k, part in zip(tokens, parts)]
     summary = pd.DataFrame(rows)
     conditioned = samples[samples["token"].notna()]
@@ -90,4 +105,4 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
         means = summary[summary["token"] != "none"]
         summary["controllability"] = spearman(conditioned["token"].astype(float), conditioned["reward"])
         summary["order_spearman"] = spearman(means["token"].astype(float), means["reward"])
-    return summary, samples
+    return summary

@@ -27,6 +27,7 @@ import pandas as pd
 
 from .config import QuarkConfig
 from .errors import QuarkError
+from .train import schedule_steps
 
 GB = 1024 ** 3
 ACTIVATION_VALUES_PER_BLOCK = 27  # x B * S * H, see the module docstring
@@ -72,7 +73,7 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from .train import set_trainable
+    from .trainable import set_trainable
 
     config = model_config(name)
     with torch.device("meta"):
@@ -138,7 +139,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
               "reward_params": reward.params if reward else 0, "sequence_tokens": S,
               "generated_tokens": prompts * config.samples_per_prompt * C,
               "trained_tokens": train_rows * config.epochs_per_iteration * S,
-              "optimizer_steps": -(-train_rows * config.epochs_per_iteration // (B * config.grad_accum * gpus))}
+              "optimizer_steps": schedule_steps(config, train_rows, gpus)[0]}
     if sample_tokens_per_s:
         totals["sample_hours"] = totals["generated_tokens"] / sample_tokens_per_s / 3600
     if train_tokens_per_s:
@@ -161,8 +162,9 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
     if "sample_hours" in totals or "train_hours" in totals:
         lines.append("time per iteration: " + ", ".join(f"{k.split('_')[0]} {v:.1f} h" for k, v in totals.items()
                                                         if k.endswith("_hours")))
-    lines.append("quarklab train runs the 1-GPU and LoRA (--set lora_rank=16) strategies today; DDP, ZeRO and FSDP "
-                 "(through accelerate) are planned, and their rows say what they would need")
+    lines.append("run a strategy: 1 GPU, quarklab train; DDP, ZeRO-2, ZeRO-3, FSDP, accelerate launch --config_file "
+                 "configs/accelerate/{ddp,zero2,zero3,fsdp}.yaml -m quarklab.cli train; LoRA, --set lora_rank=16 "
+                 "(one GPU or DDP)")
     fitting = table.loc[table["fits"], "strategy"].tolist()
     lines.append(f"fits in {HEADROOM:.0%} of {gpu_memory_gb:g} GiB: " + (", ".join(fitting) if fitting else
                  "none; try --set gradient_checkpointing=true, a smaller batch_size with a larger grad_accum, "

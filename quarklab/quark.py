@@ -11,6 +11,9 @@ Iteration 0 evaluates the reference (SFT) model. Iteration ``i >= 1``:
    schedule that span the run), then checkpoint (in the dtype the policy was loaded in);
 4. evaluate every token and the unconditioned policy on the evaluation prompts.
 
+Under ``accelerate launch`` (:mod:`quarklab.distributed`) each process samples, scores and evaluates
+its share of the prompts and trains data-parallel; the main process alone writes the run directory.
+
 Each stage's output is written atomically and is its own marker of completion (see
 :mod:`quarklab.runs`); everything random is seeded from ``(seed, iteration)``, so a run killed
 and resumed ends with the same metrics as one that was never interrupted.
@@ -18,9 +21,10 @@ and resumed ends with the same metrics as one that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +34,11 @@ import torch
 from . import runs
 from .config import QuarkConfig
 from .data import load_prompts
+from .distributed import Dist
 from .errors import QuarkError
-from .evaluate import evaluate
+from .evaluate import scored_samples, summary_table
 from .models import (add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device,
-                     resolve_model)
+                     resolve_dtype, resolve_model)
 from .quantiles import assign_quantiles, select_per_quantile
 from .rewards import load_reward
 from .stages import stage
@@ -57,13 +62,16 @@ class Session:
     eval_prompts: pd.DataFrame
     done: int  # iterations whose checkpoint exists
     trainer_state: dict | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
+    dist: Dist = field(default_factory=Dist)  # this process among the run's processes
 
     @classmethod
-    def open(cls, config: QuarkConfig, run_dir: Path) -> "Session":
+    def open(cls, config: QuarkConfig, run_dir: Path, dist: Dist | None = None) -> "Session":
+        dist = dist or Dist()
+        check_processes(config, dist)
         if config.sampler == "vllm":  # before any model loads: say now, not after an hour, that vLLM is missing
             from .vllm_backend import require_vllm
             require_vllm()
-        device = resolve_device(config.device)
+        device = dist.device or resolve_device(config.device)
         reference = load_policy(config.reference or config.policy, dtype=config.dtype, device=device)
         reference.requires_grad_(False)
         latest = runs.latest_checkpoint(run_dir)
@@ -77,10 +85,25 @@ class Session:
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
             control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed)
         reward = load_reward(config.reward, base_model=config.reward_base_model, template=config.reward_template,
-                             max_length=config.reward_max_length, dtype=config.reward_dtype, device=config.device)
+                             max_length=config.reward_max_length, dtype=config.reward_dtype, device=device)
         return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,
                    load_prompts(config.dataset, config.train_split),
-                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done, state)
+                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done, state, dist)
+
+
+def check_processes(config: QuarkConfig, dist: Dist) -> None:
+    """One clear error for a setting that several processes, or a sharding engine, cannot run."""
+    if dist.world > 1 and config.sampler == "vllm":
+        raise QuarkError("sampler='vllm' runs in one process (each vLLM engine would take the first GPU): drop "
+                         "accelerate launch for it, or sample with sampler='hf'")
+    if dist.engine in ("deepspeed", "fsdp") and (config.lora_rank or config.pool_strategy == "quark"):
+        what = "LoRA" if config.lora_rank else "pool_strategy='quark' (an optimizer kept across iterations)"
+        raise QuarkError(f"{what} is not supported under a {dist.engine} engine: run it with DDP "
+                         "(configs/accelerate/ddp.yaml)")
+    if dist.engine == "fsdp" and resolve_dtype(config.dtype, dist.device) != torch.float32:
+        raise QuarkError("under FSDP load the policy in float32 (--set dtype=float32): FSDP keeps the float32 shards "
+                         "as master weights and computes in bf16 (mixed_precision in configs/accelerate/fsdp.yaml); "
+                         "half-precision weights would train with no fp32 masters")
 
 
 def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: bool) -> QuarkConfig:
@@ -141,21 +164,27 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
     run_dir = Path(run_dir)
     if resume and not run_dir.is_dir():
         raise QuarkError(f"nothing to resume in {str(run_dir)!r}: no such folder")
-    with runs.run_lock(run_dir):
-        config = prepare_run_dir(run_dir, config, resume)
-        check_resumable(config, run_dir)
+    dist = Dist.from_env()
+    progress = progress and dist.is_main
+    with runs.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
+            config = prepare_run_dir(run_dir, config, resume)
+            check_resumable(config, run_dir)
+        config = dist.decide(lambda: config)
         with stage("load"):
-            s = Session.open(config, run_dir)
-            _add_prompt_ids(s)
-        if not runs.has_metrics(run_dir, 0, "eval"):
+            s = Session.open(config, run_dir, dist)
+            if dist.is_main:
+                _add_prompt_ids(s)
+            dist.barrier()
+        if not dist.decide(lambda: runs.has_metrics(run_dir, 0, "eval")):
             with stage("evaluate"):
                 _evaluate(s, 0, s.reference, [None], "reference", progress)
         for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
             if it > s.done:
-                if not runs.pool_path(run_dir, it).exists():
+                if not dist.decide(lambda: runs.pool_path(run_dir, it).exists()):
                     _sample_pool(s, it, progress)
                 _train(s, it, progress)
-            if not runs.has_metrics(run_dir, it, "eval"):
+            if not dist.decide(lambda: runs.has_metrics(run_dir, it, "eval")):
                 with stage("evaluate"):
                     _evaluate(s, it, s.policy, None, "policy", progress)
         return runs.read_metrics(run_dir)
@@ -172,21 +201,25 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
     prompts = s.train_prompts.iloc[np.sort(rng.choice(len(s.train_prompts), size=n, replace=False))]
     params = SamplingParams(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p,
                             top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
-                            seed=_seed(c, it, 1))
+                            seed=s.dist.seed(_seed(c, it, 1)))
+    mine = s.dist.shard(prompts)  # all samples of a prompt on one process: local quantiles hold
     with stage("sample"):
         if c.sampler == "vllm":
-            pool = _sample_vllm(s, it, prompts, params)
+            pool = _sample_vllm(s, it, mine, params)
         elif it == 1:  # the first pass explores with the reference, without a token (and never generates one)
-            pool = sample(s.reference, s.tokenizer, prompts, params, suppress=s.control_ids, progress=progress)
+            pool = sample(s.reference, s.tokenizer, mine, params, suppress=s.control_ids, progress=progress)
         else:
-            pool = sample(s.policy, s.tokenizer, prompts, params, token=0, prefix_token_id=s.control_ids[0],
+            pool = sample(s.policy, s.tokenizer, mine, params, token=0, prefix_token_id=s.control_ids[0],
                           suppress=s.control_ids, progress=progress)
     with stage("score"):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
-        pool.insert(0, "iteration", it)
-        pool["quantile"] = _quantiles(c, pool)
-        runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
+        pool = s.dist.gather_rows(pool, prompts)
+        if s.dist.is_main:
+            pool.insert(0, "iteration", it)
+            pool["quantile"] = _quantiles(c, pool)  # over the whole pool, gathered
+            runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
+        s.dist.barrier()
 
 
 def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams) -> pd.DataFrame:
@@ -251,18 +284,25 @@ def _train(s: Session, it: int, progress: bool) -> None:
         rows = training_rows(c, s.run_dir, it)
     records = table_rows(rows)
     log, state = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id,
-                               tok.eos_token_id, seed=_seed(c, it, 3), progress=progress, state=s.trainer_state)
-    runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
-                        it, "train")
-    with stage("checkpoint"), runs.atomic_dir(runs.checkpoint_path(s.run_dir, it)) as tmp:
-        s.policy.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if c.pool_strategy == "quark":  # the optimizer and schedule go on into the next iteration
-            torch.save(state, tmp / runs.TRAINER_STATE)
-            s.trainer_state = state
+                               tok.eos_token_id, seed=_seed(c, it, 3), progress=progress, state=s.trainer_state,
+                               dist=s.dist)
+    if c.pool_strategy == "quark":  # the optimizer and schedule go on into the next iteration
+        s.trainer_state = state
+    folder = runs.checkpoint_path(s.run_dir, it)
+    if s.dist.is_main:
+        runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
+                            it, "train")
+        with stage("checkpoint"), runs.atomic_dir(folder) as tmp:
+            s.policy.save_pretrained(tmp, state_dict=state.get("weights"))  # an engine's gathered weights
+            tok.save_pretrained(tmp)
+            if c.pool_strategy == "quark":
+                torch.save(state, tmp / runs.TRAINER_STATE)
+        for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
+            shutil.rmtree(old)
+    s.dist.barrier()
+    if "weights" in state:  # the engine sharded the policy it trained: every process reloads it whole
+        s.policy = load_policy(folder, dtype=c.dtype, device=s.dist.device)
     s.done = it
-    for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
-        shutil.rmtree(old)
 
 
 def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
@@ -272,16 +312,23 @@ def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progre
         modes.append(SamplingParams(n=c.eval_sampled_n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                                     max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size,
                                     seed=_seed(c, it, 4)))
+    control_ids = s.control_ids if tokens is None else []
+    tokens = tokens if tokens is not None else [*range(len(control_ids)), None]
     summaries, samples = [], []
-    for params in modes:
-        summary, scored = evaluate(model, s.tokenizer, s.eval_prompts, s.reward, reference=s.reference,
-                                   control_ids=s.control_ids if tokens is None else [], tokens=tokens,
-                                   params=params, perplexity=c.perplexity, progress=progress)
-        summaries.append(summary)
-        samples.append(scored.assign(mode=summary["mode"].iloc[0]))
-    runs.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))
-    rows = pd.concat(summaries, ignore_index=True).assign(model=name)
-    runs.record_metrics(s.run_dir, json.loads(rows.to_json(orient="records")), it, "eval")
+    for params in modes:  # each process scores its share of the prompts; the main process summarizes them all
+        mode = "sampled" if params.do_sample else "greedy"
+        params = replace(params, seed=s.dist.seed(params.seed))
+        scored = scored_samples(model, s.tokenizer, s.dist.shard(s.eval_prompts), s.reward, reference=s.reference,
+                                control_ids=control_ids, tokens=tokens, params=params, perplexity=c.perplexity,
+                                progress=progress)
+        scored = s.dist.gather_rows(scored, s.eval_prompts, tokens)
+        summaries.append(summary_table(scored, tokens, mode))
+        samples.append(scored.assign(mode=mode))
+    if s.dist.is_main:
+        runs.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))
+        rows = pd.concat(summaries, ignore_index=True).assign(model=name)
+        runs.record_metrics(s.run_dir, json.loads(rows.to_json(orient="records")), it, "eval")
+    s.dist.barrier()
 
 
 def final_table(metrics: pd.DataFrame) -> pd.DataFrame:

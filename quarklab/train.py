@@ -28,6 +28,7 @@ from .config import QuarkConfig
 from .errors import QuarkError
 from .models import position_ids_from_mask
 from .stages import stage
+from .trainable import set_trainable, with_lora
 
 
 @dataclass
@@ -148,54 +149,6 @@ def completion_nll(model, prompts: list[list[int]], completions: list[list[int]]
     return out
 
 
-def set_trainable(model, fraction: float) -> int:
-    """Train only the top ``int(fraction * n_layers)`` transformer blocks (ALT's floor rule: 0.3 of GPT-J's 28
-    is 8; at least one), plus everything outside the blocks (embeddings, final norm, head). Returns the number
-    of trainable parameters."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if fraction >= 1.0:
-        return sum(p.numel() for p in model.parameters())
-    _, blocks = transformer_blocks(model)
-    for block in list(blocks)[: len(blocks) - trained_blocks(len(blocks), fraction)]:
-        for p in block.parameters():
-            p.requires_grad_(False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def trained_blocks(n_layers: int, fraction: float) -> int:
-    return n_layers if fraction >= 1.0 else max(1, int(fraction * n_layers))
-
-
-def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
-    """``(attribute name, module list)`` of the model's transformer blocks (``h`` in GPT-J)."""
-    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
-    found = next(((name, m) for name, m in model.named_modules()
-                  if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
-    if found is None:
-        raise QuarkError("trainable_fraction < 1 and LoRA need a model with one list of transformer blocks")
-    return found[0].rsplit(".", 1)[-1], found[1]
-
-
-def with_lora(policy, config: QuarkConfig, control_ids: list[int]):
-    """``policy`` with peft LoRA adapters on every linear layer of its top ``trainable_fraction`` blocks, and the
-    quantile tokens' input and output rows trainable (peft's trainable tokens); ``merge_and_unload()`` folds
-    them back into ``policy``'s own weights."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise QuarkError("lora_rank > 0 needs peft: pip install peft") from exc
-    name, blocks = transformer_blocks(policy)
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in blocks.named_modules() if isinstance(m, torch.nn.Linear)})
-    k = trained_blocks(len(blocks), config.trainable_fraction)
-    modules = {m: n for n, m in policy.named_modules()}
-    rows = {modules[policy.get_input_embeddings()]: control_ids, modules[policy.get_output_embeddings()]: control_ids}
-    return get_peft_model(policy, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=linear,
-        layers_to_transform=list(range(len(blocks) - k, len(blocks))), layers_pattern=name,
-        trainable_token_indices=rows))
-
-
 HALF = (torch.bfloat16, torch.float16)
 
 
@@ -227,9 +180,9 @@ class MasterWeights:
     masters.
     """
 
-    def __init__(self, params: list[torch.nn.Parameter]):
+    def __init__(self, params: list[torch.nn.Parameter], copy: bool = True):
         self.params = params
-        self.copies = any(p.dtype in HALF for p in params)
+        self.copies = copy and any(p.dtype in HALF for p in params)
         self.masters = [torch.nn.Parameter(p.detach().float()) for p in params] if self.copies else params
 
     def collect(self) -> None:
@@ -246,15 +199,16 @@ class MasterWeights:
                 p.copy_(m)
 
 
-def schedule_steps(config: QuarkConfig, num_rows: int) -> tuple[int, int]:
+def schedule_steps(config: QuarkConfig, num_rows: int, world: int = 1) -> tuple[int, int]:
     """``(steps, total)``: optimizer steps this iteration takes and steps in the whole learning-rate schedule.
 
     Without ``steps_per_iteration``, ``epochs_per_iteration`` passes over the rows, in a schedule of their
     own (ALT: a fresh optimizer each iteration); with it, that many steps, in one schedule over the run
-    (``iterations * steps_per_iteration``, Quark) when the pool strategy is "quark"."""
+    (``iterations * steps_per_iteration``, Quark) when the pool strategy is "quark". One step takes
+    ``grad_accum`` micro-batches of ``batch_size`` rows on each of ``world`` processes."""
     if config.steps_per_iteration is None:
         steps = max(1, math.ceil(math.ceil(num_rows / config.batch_size) * config.epochs_per_iteration
-                                 / config.grad_accum))
+                                 / (config.grad_accum * world)))
         return steps, steps
     steps = config.steps_per_iteration
     return steps, steps * config.iterations if config.pool_strategy == "quark" else steps
@@ -274,18 +228,24 @@ def lr_schedule(opt, config: QuarkConfig, total: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def micro_batches(rows: list[dict], config: QuarkConfig, steps: int, rng: random.Random) -> list[list[dict]]:
-    """The micro-batches of ``steps`` optimizer steps: the rows reshuffled on every pass."""
+def micro_batches(rows: list[dict], config: QuarkConfig, steps: int, rng: random.Random, world: int = 1,
+                  rank: int = 0) -> list[list[dict]]:
+    """Process ``rank``'s micro-batches for ``steps`` optimizer steps: the rows reshuffled on every pass and
+    dealt to the ``world`` processes in turn; when they do not divide evenly, the first are dealt again, so
+    that every process takes as many (as a DistributedSampler does)."""
+    per_step = config.grad_accum * world
     if config.steps_per_iteration is None:
         passes = config.epochs_per_iteration
     else:
-        passes = math.ceil(steps * config.grad_accum * config.batch_size / len(rows))
+        passes = math.ceil(steps * per_step * config.batch_size / len(rows))
     out = []
     for _ in range(passes):
         order = list(range(len(rows)))
         rng.shuffle(order)
         out += [[rows[i] for i in order[b:b + config.batch_size]] for b in range(0, len(order), config.batch_size)]
-    return out if config.steps_per_iteration is None else out[: steps * config.grad_accum]
+    out = out if config.steps_per_iteration is None else out[: steps * per_step]
+    out += [out[i % len(out)] for i in range(-len(out) % world)]
+    return out[rank::world]
 
 
 def check_rows(rows: list[dict], control_ids: list[int]) -> None:
@@ -299,7 +259,7 @@ def check_rows(rows: list[dict], control_ids: list[int]) -> None:
 
 
 def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, control_ids: list[int], pad_id: int,
-                  eos_id: int, seed: int, progress: bool = False, state: dict | None = None
+                  eos_id: int, seed: int, progress: bool = False, state: dict | None = None, dist=None
                   ) -> tuple[list[dict], dict]:
     """One Quark iteration's optimisation over ``rows`` (prompt_ids, completion_ids, finished, quantile).
 
@@ -310,14 +270,25 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     at full lr). ``state`` (optimizer, schedule and scaler, as returned) continues a schedule that spans
     iterations; None starts one.
 
-    Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used) and the
-    state to continue from. The policy keeps the dtype it came in (checkpoints are saved in it).
+    ``dist`` (:class:`quarklab.distributed.Dist`) trains data-parallel: each process takes its share of the
+    micro-batches (:func:`micro_batches`) through accelerate's DDP wrapper, which averages the gradients
+    before they reach the masters, so every process takes the same steps. Under a DeepSpeed or FSDP
+    engine the engine owns the optimizer step and the fp32 masters (accelerate's ``accumulate`` /
+    ``backward`` idiom); the trained weights are then returned, gathered, as ``state["weights"]`` (on the
+    main process) and ``policy`` is left to the engine: reload it from the checkpoint they are saved to.
+
+    Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used; the mean
+    over processes) and the state to continue from. The policy keeps the dtype it came in (checkpoints
+    are saved in it).
     """
+    from .distributed import Dist
     from .progress import tqdm
 
+    dist = dist or Dist()
+    engine = dist.engine in ("deepspeed", "fsdp")
     check_rows(rows, control_ids)
-    device = next(policy.parameters()).device
-    amp = compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)
+    device = dist.device or next(policy.parameters()).device
+    amp = None if engine else compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     if config.lora_rank:
@@ -325,9 +296,11 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     else:
         model = policy
         set_trainable(policy, config.trainable_fraction)
-    master = MasterWeights([p for p in model.parameters() if p.requires_grad])
-    steps, total = schedule_steps(config, len(rows))
-    batches = micro_batches(rows, config, steps, rng)
+    master = MasterWeights([p for p in model.parameters() if p.requires_grad], copy=not engine)
+    steps, total = schedule_steps(config, len(rows), dist.world)
+    batches = micro_batches(rows, config, steps, rng, dist.world, dist.rank)
+    if engine:  # accelerate's accumulate() counts micro-batches: whole accumulations only
+        batches += batches[: -len(batches) % config.grad_accum]
     use_ref = reference is not None and config.kl_coef > 0
     keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
                       reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)
@@ -339,35 +312,48 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-    log, acc = [], []
-    bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
     if config.gradient_checkpointing:
         policy.activation_checkpointing_enable()
     policy.train()
+    trained = model  # what the forward runs through: the model, or accelerate's wrapper of it
+    if engine:
+        trained, opt = dist.prepare_engine(model, opt, config)
+    elif dist.world > 1:
+        trained = dist.accelerator.prepare_model(model)  # DDP
+    log, acc = [], []
+    bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
     for m, chunk in enumerate(batches):
         batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
                             [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
                             pad_id, eos_id).to(device)
+        boundary = len(acc) + 1 == config.grad_accum or m == len(batches) - 1  # a last partial one still counts
         ref_logits = None
         if use_ref:
             with stage("train.reference"), autocast_context(device, amp), torch.no_grad():
                 # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
                 ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
-        with stage("train.policy"):
+        with stage("train.policy"), dist.accumulating(trained, engine, sync=boundary or master.copies):
             with autocast_context(device, amp):
-                logits = completion_logits(model, batch)
+                logits = completion_logits(trained, batch)
             loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
                                      kl_direction=config.kl_direction, entropy_coef=config.entropy_coef,
                                      loss_vocab=config.loss_vocab)
-            scaler.scale(loss / config.grad_accum).backward()
-            master.collect()
+            if engine:
+                dist.accelerator.backward(loss)
+            else:
+                scaler.scale(loss / config.grad_accum).backward()
+                master.collect()
         acc.append(stats)
-        if len(acc) == config.grad_accum or m == len(batches) - 1:  # a last partial accumulation still counts
+        if boundary:
             with stage("train.optimizer"):
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(master.masters, config.grad_clip)
-                scaler.step(opt)
-                scaler.update()
+                if engine:
+                    dist.accelerator.clip_grad_norm_(trained.parameters(), config.grad_clip)
+                    opt.step()
+                else:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(master.masters, config.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
                 opt.zero_grad(set_to_none=True)
                 master.publish()
             log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
@@ -375,9 +361,15 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
             acc = []
             bar.update(1)
     bar.close()
+    logs = dist.gather(log)
+    log = [{k: float(np.mean([entry[i][k] for entry in logs])) for k in log[i]} for i in range(len(log))]
+    new_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
+    if engine:
+        new_state = {"weights": dist.accelerator.get_state_dict(trained)}
     if config.lora_rank:
         model.merge_and_unload()
+    dist.release(trained)
     policy.eval()
     if config.gradient_checkpointing:
         policy.activation_checkpointing_disable()
-    return log, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
+    return log, new_state

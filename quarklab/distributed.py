@@ -1,0 +1,137 @@
+"""Several processes on one run: ``accelerate launch ... quarklab train`` (DDP, DeepSpeed ZeRO, FSDP).
+
+quarklab adds no distribution of its own: processes, devices and collectives are accelerate's
+(over torch.distributed: gloo on CPU, NCCL on GPUs), and the training wrapper is whatever the
+accelerate config names (DDP by default; a DeepSpeed or FSDP engine). This module is the little the
+loop needs from them:
+
+- **one writer**: the main process holds the run's lock and writes every file; the others read
+  them after a barrier, and every decision that reads the run directory is the main process's,
+  broadcast (:meth:`Dist.decide`), so no process ever acts on a half-seen folder;
+- **sharding**: rank ``r`` of ``w`` takes items ``r, r + w, ...`` (:meth:`Dist.shard`) of the
+  prompts it samples or evaluates, so all samples of one prompt are made on one process and local
+  quantiles hold; the shards are gathered back (:meth:`Dist.gather`) in the order one process
+  would have produced.
+
+A single process (no ``accelerate launch``, or ``--num_processes 1``) imports nothing from
+accelerate and runs exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+
+@dataclass
+class Dist:
+    """Where this process stands among the run's processes (one, by default)."""
+
+    rank: int = 0
+    world: int = 1
+    accelerator: object = field(default=None, repr=False)  # accelerate.Accelerator when world > 1
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> "Dist":
+        """The processes ``accelerate launch`` (or ``torchrun``) started; one process without it."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import Accelerator
+
+        # accelerate runs several CPU processes (gloo) only when told it is on CPU
+        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        return cls(acc.process_index, acc.num_processes, acc)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device | None:
+        """This process's device (``cuda:LOCAL_RANK`` on GPUs), or None for one process (the config decides)."""
+        return self.accelerator.device if self.accelerator is not None else None
+
+    @property
+    def engine(self) -> str:
+        """"deepspeed" or "fsdp" when the accelerate config names one (the engine then owns the optimizer and
+        the fp32 master weights), else "ddp" (several processes) or "none"."""
+        if self.accelerator is None:
+            return "none"
+        kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+        return {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(kind, "ddp")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+
+    def decide(self, fn):
+        """``fn()`` as the main process computes it, on every process (``fn`` may read the run directory)."""
+        if self.world == 1:
+            return fn()
+        from accelerate.utils import broadcast_object_list
+
+        box = [fn() if self.is_main else None]
+        return broadcast_object_list(box, from_process=0)[0]
+
+    def gather(self, obj) -> list:
+        """Every process's ``obj``, rank 0 first, on every process."""
+        if self.world == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
+
+    def shard(self, table: pd.DataFrame) -> pd.DataFrame:
+        """This process's rows of ``table``: rows ``rank, rank + world, ...``."""
+        return table.iloc[self.rank::self.world]
+
+    def gather_rows(self, part: pd.DataFrame, order: pd.DataFrame, tokens: list | None = None) -> pd.DataFrame:
+        """The shards of one table (one per process, made from :meth:`shard` of ``order``'s prompts), merged in
+        the order one process makes them: by token (in ``tokens``' order, None = unconditioned), then prompt
+        (``order``'s order), then sample."""
+        table = pd.concat(self.gather(part), ignore_index=True)
+        if self.world == 1:
+            return table
+        position = {p: i for i, p in enumerate(order["prompt_id"])}
+        keys = table.assign(_prompt=table["prompt_id"].map(position))
+        if tokens is not None:
+            rank = {(-1 if t is None else int(t)): i for i, t in enumerate(tokens)}
+            keys["_token"] = keys["token"].fillna(-1).astype(int).map(rank)
+        by = ["_token"] * (tokens is not None) + ["_prompt", "sample"]
+        return table.loc[keys.sort_values(by, kind="stable").index].reset_index(drop=True)
+
+    def accumulating(self, model, engine: bool, sync: bool):
+        """The context of one micro-batch's forward and backward: accelerate's ``accumulate`` under an engine;
+        under DDP, ``no_sync`` unless ``sync`` (a step's last micro-batch, or gradients that the master weights
+        take after every backward); nothing for one process."""
+        if engine:
+            return self.accelerator.accumulate(model)
+        if self.world > 1 and not sync:
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def prepare_engine(self, model, optimizer, config):
+        """``(model, optimizer)`` wrapped by the DeepSpeed or FSDP engine the accelerate config names, with
+        quarklab's micro-batch, accumulation and clipping (the engine clips and accumulates itself)."""
+        acc = self.accelerator
+        acc.gradient_accumulation_steps = config.grad_accum
+        plugin = acc.state.deepspeed_plugin
+        if plugin is not None:
+            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=config.batch_size,
+                                           gradient_accumulation_steps=config.grad_accum,
+                                           gradient_clipping=config.grad_clip)
+        return acc.prepare(model, optimizer)
+
+    def release(self, wrapped) -> None:
+        """Let go of accelerate's wrapper (DDP, or an engine and its optimizer) once an iteration is trained."""
+        if self.world > 1:
+            self.accelerator.free_memory()
+            del wrapped
+
+    def seed(self, seed: int) -> int:
+        """A seed of this process's own, equal to ``seed`` for one process."""
+        return seed * self.world + self.rank
