@@ -165,10 +165,10 @@ def _load_run(s: SystemSpec, spec: str) -> System:
     if ev.empty:
         raise QuarkError(f"system {spec!r}: iteration {iteration} has no {s.mode} evaluation samples")
     token = s.token
-    tokens = ev["token"].map(lambda t: None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t))
-    rows = ev[tokens.map(lambda t: t == token)]
+    tokens = [None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t) for t in ev["token"]]
+    rows = ev[[t == token for t in tokens]]
     if rows.empty:
-        have = sorted({"none" if t is None else str(t) for t in tokens})
+        have = sorted({"none" if t is None else str(t) for t in tokens}, key=lambda t: (t == "none", t))
         raise QuarkError(f"system {spec!r}: iteration {iteration} ({s.mode}) has no samples for token "
                          f"{'none' if token is None else token}; it has tokens {', '.join(have)}"
                          + (" (iteration 0 is the reference: token=none)" if iteration == 0 else ""))
