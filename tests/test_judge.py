@@ -271,6 +271,8 @@ def test_system_specs_pick_the_rows_a_researcher_means(run_dir):
     token1 = qj.load_system(f"{run_dir}:token=1")
     assert token1.table["completion"].tolist() == ev[ev["token"] == 1]["completion"].tolist()
     assert token1.label == "run-it1-token1"
+    spaced = qj.load_system("token 1, iteration last", run_dir)  # the form a notebook parameter takes
+    assert spaced.table.equals(token1.table) and spaced.label == token1.label
     assert qj.load_system(str(run_dir)).table["completion"].tolist() == ev[ev["token"] == 0]["completion"].tolist()
     ref = pd.read_parquet(eval_path(run_dir, 0))["completion"].tolist()
     for spec in ("reference", "iteration=0"):

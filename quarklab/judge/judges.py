@@ -19,8 +19,10 @@ import urllib.request
 from ..errors import QuarkError
 from ..tldr import TLDR_MARK
 
-# The GPT-4 prompt for TL;DR summaries of Rafailov et al. 2023, "Direct Preference Optimization" (arXiv:2305.18290),
-# Appendix C.2 (the "concise" variant), which ALT (Abadal Lloret et al. 2024) uses for its GPT-4 win rates.
+# The GPT-4 judging prompt for TL;DR summaries of Rafailov et al. 2023, "Direct Preference Optimization"
+# (arXiv:2305.18290), its appendix on GPT-4 evaluation: the "GPT-4 (C)" (concise) prompt, the one ALT (Abadal Lloret
+# et al. 2024, arXiv:2407.16970) follows for TL;DR. Checked against public copies of it (e.g. judging scripts that
+# quote arxiv.org/pdf/2305.18290); only the blank lines between its parts vary between copies.
 JUDGE_PROMPT = (
     "Which of the following summaries does a better job of summarizing the most important points in the given "
     "forum post, without including unimportant or irrelevant details? A good summary is both precise and concise."

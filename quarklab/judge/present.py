@@ -20,7 +20,7 @@ def win_rate_figure(summaries: list[dict], title: str | None = None):
         summaries = [summaries]
     if not summaries:
         raise QuarkError("win_rate_figure needs at least one win-rate summary")
-    fig = new_figure(7.5, 1.4 + 0.7 * len(summaries))
+    fig = new_figure(7.5, 1.8 + 0.7 * len(summaries))
     ax = fig.add_subplot()
     colour = palette(1)[0]
     for y, s in enumerate(summaries):
@@ -40,7 +40,7 @@ def win_rate_figure(summaries: list[dict], title: str | None = None):
     ax.set_xlabel("win rate of A over B (fraction of prompts)")
     judges = sorted({s["judge"] for s in summaries})
     ax.set_title(title or f"Pairwise win rate, judge {', '.join(judges)}, both orders per pair", fontsize=11)
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize=8, frameon=False)
     return fig
 
 

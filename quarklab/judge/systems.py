@@ -10,10 +10,12 @@ A system spec is one string, typed the same on the command line and in a noteboo
     runs/demo:token=none               the last iteration's policy without a token
     runs/demo:token=0,mode=sampled,sample=3
     file:results/gpt4_summaries.jsonl  a .jsonl/.json/.csv/.parquet file with 'prompt' and 'completion'
-    token=0 / reference                options alone: of the default run directory (a notebook's run_dir)
+    token=0 / token 0 / reference      options alone: of the default run directory (a notebook's run_dir)
 
 Options: ``token`` (an integer or ``none``), ``iteration`` (an integer or ``last``), ``mode`` (``greedy`` or
-``sampled``) and ``sample`` (which sample of a prompt; default: the first). Relative paths are read from the
+``sampled``) and ``sample`` (which sample of a prompt; default: the first), written ``key=value`` or
+``key value`` (``token 0, iteration 2``: the form a notebook parameter takes, since papermill cannot read a
+parameter line holding two ``=``). Relative paths are read from the
 project root (:func:`quarklab.notebooks.resolve_path`). A run's completions come from ``RUN/eval/iter_NNN.parquet``.
 """
 
@@ -87,8 +89,13 @@ def parse_system(spec: str, run_dir: str | os.PathLike | None = None) -> SystemS
     return SystemSpec("run", path, **options)
 
 
+_OPTION = re.compile(r"^(\w+)\s*(?:=|\s)\s*(.*)$")
+
+
 def _is_options(text: str) -> bool:
-    return bool(text) and (text.strip() == "reference" or "=" in text)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return bool(parts) and all(p == "reference" or "=" in p or (m := _OPTION.match(p)) and m[1] in OPTIONS
+                               for p in parts)
 
 
 def _options(text: str, spec: str) -> dict:
@@ -97,10 +104,11 @@ def _options(text: str, spec: str) -> dict:
         if part == "reference":
             out.update(iteration=0, token=None)
             continue
-        key, eq, value = (s.strip() for s in part.partition("="))
-        if not eq or key not in OPTIONS:
+        m = _OPTION.match(part)
+        key, value = (m[1], m[2].strip()) if m else (part, "")
+        if key not in OPTIONS:
             raise QuarkError(f"system {spec!r}: {part!r} is not an option; use token=N|none, iteration=N|last, "
-                             "mode=greedy|sampled, sample=N, or reference")
+                             "mode=greedy|sampled, sample=N (or with a space: token 0), or reference")
         if key == "mode":
             if value not in ("greedy", "sampled"):
                 raise QuarkError(f"system {spec!r}: mode must be 'greedy' or 'sampled', got {value!r}")
