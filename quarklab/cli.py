@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
     train.set_defaults(func=_train, preset_given=False)
 
-    nbs = sub.add_parser("notebooks", help="run the four notebooks with papermill, or a sweep of them")
+    nbs = sub.add_parser("notebooks", help="run the notebooks with papermill, or a sweep of them")
     nsub = nbs.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
     nrun = nsub.add_parser("run", help="execute the notebooks in order into a run directory")
     nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -177,6 +178,13 @@ def test_http_retries_429_and_500_then_fails_clearly(server, monkeypatch):
     with pytest.raises(ql.QuarkError, match=r"failed 3 times .*503"):
         _http(server, max_tries=3).judge(item)
     assert len(server.hits) == 8
+    with socket.socket() as sock:  # a port nothing listens on: connection errors are retried too
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gone = qj.HTTPJudge("m", f"http://127.0.0.1:{port}/v1", api_key_env=None, max_tries=2, backoff_s=0.01)
+    with pytest.raises(ql.QuarkError, match=r"failed 2 times .*Connection refused"):
+        gone.judge(item)
+    assert gone.waits == [0.01]
 
 
 def test_http_401_fails_at_once_and_names_the_variable_not_the_key(server, monkeypatch):

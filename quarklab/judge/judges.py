@@ -119,7 +119,8 @@ class HTTPJudge:
                  api_key_env: str | None = "OPENAI_API_KEY", max_tries: int = 6, backoff_s: float = 1.0,
                  max_wait_s: float = 120.0, timeout_s: float = 120.0, max_tokens: int = 256):
         if not model or not isinstance(model, str):
-            raise QuarkError("the HTTP judge needs a model name (--model), e.g. gpt-4o")
+            raise QuarkError("the HTTP judge needs the endpoint's model name (--model on the command line, judge_model "
+                             "in notebook 05), e.g. gpt-4o")
         if not re.match(r"^https?://[^/\s]+", str(base_url)):
             raise QuarkError(f"the HTTP judge's base URL must start with http:// or https://, got {base_url!r}")
         if max_tries < 1:
