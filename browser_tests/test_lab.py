@@ -20,7 +20,7 @@ from jlab import NOTEBOOKS, Checks, Notebook, notebook_parameters
 
 # seconds for Run All on a busy 2-core CPU. 02 reopens the demo run (conftest's demo_run): it must not train.
 RUN_ALL_TIMEOUT = {"01_quantile_distributions.ipynb": 300, "02_training_iterations.ipynb": 180,
-                   "03_compare_tokens.ipynb": 180, "04_tradeoffs.ipynb": 120}
+                   "03_compare_tokens.ipynb": 180, "04_tradeoffs.ipynb": 120, "05_win_rates.ipynb": 120}
 POST = ("I moved to a new city for work and my roommate keeps eating my food without asking. I left notes and "
         "talked to him twice, but nothing changed. Should I move out or lock my food away?")
 
@@ -243,6 +243,7 @@ def compare_tokens(nb: Notebook, c: Checks) -> None:
     ("02_training_iterations.ipynb", None),
     ("03_compare_tokens.ipynb", compare_tokens),
     ("04_tradeoffs.ipynb", None),
-], ids=["01", "02", "03", "04"])
+    ("05_win_rates.ipynb", None),
+], ids=["01", "02", "03", "04", "05"])
 def test_notebook_in_jupyterlab(browser, lab, shots, notebooks_untouched, demo_run, name, interact):
     visit(browser, lab, shots, notebooks_untouched, name, interact)

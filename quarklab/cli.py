@@ -100,6 +100,18 @@ def _plan(args) -> None:
     print(report(table, totals, config, args.gpus, args.gpu_memory_gb))
 
 
+def _judge(args) -> None:
+    from .judge import make_judge, win_rate
+
+    if args.judge == "http" and not args.model:
+        raise QuarkError("--judge http needs --model (the endpoint's model name, e.g. gpt-4o)")
+    judge = make_judge(args.judge, args.model, base_url=args.base_url, api_key_env=args.api_key_env or None)
+    result = win_rate(args.a, args.b, judge, out=args.out, limit=args.limit, bootstrap_seed=args.seed,
+                      progress=True)
+    print(result)
+    print(f"summary: {result.json_path}\nper-pair records: {result.records_path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, notebooks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
     train.set_defaults(func=_train, preset_given=False)
 
-    nbs = sub.add_parser("notebooks", help="run the four notebooks with papermill, or a sweep of them")
+    nbs = sub.add_parser("notebooks", help="run the notebooks with papermill, or a sweep of them")
     nsub = nbs.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
     nrun = nsub.add_parser("run", help="execute the notebooks in order into a run directory")
     nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run "
@@ -154,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     pln.add_argument("--sample-tokens-per-s", type=float, help="generation throughput, for a time estimate")
     pln.add_argument("--train-tokens-per-s", type=float, help="training throughput, for a time estimate")
     pln.set_defaults(func=_plan)
+    jdg = sub.add_parser("judge", help="win rate of system A over system B on the same prompts, by a pairwise judge")
+    jdg.add_argument("--a", required=True, metavar="SPEC", help="system A: RUN_DIR[:token=N,iteration=N|last,"
+                     "mode=greedy|sampled,sample=N], RUN_DIR:reference, or file:PATH (.jsonl/.csv/.parquet with "
+                     "prompt and completion); relative paths from the project root")
+    jdg.add_argument("--b", required=True, metavar="SPEC", help="system B, written like --a")
+    jdg.add_argument("--judge", choices=["rm", "lm", "http"], default="rm",
+                     help="rm: a reward model (default tiny-tldr); lm: a local causal LM comparing log p(' A') and "
+                          "log p(' B'); http: an OpenAI-compatible chat endpoint")
+    jdg.add_argument("--model", help="the judge's model: a reward or causal LM (folder or hub id), or the endpoint's "
+                                     "model name (needed for http)")
+    jdg.add_argument("--base-url", default="https://api.openai.com/v1", help="http: the endpoint's base URL")
+    jdg.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
+                     help="http: the environment variable holding the API key (read, never written); '' for none")
+    jdg.add_argument("--limit", type=int, help="judge at most this many prompts")
+    jdg.add_argument("--seed", type=int, default=0, help="seed of the bootstrap interval (default 0)")
+    jdg.add_argument("--out", help="run directory for judge/cache.jsonl and the results (default: system A's run)")
+    jdg.set_defaults(func=_judge)
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
     bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention, vLLM when installed)")

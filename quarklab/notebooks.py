@@ -28,7 +28,7 @@ from .errors import QuarkError
 from .runs import atomic_write_json, atomic_write_text, eval_files, iteration_of, latest_checkpoint, read_metrics
 
 NOTEBOOKS = ["01_quantile_distributions.ipynb", "02_training_iterations.ipynb", "03_compare_tokens.ipynb",
-             "04_tradeoffs.ipynb"]
+             "04_tradeoffs.ipynb", "05_win_rates.ipynb"]
 SHARED_PARAMETERS = ["run_dir", "policy", "reference", "reward", "dataset", "num_quantiles", "quantile_scope",
                      "seed", "device"]
 

@@ -106,9 +106,13 @@ def test_all_four_notebooks_run_headless_and_record_their_results(executed):
     assert set(c["mean_by_column"]) == {"token 0", "token 1", "token 2", "reference"}
     assert c["policy"].endswith("checkpoints/iter_001")
     assert got["04_tradeoffs"]["points"] == 1 + 4 and got["04_tradeoffs"]["quoted"] == 5
+    w = got["05_win_rates"]  # token 0 after iteration 1 against the reference, on the 6 eval prompts, RM judge
+    assert (w["system_a"], w["system_b"], w["judge"]) == ("demo-it1-token0", "demo-reference", "rm:tiny-tldr")
+    assert w["prompts"] == 6 == w["wins"] + w["losses"] + w["ties"] + w["malformed"] and w["malformed"] == 0
+    assert w["ci_low"] <= w["win_rate"] <= w["ci_high"] and w["quoted"] == 0
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
     assert figures == ["01_effect_of_k_and_n.png", "01_quantiles_global_vs_local.png", "01_reward_distribution.png",
-                       "02_iterations.png", "04_tradeoffs.png"]
+                       "02_iterations.png", "04_tradeoffs.png", "05_win_rates.png"]
     assert all((run_dir / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "token 0" in (run_dir / "03_compare_tokens.html").read_text()
     card = pd.read_csv(run_dir / "04_model_card.csv")

@@ -1,0 +1,334 @@
+"""Pairwise judge win rates, with real parts: a real local HTTP server speaking the OpenAI chat protocol
+(scripted answers), the tiny world's SFT model as a local-LM judge, the tiny-tldr reward as judge, and
+run directories whose eval files quarklab itself wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import quarklab as ql
+from quarklab import judge as qj
+from quarklab.models import add_quantile_tokens
+from quarklab.runs import eval_path, write_parquet
+from quarklab.sampling import SamplingParams
+
+KEY = "sk-test-do-not-write-7f3a9c"
+
+
+# ------------------------------------------------------------------ a real OpenAI-compatible server on 127.0.0.1
+
+class Scripted(ThreadingHTTPServer):
+    """Answers /chat/completions like a judge that prefers the summary holding GOOD. A post holding MALFORMED
+    gets an answer without a Preferred line; one holding POSITION always gets "A". ``failures`` are sent first,
+    one per request; ``fail_after`` makes every request past that many successes a 503."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.hits: list[dict] = []
+        self.failures: list[tuple[int, dict]] = []
+        self.fail_after: int | None = None
+        self.answered = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        server: Scripted = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server.hits.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if server.failures:
+            status, headers = server.failures.pop(0)
+            return self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
+        if server.fail_after is not None and server.answered >= server.fail_after:
+            return self._send(503, {"error": {"message": "scripted outage"}})
+        text = body["messages"][0]["content"]
+        post = text.split("Post:\n", 1)[1].split("\n\nSummary A:", 1)[0]
+        shown_a = text.split("Summary A:\n", 1)[1].split("\n\nSummary B:", 1)[0]
+        if "MALFORMED" in post:
+            answer = "Comparison: both are fine.\nI cannot choose."
+        elif "POSITION" in post:
+            answer = "Comparison: the first one reads better.\nPreferred: A"
+        else:
+            answer = f"Comparison: one names the point.\nPreferred: {'A' if 'GOOD' in shown_a else 'B'}"
+        server.answered += 1
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
+
+    def _send(self, status, payload, headers=None):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    srv = Scripted()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _prompt(title: str, body: str) -> str:
+    return ql.tldr.format_prompt("test", title, body)
+
+
+# five prompts: two wins for A, one loss, one malformed, one where the judge only follows the position
+CASES = [("win one", "GOOD summary one", "weak summary one"), ("loss", "weak summary two", "GOOD summary two"),
+         ("MALFORMED answer", "GOOD summary three", "weak summary three"),
+         ("POSITION bias", "GOOD summary four", "weak summary four"), ("win two", "GOOD summary five", "weak five")]
+
+
+@pytest.fixture
+def scripted_files(tmp_path):
+    a = pd.DataFrame({"prompt": [_prompt(t, f"post about {t}") for t, _, _ in CASES], "completion": [c[1] for c in CASES]})
+    b = pd.DataFrame({"prompt": a["prompt"], "completion": [c[2] for c in CASES]})
+    a.to_json(tmp_path / "a.jsonl", orient="records", lines=True)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    return f"file:{tmp_path / 'a.jsonl'}", f"file:{tmp_path / 'b.csv'}"
+
+
+def _http(server, **kw):
+    return qj.HTTPJudge("scripted-judge", server.base_url, api_key_env="QL_TEST_KEY", backoff_s=0.01, **kw)
+
+
+def test_http_judge_counts_wins_losses_inconsistent_ties_and_malformed(server, scripted_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    a, b = scripted_files
+    result = qj.win_rate(a, b, _http(server), out=tmp_path / "run")
+    s = result.summary
+    assert (s["wins"], s["losses"], s["ties"], s["inconsistent"], s["malformed"]) == (2, 1, 1, 1, 1)
+    assert s["judged"] == 4 and s["prompts"] == 5 and s["win_rate"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert s["ci_low"] <= s["win_rate"] <= s["ci_high"]
+    assert len(server.hits) == 10  # every pair in both orders
+    assert {h["path"] for h in server.hits} == {"/v1/chat/completions"}
+    assert all(h["body"]["temperature"] == 0 and h["body"]["model"] == "scripted-judge" for h in server.hits)
+    first = server.hits[0]["body"]["messages"][0]["content"]
+    assert first.startswith("Which of the following summaries does a better job") and "TL;DR" not in first
+    assert first.endswith('Comparison: <one-sentence comparison and explanation>\nPreferred: <"A" or "B">')
+    r = result.records.set_index(result.records["prompt"].map(ql.tldr.title_of))
+    assert r.loc["MALFORMED answer", "outcome"] == "malformed" and np.isnan(r.loc["MALFORMED answer", "score"])
+    assert "I cannot choose" in r.loc["MALFORMED answer", "raw_ab"]
+    assert r.loc["POSITION bias", ["verdict_ab", "verdict_ba", "outcome"]].tolist() == ["A", "A", "tie"]
+    assert not r.loc["POSITION bias", "consistent"] and r.loc["loss", "outcome"] == "loss"
+    saved = json.loads(result.json_path.read_text())
+    assert saved["malformed"] == 1 and saved["judge"] == f"http:{server.base_url}|scripted-judge"
+    assert pd.read_parquet(result.records_path)["outcome"].tolist() == result.records["outcome"].tolist()
+    # the key went in the Authorization header, and nowhere else
+    assert {h["auth"] for h in server.hits} == {f"Bearer {KEY}"}
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert len(written) == 3 and not [p for p in written if KEY.encode() in p.read_bytes()]
+    assert KEY not in str(result) and KEY not in qj.HTTPJudge("m", server.base_url, api_key_env="QL_TEST_KEY").id
+
+
+def test_the_cache_answers_a_second_run_and_an_interrupted_run_resumes(server, scripted_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    a, b = scripted_files
+    server.fail_after = 3  # the endpoint goes down after three answers
+    with pytest.raises(ql.QuarkError, match=r"failed 2 times .* the last: 503.*cached: run again to resume"):
+        qj.win_rate(a, b, _http(server, max_tries=2), out=tmp_path / "run")
+    cache = tmp_path / "run" / "judge" / "cache.jsonl"
+    assert len(cache.read_text().splitlines()) == 3
+    server.fail_after, before = None, server.answered
+    first = qj.win_rate(a, b, _http(server), out=tmp_path / "run")
+    assert server.answered - before == 10 - 3  # only the missing judgments were asked for
+    hits = len(server.hits)
+    again = qj.win_rate(a, b, _http(server), out=tmp_path / "run")
+    assert len(server.hits) == hits  # a second run asks for nothing
+    assert again.summary == first.summary and len(cache.read_text().splitlines()) == 10
+    with open(cache, "a") as f:  # a write torn by a kill: dropped on the next open, and that line re-asked
+        f.write('{"key": "abc", "judge": "http:')
+    assert len(qj.JudgmentCache(cache).entries) == 10 and cache.read_text().endswith("}\n")
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:4] + ["not json"] + lines[4:]) + "\n")
+    with pytest.raises(ql.QuarkError, match=r"cache.jsonl' line 5 is damaged"):
+        qj.JudgmentCache(cache)
+
+
+def test_http_retries_429_and_500_then_fails_clearly(server, monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    item = [(_prompt("win one", "post"), "GOOD a", "b")]
+    judge = _http(server)
+    server.failures = [(429, {"Retry-After": "0.05"})]
+    assert judge.judge(item) == [("Comparison: one names the point.\nPreferred: A", "A")]
+    assert len(server.hits) == 2 and judge.waits == [0.05]  # Retry-After honoured
+    server.failures = [(500, {}), (502, {})]
+    assert judge.judge(item)[0][1] == "A" and len(server.hits) == 5 and judge.waits[1:] == [0.01, 0.02]
+    server.failures = [(503, {})] * 5
+    with pytest.raises(ql.QuarkError, match=r"failed 3 times .*503"):
+        _http(server, max_tries=3).judge(item)
+    assert len(server.hits) == 8
+    with socket.socket() as sock:  # a port nothing listens on: connection errors are retried too
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gone = qj.HTTPJudge("m", f"http://127.0.0.1:{port}/v1", api_key_env=None, max_tries=2, backoff_s=0.01)
+    with pytest.raises(ql.QuarkError, match=r"failed 2 times .*Connection refused"):
+        gone.judge(item)
+    assert gone.waits == [0.01]
+
+
+def test_http_401_fails_at_once_and_names_the_variable_not_the_key(server, monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    server.failures = [(401, {})]
+    with pytest.raises(ql.QuarkError, match=r"answered 401 .*check the key in \$QL_TEST_KEY") as info:
+        _http(server).judge([(_prompt("t", "p"), "a", "b")])
+    assert len(server.hits) == 1 and KEY not in str(info.value)
+    monkeypatch.delenv("QL_TEST_KEY")
+    with pytest.raises(ql.QuarkError, match=r"environment variable QL_TEST_KEY, which is not set"):
+        _http(server).judge([(_prompt("t", "p"), "a", "b")])
+    assert len(server.hits) == 1
+
+
+def test_answers_are_parsed_strictly():
+    assert qj.parse_answer("Comparison: A is shorter.\nPreferred: A") == "A"
+    assert qj.parse_answer('Comparison: x\nPreferred: "B"') == "B"
+    for bad in ("A", "Preferred: A or B", "Preferred: C", "Comparison: x\nPreferred: A\nPreferred: B", "",
+                "I prefer A"):
+        assert qj.parse_answer(bad) == "malformed", bad
+    assert qj.post_of("SUBREDDIT: r/x\nTITLE: t\nPOST: body\nTL;DR:") == "SUBREDDIT: r/x\nTITLE: t\nPOST: body"
+
+
+# ------------------------------------------------------------------ local judges on the tiny world
+
+def test_local_lm_judge_compares_the_log_probs_of_its_two_answers(world, sft):
+    model, tokenizer = sft
+    judge = qj.LMJudge(world.policy, device="cpu")
+    assert judge.id == f"lm:{world.policy}"
+    prompts = ql.load_prompts("tiny-tldr", "test", limit=2)["prompt"].tolist()
+    items = [(prompts[0], " my manager texts me at night.", " I like cats."), (prompts[1], " no.", " a b c")]
+    answers = judge.judge(items)
+    for item, (raw, verdict) in zip(items, answers):
+        ids = tokenizer(qj.judge_prompt(*item) + "\nPreferred:", add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        a, b = (logp[tokenizer(f" {k}", add_special_tokens=False)["input_ids"][0]].item() for k in "AB")
+        got = [float(x) for x in re.findall(r"= (-?[\d.]+(?:e-?\d+)?)", raw)]
+        assert got == pytest.approx([a, b], abs=1e-3)
+        assert verdict == ("A" if a > b else "B")
+
+
+def test_reward_judge_prefers_real_summaries_and_ties_a_system_with_itself(world, tmp_path):
+    rows = ql.load_prompts("tiny-tldr", "test", limit=40)
+    real = rows.assign(completion=" " + rows["label"])
+    other = rows.assign(completion=np.roll(real["completion"].to_numpy(), 1))  # another post's summary
+    real.to_parquet(tmp_path / "real.parquet")
+    other.to_json(tmp_path / "other.jsonl", orient="records", lines=True)
+    judge = qj.make_judge("rm")
+    result = qj.win_rate(f"file:{tmp_path / 'real.parquet'}", f"file:{tmp_path / 'other.jsonl'}", judge, out=tmp_path)
+    s = result.summary
+    assert s["prompts"] == 40 and s["malformed"] == 0 and s["inconsistent"] == 0
+    assert s["win_rate"] > 0.85 and s["ci_low"] > 0.7
+    same = qj.win_rate(f"file:{tmp_path / 'real.parquet'}", f"file:{tmp_path / 'real.parquet'}", judge, out=tmp_path,
+                       limit=10).summary
+    assert (same["win_rate"], same["ci_low"], same["ci_high"], same["ties"], same["prompts"]) == (0.5, 0.5, 0.5, 10, 10)
+
+
+def test_bootstrap_interval_holds_the_estimate_narrows_with_more_pairs_and_is_seeded():
+    rng = np.random.default_rng(7)
+    small, large = (rng.choice([0.0, 0.5, 1.0], size=n, p=[0.3, 0.2, 0.5]) for n in (20, 500))
+    lo_s, hi_s = qj.bootstrap_interval(small, seed=1)
+    lo_l, hi_l = qj.bootstrap_interval(large, seed=1)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 2
+    assert qj.bootstrap_interval(small, seed=1) == (lo_s, hi_s) and qj.bootstrap_interval(small, seed=2) != (lo_s, hi_s)
+    assert np.isnan(qj.bootstrap_interval([], seed=0)[0])
+    with pytest.raises(ql.QuarkError, match="finite"):
+        qj.bootstrap_interval([0.5, np.nan])
+
+
+# ------------------------------------------------------------------ run directories, specs and the CLI
+
+@pytest.fixture(scope="module")
+def run_dir(world, tmp_path_factory):
+    """A run directory with eval/iter_000 (the SFT reference) and eval/iter_001 (tokens 0, 1 and none), written
+    the way quarklab's loop writes them, by quarklab's own evaluate()."""
+    run = tmp_path_factory.mktemp("judge") / "run"
+    prompts, reward = ql.load_prompts("tiny-tldr", "test", limit=4), ql.load_reward("tiny-tldr")
+    params = SamplingParams(do_sample=False, max_new_tokens=12)
+    policy, tokenizer = ql.load_policy(world.policy), ql.load_tokenizer(world.policy)
+    _, ref = ql.evaluate(policy, tokenizer, prompts, reward, tokens=[None], params=params)
+    write_parquet(eval_path(run, 0), ref.assign(mode="greedy"))
+    ids = add_quantile_tokens(policy, tokenizer, 2)
+    _, it1 = ql.evaluate(policy, tokenizer, prompts, reward, control_ids=ids, params=params)
+    write_parquet(eval_path(run, 1), it1.assign(mode="greedy"))
+    return run
+
+
+def test_system_specs_pick_the_rows_a_researcher_means(run_dir):
+    ev = pd.read_parquet(eval_path(run_dir, 1))
+    token1 = qj.load_system(f"{run_dir}:token=1")
+    assert token1.table["completion"].tolist() == ev[ev["token"] == 1]["completion"].tolist()
+    assert token1.label == "run-it1-token1"
+    spaced = qj.load_system("token 1, iteration last", run_dir)  # the form a notebook parameter takes
+    assert spaced.table.equals(token1.table) and spaced.label == token1.label
+    assert qj.load_system(str(run_dir)).table["completion"].tolist() == ev[ev["token"] == 0]["completion"].tolist()
+    ref = pd.read_parquet(eval_path(run_dir, 0))["completion"].tolist()
+    for spec in ("reference", "iteration=0"):
+        assert qj.load_system(spec, run_dir).table["completion"].tolist() == ref
+    bare = qj.load_system(f"{run_dir}:token=none,iteration=last")
+    assert bare.table["completion"].tolist() == ev[ev["token"].isna()]["completion"].tolist()
+    for spec, message in [("token=one", r"token must be none or an integer >= 0, got 'one'"),
+                          ("tokn=0", r"'tokn=0' is not an option"), ("mode=beam", r"mode must be 'greedy' or 'sampled'"),
+                          ("token=5", r"no samples for token 5; it has tokens 0, 1, none"),
+                          ("iteration=3", r"iteration 3 was not evaluated; the run has \[0, 1\]"),
+                          ("token=0,iteration=0", r"iteration 0 is the reference: token=none"),
+                          ("mode=sampled", r"has no sampled evaluation samples")]:
+        with pytest.raises(ql.QuarkError, match=message):
+            qj.load_system(spec, run_dir)
+    with pytest.raises(ql.QuarkError, match=r"names options but no run directory"):
+        qj.load_system("token=0")
+    with pytest.raises(ql.QuarkError, match=r"run directory '.*nowhere' does not exist"):
+        qj.load_system(f"{run_dir}/nowhere:token=0")
+    with pytest.raises(ql.QuarkError, match=r"must end in .jsonl"):
+        qj.load_system(f"file:{run_dir}/eval")
+
+
+def test_systems_sharing_no_prompt_are_refused_and_limit_cuts(run_dir, tmp_path):
+    pd.DataFrame({"prompt": ["SUBREDDIT: r/x\nTITLE: t\nPOST: unrelated\nTL;DR:"], "completion": [" x"]}).to_csv(
+        tmp_path / "other.csv", index=False)
+    with pytest.raises(ql.QuarkError, match=r"\(4 prompts\) and .*other.csv' \(1 prompts\) share no prompt"):
+        qj.win_rate(f"{run_dir}:token=0", f"file:{tmp_path / 'other.csv'}", qj.make_judge("rm"))
+    pd.DataFrame({"prompt": ["p"], "answer": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ql.QuarkError, match=r"has no 'completion' column"):
+        qj.load_system(f"file:{tmp_path / 'bad.csv'}")
+    pairs = qj.pair_systems(qj.load_system("token=0", run_dir), qj.load_system("reference", run_dir), limit=3)
+    assert len(pairs) == 3 and pairs["prompt_id"].tolist() == [0, 1, 2]
+    with pytest.raises(ql.QuarkError, match="limit must be"):
+        qj.pair_systems(qj.load_system("token=0", run_dir), qj.load_system("reference", run_dir), limit=0)
+
+
+def test_cli_judges_a_run_and_reports_bad_input_in_one_line(run_dir):
+    cli = [sys.executable, "-m", "quarklab.cli", "judge"]
+    proc = subprocess.run(cli + ["--a", f"{run_dir}:token=0", "--b", f"{run_dir}:reference", "--judge", "rm"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("win rate of run-it1-token0 over run-reference: ")
+    assert re.search(r"\(95% CI [\d.]+-[\d.]+\) on 4 of 4 prompts", proc.stdout)
+    saved = json.loads((run_dir / "judge" / "run-it1-token0_vs_run-reference.rm_tiny-tldr.json").read_text())
+    assert saved["wins"] + saved["losses"] + saved["ties"] + saved["malformed"] == 4 == saved["prompts"]
+    assert saved["spec_b"] == f"{run_dir}:reference" and saved["judge"] == "rm:tiny-tldr"
+    for args, message in [(["--a", f"{run_dir}:token=x", "--b", str(run_dir)], "token must be none or an integer"),
+                          (["--a", str(run_dir), "--b", str(run_dir), "--judge", "http"], "--judge http needs --model")]:
+        proc = subprocess.run(cli + args, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith("quarklab: error: ") and message in proc.stderr
+        assert "Traceback" not in proc.stderr
