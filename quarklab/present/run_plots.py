@@ -330,8 +330,10 @@ def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Fi
             ax.scatter(xs[part.index], ys[part.index], s=46, marker=markers[run], color=colors[group],
                        edgecolors="white", linewidths=0.6, zorder=3)
             if f"{x}_hw" in part.columns and part["reward_hw"].notna().any():  # means over seeds: 95 % t intervals
-                ax.errorbar(xs[part.index], ys[part.index], xerr=part[f"{x}_hw"], yerr=part["reward_hw"], fmt="none",
-                            ecolor=colors[group], elinewidth=1, capsize=2.5, alpha=0.8, zorder=2, gid="seed_errorbar")
+                bars = ax.errorbar(xs[part.index], ys[part.index], xerr=part[f"{x}_hw"], yerr=part["reward_hw"],
+                                   fmt="none", ecolor=colors[group], elinewidth=1, capsize=2.5, alpha=0.8, zorder=2)
+                for lines in bars.lines[2]:
+                    lines.set_gid("seed_errorbar")
         front = pareto_front(measured, x) & ok
         order = xs[front].sort_values(kind="stable").index
         (line,) = ax.plot(xs[order], ys[order], drawstyle="steps-post", color=FRONT_COLOR, linewidth=1, alpha=0.6,
