@@ -160,7 +160,8 @@ def _interval_frame(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for key, part in values.groupby(keys, sort=False):
         mean, n, hw = t_interval(part["value"])
         out.append({**dict(zip(keys, key)), "mean": mean, "n": n, "half_width": hw,
-                    "low": mean - hw, "high": mean + hw, "seeds": ",".join(map(str, part["seed"]))})
+                    "low": mean - hw, "high": mean + hw,
+                    "seeds": ",".join(map(str, part["seed"][np.isfinite(part["value"].astype(float))]))})
     return pd.DataFrame(out)
 
 
@@ -179,9 +180,10 @@ def seed_curves(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -
             parts.append(_per_run(d).assign(group=label, seed=read_config(d)["seed"], run=str(d)))
     values = pd.concat(parts, ignore_index=True)
     out = _interval_frame(values, ["group", "token", "iteration", "metric"])
-    order = {t: i for i, t in enumerate(token_order(out["token"]))}
-    out = out.sort_values(["group", "metric", "iteration", "token"], key=lambda s: s.map(order) if s.name == "token"
-                          else s, kind="stable")
+    order = {"token": {t: i for i, t in enumerate(token_order(out["token"]))},
+             "group": {g: i for i, g in enumerate(dict.fromkeys(out["group"]))}}  # groups in the order given
+    out = out.sort_values(["group", "metric", "iteration", "token"], key=lambda s: s.map(order[s.name])
+                          if s.name in order else s, kind="stable")
     return out.reset_index(drop=True)[["group", "metric", "token", "iteration", "mean", "n", "half_width", "low",
                                        "high", "seeds"]]
 
