@@ -30,7 +30,7 @@ def _band(ax, part: pd.DataFrame, color, label: str, **line) -> None:
     ax.errorbar(x, part["mean"].to_numpy(float), yerr=part["half_width"].to_numpy(float), color=color, label=label,
                 capsize=2.5, elinewidth=0.8, **{"marker": "o", "markersize": 4, **line})
     if part["half_width"].notna().any():
-        ax.fill_between(x, part["low"].to_numpy(float), part["high"].to_numpy(float), color=color, alpha=0.18,
+        ax.fill_between(x, part["low"].to_numpy(float), part["high"].to_numpy(float), color=color, alpha=0.13,
                         linewidth=0, gid="seed_band")
 
 
