@@ -143,6 +143,14 @@ def _per_run(run_dir: Path) -> pd.DataFrame:
         if col in ev.columns:
             v = pd.to_numeric(ev[col], errors="coerce").groupby([ev["token"], ev["iteration"]]).mean()
             rows += [(t, it, col, x) for (t, it), x in v.items()]
+    reward = pd.to_numeric(ev["reward"], errors="coerce").groupby([ev["iteration"], ev["token"]]).mean()
+    tokens = [t for t in token_order(ev["token"]) if t.lstrip("-").isdigit()]
+    for it in sorted(set(ev["iteration"]) - {0}):  # per run, so that the interval is over paired differences
+        at = reward.get(it, pd.Series(dtype=float))
+        if len(tokens) > 1 and {tokens[0], tokens[-1]} <= set(at.index):
+            rows.append(("all", it, "spread", at[tokens[0]] - at[tokens[-1]]))
+        if (0, "none") in reward.index and tokens and tokens[0] in at.index:
+            rows.append(("all", it, "token0_minus_sft", at[tokens[0]] - reward[(0, "none")]))
     for col in CONTROL_METRICS:
         if col in ev.columns:
             v = pd.to_numeric(ev[col], errors="coerce").groupby(ev["iteration"]).mean().dropna()
@@ -170,9 +178,11 @@ def seed_curves(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -
     95 % t interval (NaN for n = 1), ``low``/``high`` and the ``seeds`` averaged (see the module docstring).
 
     Metrics: ``reward``, ``perplexity``, ``length`` per token (``"0"``, ..., ``"none"``; iteration 0 is
-    the SFT reference) from the greedy evaluation rows; ``order_spearman``, ``controllability`` and the
-    training terms ``kl``, ``nll``, ``entropy``, ``loss`` (mean over the iteration's steps) under token
-    ``"all"``. Grouping and refusals as in :func:`group_runs`.
+    the SFT reference) from the greedy evaluation rows; under token ``"all"``: ``spread`` (reward of
+    token 0 − token K−1) and ``token0_minus_sft`` (token 0 − the iteration-0 reference), both taken per
+    run before averaging (paired), ``order_spearman``, ``controllability``, and the training terms
+    ``kl``, ``nll``, ``entropy``, ``loss`` (mean over the iteration's steps). Grouping and refusals as in
+    :func:`group_runs`.
     """
     parts = []
     for label, members in group_runs(run_dirs, by).items():

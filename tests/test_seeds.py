@@ -77,6 +77,12 @@ def test_curves_are_the_mean_and_t_interval_of_the_seeds(tiny_seed_runs):
         assert len(row) == 1 and row["mean"].iloc[0] == pytest.approx(mean)
         assert row["half_width"].iloc[0] == pytest.approx(hw) and row["seeds"].iloc[0] == "0,1,2"
         assert row["low"].iloc[0] == pytest.approx(mean - hw) and row["high"].iloc[0] == pytest.approx(mean + hw)
+    for metric, other in (("spread", lambda d, it: eval_value(d, it, "2")),
+                          ("token0_minus_sft", lambda d, it: eval_value(d, 0, "none"))):  # paired per seed
+        row = curves[(curves["metric"] == metric) & (curves["iteration"] == 1)]
+        mean, hw = by_hand([eval_value(d, 1, "0") - other(d, 1) for d in tiny_seed_runs])
+        assert row["token"].tolist() == ["all"] and row["mean"].iloc[0] == pytest.approx(mean)
+        assert row["half_width"].iloc[0] == pytest.approx(hw)
     sft = curves[(curves["metric"] == "reward") & (curves["iteration"] == 0)]
     assert sft["token"].tolist() == ["none"]  # iteration 0: the SFT reference only
 
