@@ -29,8 +29,8 @@ __version__ = "0.1.0"
 _SUBMODULES = {"analysis": ".analysis", "compare": ".compare", "config": ".config", "metrics": ".metrics",
                "notebooks": ".notebooks", "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr",
                "figures": ".present.figures", "quantile_plots": ".present.quantile_plots",
-               "run_plots": ".present.run_plots", "widgets": ".present.widgets", "html": ".present.html",
-               "judge": ".judge"}
+               "run_plots": ".present.run_plots", "seeds": ".seeds", "seed_plots": ".present.seed_plots",
+               "widgets": ".present.widgets", "html": ".present.html", "judge": ".judge"}
 _LAZY = {"compare_tokens": ".compare", "comparison_html": ".present.html"}
 
 

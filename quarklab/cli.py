@@ -67,6 +67,22 @@ def _train(args) -> None:
         print(final_table(metrics).to_string(index=False))
 
 
+def _seeds(args) -> None:
+    import pandas as pd
+
+    from .seeds import INTERVAL_NOTE, seed_summary, summary_table
+
+    summary = seed_summary(args.run_dirs, by=args.by)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
+        print(summary_table(summary).to_string())
+    print(f"at iteration {int(summary['iteration'].max())}; {INTERVAL_NOTE}")
+    if args.csv:
+        from .runs import atomic_write_text
+
+        atomic_write_text(args.csv, summary.to_csv(index=False))
+        print(f"summary: {args.csv}")
+
+
 class _PresetAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         namespace.preset, namespace.preset_given = values, True
@@ -131,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run")
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
     train.set_defaults(func=_train, preset_given=False)
+
+    seeds = sub.add_parser("seeds", help="runs of one setting under several seeds: mean ± 95 %% interval at the "
+                           "last iteration (token 0 vs SFT reward, spread, controllability)")
+    seeds.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (config.json, metrics.jsonl)")
+    seeds.add_argument("--by", nargs="+", default=[], metavar="FIELD",
+                       help="config fields that tell groups apart (e.g. quantile_scope); any other difference "
+                            "than the seed is refused")
+    seeds.add_argument("--csv", help="also write the long table (group, quantity, mean, half_width, n) here")
+    seeds.set_defaults(func=_seeds)
 
     nbs = sub.add_parser("notebooks", help="run the notebooks with papermill, or a sweep of them")
     nsub = nbs.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")

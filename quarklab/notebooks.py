@@ -6,7 +6,7 @@ checkpoints, metrics.jsonl), the executed notebooks, ``figures/*.png`` and
 ``results/*.json`` (what each notebook measured, for tests and sweeps).
 
 Paths mean the same wherever a notebook runs: a relative path in a notebook parameter (``run_dir``,
-a model, reward or dataset folder or file, ``extra_run_dirs``), and ``--run-dir``/``--out`` of
+a model, reward or dataset folder or file, ``extra_run_dirs``, ``seed_run_dirs``), and ``--run-dir``/``--out`` of
 ``quarklab notebooks``, is read from :func:`project_root`, the folder holding ``notebooks/`` and
 ``pyproject.toml`` (found upward from the working directory). So ``runs/demo`` is the same folder
 for a kernel that JupyterLab starts in ``notebooks/``, for ``make demo`` at the root, and for a

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,30 @@ def real_tldr():
     if not REAL_TLDR.exists():
         pytest.skip("the real TL;DR sample (../shared/data/tldr_sample.jsonl) is not beside the project")
     return ql.load_prompts(REAL_TLDR)
+
+
+# A real Quark run of the tiny preset, small: 2 iterations, 3 tokens (a minute on a 2-core CPU).
+TINY_RUN = ["iterations=2", "prompts_per_iteration=6", "samples_per_prompt=8", "max_new_tokens=24", "eval_prompts=8",
+            "eval_max_new_tokens=24", "epochs_per_iteration=1", "batch_size=16", "num_quantiles=3"]
+
+
+def train_tiny(run_dir: Path, settings: list[str]) -> Path:
+    """``quarklab train --preset tiny`` into ``run_dir`` with ``settings`` (``KEY=VALUE``), in a subprocess."""
+    args = [sys.executable, "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(run_dir)]
+    proc = subprocess.run(args + [a for s in settings for a in ("--set", s)], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(world, tmp_path_factory) -> Path:
+    """A real Quark run of the tiny preset (:data:`TINY_RUN`, seed 0)."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny", TINY_RUN)
+
+
+@pytest.fixture(scope="session")
+def tiny_seed_runs(tiny_run, tmp_path_factory) -> list[Path]:
+    """:func:`tiny_run` and the same setting under seeds 1 and 2: three runs to average over seeds."""
+    root = tmp_path_factory.mktemp("seeds")
+    return [tiny_run] + [train_tiny(root / f"seed{s}", TINY_RUN + [f"seed={s}"]) for s in (1, 2)]

@@ -28,8 +28,9 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
 def test_the_quarklab_command_lists_its_subcommands():
     out = subprocess.run([sys.executable, "-m", "quarklab.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for sub in ("world", "train", "notebooks"):
+    for sub in ("world", "train", "seeds", "notebooks", "plan", "judge", "bench"):
         assert re.search(rf"^\s+{sub}\s", out, re.MULTILINE)
+        subprocess.run([sys.executable, "-m", "quarklab.cli", sub, "--help"], capture_output=True, check=True)
 
 
 def test_bad_input_on_the_command_line_is_one_line_not_a_traceback(tmp_path):

@@ -8,8 +8,6 @@ import ast
 import itertools
 import json
 import shutil
-import subprocess
-import sys
 
 import matplotlib
 
@@ -29,9 +27,6 @@ from quarklab.notebooks import notebooks_dir  # noqa: E402
 from quarklab.present import figures, run_plots  # noqa: E402
 from test_analysis import make_metrics  # noqa: E402
 
-SMALL = ["iterations=2", "prompts_per_iteration=6", "samples_per_prompt=8", "max_new_tokens=24", "eval_prompts=8",
-         "eval_max_new_tokens=24", "epochs_per_iteration=1", "batch_size=16", "num_quantiles=3"]
-
 
 def quoted_rows() -> list[dict]:
     """The model card's figures where quarklab keeps them: notebook 04's ``quoted_rows`` parameter."""
@@ -40,16 +35,6 @@ def quoted_rows() -> list[dict]:
     (node,) = [n for n in ast.parse(cell.source).body
                if isinstance(n, ast.AnnAssign) and n.target.id == "quoted_rows"]  # papermill-typed: name: type = value
     return ast.literal_eval(node.value)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(world, tmp_path_factory):
-    """A real Quark run of the tiny preset: 2 iterations, 3 tokens (a minute on a 2-core CPU)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    args = [sys.executable, "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(run_dir)]
-    proc = subprocess.run(args + [a for s in SMALL for a in ("--set", s)], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,9 @@ def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Fi
     that none collide. Per panel the Pareto front (:func:`quarklab.analysis.pareto_front`: maximise
     reward, minimise x) is ringed (gid ``"pareto_ring"``) and joined by a step line (gid
     ``"pareto_front"``). Axes gids: ``"perplexity"``, ``"length"``, and ``"quoted_table"`` when
-    quoted rows are given (a table captioned :data:`quarklab.analysis.QUOTED_CAPTION`).
+    quoted rows are given (a table captioned :data:`quarklab.analysis.QUOTED_CAPTION`). Points that are
+    means over seeds (:func:`quarklab.seeds.tradeoff_points_over_seeds`: columns ``reward_hw``,
+    ``perplexity_hw``, ``length_hw``) get their 95 % t intervals as error bars (gid ``"seed_errorbar"``).
     """
     df = check_points(points)
     quoted = df["quoted"].astype(bool)
@@ -327,6 +329,11 @@ def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Fi
                                                        sort=False):
             ax.scatter(xs[part.index], ys[part.index], s=46, marker=markers[run], color=colors[group],
                        edgecolors="white", linewidths=0.6, zorder=3)
+            if f"{x}_hw" in part.columns and part["reward_hw"].notna().any():  # means over seeds: 95 % t intervals
+                bars = ax.errorbar(xs[part.index], ys[part.index], xerr=part[f"{x}_hw"], yerr=part["reward_hw"],
+                                   fmt="none", ecolor=colors[group], elinewidth=1, capsize=2.5, alpha=0.8, zorder=2)
+                for lines in bars.lines[2]:
+                    lines.set_gid("seed_errorbar")
         front = pareto_front(measured, x) & ok
         order = xs[front].sort_values(kind="stable").index
         (line,) = ax.plot(xs[order], ys[order], drawstyle="steps-post", color=FRONT_COLOR, linewidth=1, alpha=0.6,
@@ -344,6 +351,9 @@ def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Fi
                       markeredgecolor=FRONT_COLOR, label="Pareto front"),
                Line2D([], [], linestyle="none", marker="$3$", markersize=8, color="0.2",
                       label="label: Quark iteration")]
+    if "reward_hw" in measured.columns and measured["reward_hw"].notna().any():
+        legend.append(Line2D([], [], color="0.3", marker="|", label="bars: 95 % interval over seeds\n"
+                                                                    "(mean ± t(0.975, n−1)·s/√n)"))
     if len(run_names) > 1:
         legend += [Line2D([], [], linestyle="none", marker=markers[run], markersize=7, color="0.4",
                           label=f"run: {run or 'this run'}") for run in run_names]
