@@ -15,8 +15,10 @@ logit (float32 log-softmax, its exponent, the kept-vocabulary copy). S is ``prom
 completion (``max_new_tokens``), the quantile token and EOS.
 
 Sharding per strategy, over ``gpus`` data-parallel ranks: DDP replicates everything; ZeRO-2 shards the
-masters, fp32 gradients and optimizer states; ZeRO-3 / FSDP also shards the policy's weights (the
-reference and reward model stay replicated); LoRA trains only the adapters and the quantile-token rows.
+masters, fp32 gradients and optimizer states; ZeRO-3 / FSDP also shards the policy's weights while it
+trains (the reference and reward model stay replicated, and sampling and evaluation hold the whole policy
+on every GPU, as quarklab reloads each checkpoint whole); LoRA trains only the adapters and the
+quantile-token rows.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
         grads = trained * wb + (trained * 4 / shard if half else 0)
         optimizer = trained * 8 / shard
         train_peak = resident + masters + grads + optimizer + activations
-        sample_peak = resident + kv_cache
+        sample_peak = sum(weights.values()) + kv_cache  # every strategy samples with the whole policy
         rows.append({"strategy": strategy, "gpus": n, "weights_gib": resident / GB, "masters_gib": masters / GB,
                      "grads_gib": grads / GB, "optimizer_gib": optimizer / GB, "activations_gib": activations / GB,
                      "train_peak_gib": train_peak / GB, "kv_cache_gib": kv_cache / GB,
@@ -166,7 +168,12 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
                  "configs/accelerate/{ddp,zero2,zero3,fsdp}.yaml -m quarklab.cli train; LoRA, --set lora_rank=16 "
                  "(one GPU or DDP)")
     fitting = table.loc[table["fits"], "strategy"].tolist()
+    limit = HEADROOM * gpu_memory_gb
+    checkpointing = "" if config.gradient_checkpointing else "--set gradient_checkpointing=true, "
+    hints = ([f"for training: {checkpointing}a smaller batch_size with a larger grad_accum, or more GPUs"]
+             * bool(table["train_peak_gib"].min() > limit)
+             + ["for sampling: a smaller sample_batch_size (the KV cache), or a larger GPU"]
+             * bool(table["sample_peak_gib"].min() > limit))
     lines.append(f"fits in {HEADROOM:.0%} of {gpu_memory_gb:g} GiB: " + (", ".join(fitting) if fitting else
-                 "none; try --set gradient_checkpointing=true, a smaller batch_size with a larger grad_accum, "
-                 "or more GPUs"))
+                 "none; try " + "; ".join(hints)))
     return "\n".join(lines)
