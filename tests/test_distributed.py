@@ -146,6 +146,18 @@ def test_killed_two_process_run_resumes_to_the_same_metrics(two_runs, tmp_path):
     assert not m[m["kind"] == "train"].duplicated(["iteration", "step"]).any()
 
 
+def test_lora_with_gradient_checkpointing_trains_under_two_processes(world, tmp_path):
+    run_dir = tmp_path / "lora"
+    sets = SMALL + ["iterations=1", "lora_rank=4", "lora_alpha=8", "gradient_checkpointing=true"]
+    _finish(_launch(["-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(run_dir),
+                     *[a for s in sets for a in ("--set", s)]]))
+    trained = ql.load_policy(runs.checkpoint_path(run_dir, 1)).state_dict()  # merged: a plain model folder
+    start = ql.load_policy(world.policy).state_dict()
+    assert set(trained) == set(start)
+    changed = {k for k in start if not torch.equal(trained[k][: start[k].shape[0]], start[k])}
+    assert changed and all(".h." in k or "wte" in k or "lm_head" in k for k in changed)
+
+
 def test_vllm_sampling_under_several_processes_is_one_clear_error():
     from quarklab.config import preset
     from quarklab.distributed import Dist
