@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import QuarkError
 from ..present.figures import new_figure, palette
-from ..present.html import _STYLE, fmt_number
+from ..present.html import TABLE_STYLE, fmt_number
 from ..tldr import shorten
 
 
@@ -66,7 +66,7 @@ def pairs_html(records: pd.DataFrame, n: int = 3, *, system_a: str = "A", system
                     f'<td class="completion">{verdicts}</td></tr>')
     caption = (f"{min(n, len(records))} of {len(records)} judged pairs. Each pair is judged twice, with the "
                "summaries in both positions; orders that disagree make a tie.")
-    return (_STYLE + '<div class="quarklab-compare-wrap"><table class="quarklab-compare">'
+    return (TABLE_STYLE + '<div class="quarklab-compare-wrap"><table class="quarklab-compare">'
             f"<caption>{esc(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
             "</table></div>")
 

@@ -22,7 +22,7 @@ _VIRIDIS = colormaps["viridis"]  # colour-blind safe, perceptually uniform, sequ
 # ipywidgets' HTML-widget styles: prose cells are left-aligned and wrap, the table fits the output area
 # (fixed layout, 100% wide, words broken anywhere rather than overflowing), and the reward · ppl · length
 # line wraps between its parts.
-_STYLE = """
+TABLE_STYLE = """
 <style>
 .quarklab-compare-wrap { max-width: 100%; overflow-x: auto; min-width: 0; }
 .quarklab-compare-wrap .quarklab-compare { border-collapse: collapse; width: 100%; max-width: 100%;
@@ -179,7 +179,7 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
     col_width = (100 - prompt_width) / len(columns)
     widths = f'<col class="prompt-col" style="width:{prompt_width}%">' + "".join(
         f'<col style="width:{col_width:.2f}%">' for _ in columns)
-    return (_STYLE + '<div class="quarklab-compare-wrap">'
+    return (TABLE_STYLE + '<div class="quarklab-compare-wrap">'
             f'<table class="quarklab-compare"><caption>{html.escape(caption)}</caption>'
             f"<colgroup>{widths}</colgroup>"
             f"<thead><tr>{''.join(head_cells)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
