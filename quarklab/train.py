@@ -244,8 +244,12 @@ def micro_batches(rows: list[dict], config: QuarkConfig, steps: int, rng: random
         rng.shuffle(order)
         out += [[rows[i] for i in order[b:b + config.batch_size]] for b in range(0, len(order), config.batch_size)]
     out = out if config.steps_per_iteration is None else out[: steps * per_step]
-    out += [out[i % len(out)] for i in range(-len(out) % world)]
-    return out[rank::world]
+    return dealt_evenly(out, world)[rank::world]
+
+
+def dealt_evenly(items: list, n: int) -> list:
+    """``items`` followed by its first items again (cyclically) up to a multiple of ``n``."""
+    return items + [items[i % len(items)] for i in range(-len(items) % n)]
 
 
 def check_rows(rows: list[dict], control_ids: list[int]) -> None:
@@ -300,7 +304,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     steps, total = schedule_steps(config, len(rows), dist.world)
     batches = micro_batches(rows, config, steps, rng, dist.world, dist.rank)
     if engine:  # accelerate's accumulate() counts micro-batches: whole accumulations only
-        batches += batches[: -len(batches) % config.grad_accum]
+        batches = dealt_evenly(batches, config.grad_accum)
     use_ref = reference is not None and config.kl_coef > 0
     keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
                       reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)
