@@ -36,14 +36,15 @@ class Dist:
     accelerator: object = field(default=None, repr=False)  # accelerate.Accelerator when world > 1
 
     @classmethod
-    def from_env(cls, device: str = "auto") -> "Dist":
-        """The processes ``accelerate launch`` (or ``torchrun``) started; one process without it."""
+    def from_env(cls) -> "Dist":
+        """The processes ``accelerate launch`` (or ``torchrun``) started; one process without it. Without CUDA
+        (or with ``CUDA_VISIBLE_DEVICES=""``) they run on CPU and talk over gloo."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from accelerate import Accelerator
 
         # accelerate runs several CPU processes (gloo) only when told it is on CPU
-        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        acc = Accelerator(cpu=not torch.cuda.is_available())
         return cls(acc.process_index, acc.num_processes, acc)
 
     @property
@@ -99,8 +100,8 @@ class Dist:
         position = {p: i for i, p in enumerate(order["prompt_id"])}
         keys = table.assign(_prompt=table["prompt_id"].map(position))
         if tokens is not None:
-            rank = {(-1 if t is None else int(t)): i for i, t in enumerate(tokens)}
-            keys["_token"] = keys["token"].fillna(-1).astype(int).map(rank)
+            place = {(-1 if t is None else int(t)): i for i, t in enumerate(tokens)}
+            keys["_token"] = keys["token"].fillna(-1).astype(int).map(place)
         by = ["_token"] * (tokens is not None) + ["_prompt", "sample"]
         return table.loc[keys.sort_values(by, kind="stable").index].reset_index(drop=True)
 
@@ -126,11 +127,10 @@ class Dist:
                                            gradient_clipping=config.grad_clip)
         return acc.prepare(model, optimizer)
 
-    def release(self, wrapped) -> None:
-        """Let go of accelerate's wrapper (DDP, or an engine and its optimizer) once an iteration is trained."""
+    def release(self) -> None:
+        """Let go of accelerate's wrappers (DDP, or an engine and its optimizer) once an iteration is trained."""
         if self.world > 1:
             self.accelerator.free_memory()
-            del wrapped
 
     def seed(self, seed: int) -> int:
         """A seed of this process's own, equal to ``seed`` for one process."""

@@ -372,7 +372,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
         new_state = {"weights": dist.accelerator.get_state_dict(trained)}
     if config.lora_rank:
         model.merge_and_unload()
-    dist.release(trained)
+    dist.release()
     policy.eval()
     if config.gradient_checkpointing:
         policy.activation_checkpointing_disable()
