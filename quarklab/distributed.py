@@ -94,9 +94,9 @@ class Dist:
         """The shards of one table (one per process, made from :meth:`shard` of ``order``'s prompts), merged in
         the order one process makes them: by token (in ``tokens``' order, None = unconditioned), then prompt
         (``order``'s order), then sample."""
-        table = pd.concat(self.gather(part), ignore_index=True)
         if self.world == 1:
-            return table
+            return part
+        table = pd.concat(self.gather(part), ignore_index=True)
         position = {p: i for i, p in enumerate(order["prompt_id"])}
         keys = table.assign(_prompt=table["prompt_id"].map(position))
         if tokens is not None:

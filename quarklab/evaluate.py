@@ -69,10 +69,15 @@ def evaluate(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference=None
     run-wide ``controllability`` and ``order_spearman``), and every scored sample.
     """
     params = params or SamplingParams(do_sample=False)
-    tokens = tokens if tokens is not None else [*range(len(control_ids or [])), None]
+    tokens = tokens if tokens is not None else every_token(control_ids)
     samples = scored_samples(policy, tokenizer, prompts, reward, reference=reference, control_ids=control_ids,
                              tokens=tokens, params=params, perplexity=perplexity, progress=progress)
     return summary_table(samples, tokens, "sampled" if params.do_sample else "greedy"), samples
+
+
+def every_token(control_ids: list[int] | None) -> list[int | None]:
+    """Every quantile token's index, then None (unconditioned): what :func:`evaluate` evaluates by default."""
+    return [*range(len(control_ids or [])), None]
 
 
 def scored_samples(policy, tokenizer, prompts: pd.DataFrame, reward, *, reference, control_ids: list[int] | None,

@@ -36,7 +36,7 @@ from .config import QuarkConfig
 from .data import load_prompts
 from .distributed import Dist
 from .errors import QuarkError
-from .evaluate import scored_samples, summary_table
+from .evaluate import every_token, scored_samples, summary_table
 from .models import (add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device,
                      resolve_dtype, resolve_model)
 from .quantiles import assign_quantiles, select_per_quantile
@@ -313,7 +313,7 @@ def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progre
                                     max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size,
                                     seed=_seed(c, it, 4)))
     control_ids = s.control_ids if tokens is None else []
-    tokens = tokens if tokens is not None else [*range(len(control_ids)), None]
+    tokens = tokens if tokens is not None else every_token(control_ids)
     summaries, samples = [], []
     for params in modes:  # each process scores its share of the prompts; the main process summarizes them all
         mode = "sampled" if params.do_sample else "greedy"

@@ -367,9 +367,10 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     bar.close()
     logs = dist.gather(log)
     log = [{k: float(np.mean([entry[i][k] for entry in logs])) for k in log[i]} for i in range(len(log))]
-    new_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
     if engine:
         new_state = {"weights": dist.accelerator.get_state_dict(trained)}
+    else:
+        new_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
     if config.lora_rank:
         model.merge_and_unload()
     dist.release()
