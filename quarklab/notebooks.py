@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from .data import LOCAL_FORMATS
 from .errors import QuarkError
 from .runs import atomic_write_json, atomic_write_text, eval_files, iteration_of, latest_checkpoint, read_metrics
 
@@ -105,12 +106,10 @@ def locate(source: Any) -> Any:
     if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
         return source
     text = os.fspath(source)
-    if Path(text).expanduser().is_absolute():
-        return str(Path(text).expanduser())
-    candidate = project_root() / text
-    looks_local = text.startswith(("./", "../")) or Path(text).suffix.lower() in {".jsonl", ".json", ".csv",
-                                                                                  ".parquet"}
-    return str(candidate) if candidate.exists() or looks_local else source
+    resolved = resolve_path(text)
+    looks_local = (Path(text).expanduser().is_absolute() or text.startswith(("./", "../"))
+                   or Path(text).suffix.lower() in LOCAL_FORMATS)
+    return str(resolved) if looks_local or resolved.exists() else source
 
 
 def prepare(run_dir: str | os.PathLike) -> Path:
@@ -197,9 +196,10 @@ def _sources(notebooks: list[str] | None, source_dir: str | os.PathLike | None,
         if not src.exists():
             raise QuarkError(f"notebook not found: {src}")
         declared[src] = notebook_parameters(src)
-    unknown = sorted(set(parameters) - {"run_dir"} - {p for names in declared.values() for p in names})
-    if unknown and declared:
-        listed = ", ".join(sorted({p for names in declared.values() for p in names}))
+    known = {p for names in declared.values() for p in names}
+    unknown = sorted(set(parameters) - {"run_dir"} - known)
+    if unknown:
+        listed = ", ".join(sorted(known))
         raise QuarkError(f"{', '.join(map(repr, unknown))}: not a parameter of "
                          f"{', '.join(p.name for p in declared)} (they take: {listed})")
     return declared
@@ -237,12 +237,17 @@ def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None 
     the executed notebook as their last state (one line each); transformers' and the hub's widget bars
     are off in these kernels (:data:`KERNEL_ENV`).
     """
+    params = dict(parameters or {})
+    return _execute(_sources(notebooks, source_dir, params), run_dir, params, progress, cell_timeout)
+
+
+def _execute(declared: dict[Path, list[str]], run_dir, params: dict[str, Any], progress: bool,
+             cell_timeout: float | None) -> list[Path]:
+    """Run each of :func:`_sources`' notebooks into ``run_dir`` with the parameters it declares."""
     import papermill as pm
 
-    params = dict(parameters or {})
-    declared = _sources(notebooks, source_dir, params)
     run_dir = prepare(run_dir)
-    params["run_dir"] = str(run_dir)
+    params = {**params, "run_dir": str(run_dir)}
     done = []
     for src, names in declared.items():
         out = run_dir / src.name
@@ -269,17 +274,15 @@ def sweep(out_dir: str | os.PathLike, grid: dict[str, list[Any]], parameters: di
     Run dirs are named ``name=value,name=value`` under ``out_dir`` (relative: under :func:`project_root`);
     a combination whose notebooks all ran before (every executed notebook present) is not run again.
     """
-    _sources(notebooks, None, {**(parameters or {}), **grid})
+    declared = _sources(notebooks, None, {**(parameters or {}), **grid})  # checked once, for every combination
     out_dir = prepare(out_dir)
     names = list(grid)
     rows = []
     for values in itertools.product(*(grid[n] for n in names)):
         combo = dict(zip(names, values))
         run_dir = out_dir / ",".join(f"{k}={v}" for k, v in combo.items())
-        wanted = notebooks or NOTEBOOKS
-        if not all((run_dir / nb).exists() for nb in wanted) or not (run_dir / "results").exists():
-            run_notebooks(run_dir, {**(parameters or {}), **combo}, notebooks=notebooks, progress=progress,
-                          cell_timeout=cell_timeout)
+        if not all((run_dir / src.name).exists() for src in declared) or not (run_dir / "results").exists():
+            _execute(declared, run_dir, {**(parameters or {}), **combo}, progress, cell_timeout)
         rows.append({**combo, "run_dir": str(run_dir), **run_summary(run_dir)})
     table = pd.DataFrame(rows)
     atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False))

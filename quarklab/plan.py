@@ -89,9 +89,13 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
                  lora)
 
 
-def dtype_bytes(dtype: str, gpu: bool = True) -> int:
-    """Bytes per weight of a config ``dtype``: "auto" is bf16 on a GPU."""
-    return {"auto": 2 if gpu else 4, "float32": 4, "fp32": 4}.get(dtype, 2)
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per weight of a config ``dtype`` on a GPU ("auto" is bf16 there)."""
+    import torch
+
+    from .models import resolve_dtype
+
+    return resolve_dtype(dtype, torch.device("cuda")).itemsize if dtype != "auto" else 2
 
 
 def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, prompt_tokens: int = 512,

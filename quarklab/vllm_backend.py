@@ -35,12 +35,9 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def require_vllm() -> None:
-    """One clear error now when vLLM cannot be imported (a run with ``sampler="vllm"`` checks before it starts)."""
-    _import_vllm()
-
-
-def _import_vllm():
+def require_vllm():
+    """The vllm module, or one clear error when it cannot be imported (a run with ``sampler="vllm"`` checks
+    before it starts)."""
     try:
         import vllm
     except ImportError as exc:  # missing, or installed without its CUDA libraries
@@ -61,7 +58,7 @@ class VLLMSampler:
     def __init__(self, model: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                  seed: int = 0, **llm_kwargs):
-        vllm = _import_vllm()
+        vllm = require_vllm()
         self._vllm = vllm
         self.model = os.fspath(model)
         kwargs = dict(model=self.model, tokenizer=os.fspath(tokenizer or model), dtype=dtype, seed=seed,
