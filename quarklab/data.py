@@ -30,7 +30,7 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
         from .world import tiny_world
 
         source, split = tiny_world(seed).data_file(split), None
-    df = _read(os.fspath(source), split)
+    df = read_table(os.fspath(source), split)
     if "prompt" not in df.columns:
         raise QuarkError(f"dataset {os.fspath(source)!r} has no 'prompt' column "
                          f"(columns: {list(df.columns)}); quarklab expects the fields 'prompt' and 'label'")
@@ -46,7 +46,9 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
     return df.head(limit).copy() if limit is not None else df
 
 
-def _read(source: str, split: str | None) -> pd.DataFrame:
+def read_table(source: str, split: str | None = None) -> pd.DataFrame:
+    """A table from a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file (by its suffix; an empty file is an
+    empty table) or, for any other name, a hub dataset id at ``split`` (default ``"test"``)."""
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if path.exists() or suffix in LOCAL_FORMATS:

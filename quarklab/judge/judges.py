@@ -16,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
+
 from ..errors import QuarkError
 from ..tldr import TLDR_MARK
 
@@ -32,6 +34,7 @@ JUDGE_PROMPT = (
     "\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">"
 )
 VERDICTS = ("A", "B", "tie", "malformed")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _PREFERRED = re.compile(r"^\s*Preferred:\s*\"?([AB])\"?\s*\.?\s*$")
 
 
@@ -54,7 +57,9 @@ def parse_answer(text: str) -> str:
 
 
 class RewardJudge:
-    """A reward model as judge: the summary with the higher reward wins; equal rewards are a tie."""
+    """A reward model as judge: the summary with the higher reward wins; equal rewards are a tie.
+
+    Rewards are kept per ``(prompt, summary)``: the second order of a pair reuses the first's rewards."""
 
     batch_size = 64
 
@@ -63,13 +68,16 @@ class RewardJudge:
 
         self.reward = load_reward(reward, **load_kwargs)
         self.id = f"rm:{self.reward.name}"
+        self.rewards: dict[tuple[str, str], float] = {}  # (prompt, summary) -> reward
 
     def judge(self, items):
-        prompts = [p for p, _, _ in items]
-        ra = self.reward(prompts, [a for _, a, _ in items])
-        rb = self.reward(prompts, [b for _, _, b in items])
+        unseen = list(dict.fromkeys(key for p, a, b in items for key in ((p, a), (p, b)) if key not in self.rewards))
+        if unseen:
+            values = self.reward([p for p, _ in unseen], [s for _, s in unseen])
+            self.rewards.update(zip(unseen, values))
+        pairs = [(self.rewards[(p, a)], self.rewards[(p, b)]) for p, a, b in items]
         return [(f"reward A = {x:.6g}, reward B = {y:.6g}", "A" if x > y else "B" if y > x else "tie")
-                for x, y in zip(ra, rb)]
+                for x, y in pairs]
 
 
 class LMJudge:
@@ -93,13 +101,38 @@ class LMJudge:
         prompts = [self.tokenizer(judge_prompt(*item) + "\nPreferred:", add_special_tokens=False)["input_ids"]
                    for item in items]
         prompts = [ids[-room:] for ids in prompts]
-        logp = {}
-        for k, ids in self.answers.items():
-            nll = completion_nll(self.model, prompts, [ids] * len(prompts), [False] * len(prompts),
-                                 self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.batch_size)
-            logp[k] = -nll * len(ids)
+        if all(len(ids) == 1 for ids in self.answers.values()):
+            logp = self._next_token_logp(prompts)  # one forward pass reads both answers
+        else:
+            logp = {}
+            for k, ids in self.answers.items():
+                nll = completion_nll(self.model, prompts, [ids] * len(prompts), [False] * len(prompts),
+                                     self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.batch_size)
+                logp[k] = -nll * len(ids)
         return [(f"log p(' A') = {x:.6g}, log p(' B') = {y:.6g}", "A" if x > y else "B" if y > x else "tie")
                 for x, y in zip(logp["A"], logp["B"])]
+
+    def _next_token_logp(self, prompts: list[list[int]]) -> dict[str, np.ndarray]:
+        """log p(answer | prompt) of each one-token answer, from the log-softmax at each prompt's last position:
+        the batches and layout of :func:`~quarklab.train.completion_nll`, one forward pass for both answers."""
+        import torch
+        import torch.nn.functional as F
+
+        from ..train import build_batch, completion_logits
+
+        ids = {k: v[0] for k, v in self.answers.items()}
+        out = {k: np.zeros(len(prompts)) for k in ids}
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        with torch.inference_mode():
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b:b + self.batch_size]
+                batch = build_batch([prompts[i] for i in idx], [[ids["A"]]] * len(idx), [False] * len(idx), None,
+                                    self.tokenizer.pad_token_id, self.tokenizer.eos_token_id).to(device)
+                logp = F.log_softmax(completion_logits(self.model, batch).float(), dim=-1)[:, 0]
+                for k, i in ids.items():
+                    out[k][idx] = logp[:, i].cpu().numpy()
+        return out
 
 
 class HTTPJudge:
@@ -115,7 +148,7 @@ class HTTPJudge:
 
     batch_size = 1
 
-    def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", *,
+    def __init__(self, model: str, base_url: str = DEFAULT_BASE_URL, *,
                  api_key_env: str | None = "OPENAI_API_KEY", max_tries: int = 6, backoff_s: float = 1.0,
                  max_wait_s: float = 120.0, timeout_s: float = 120.0, max_tokens: int = 256):
         if not model or not isinstance(model, str):
@@ -208,6 +241,6 @@ def make_judge(kind: str, model: str | None = None, *, base_url: str | None = No
     if kind == "lm":
         return LMJudge(locate(model or "tiny-tldr"), device=device, **options)
     if kind == "http":
-        return HTTPJudge(model, base_url or "https://api.openai.com/v1", api_key_env=api_key_env, **options)
+        return HTTPJudge(model, base_url or DEFAULT_BASE_URL, api_key_env=api_key_env, **options)
     raise QuarkError(f"unknown judge {kind!r}: use 'rm' (a reward model), 'lm' (a local causal LM) or 'http' "
                      "(an OpenAI-compatible endpoint)")

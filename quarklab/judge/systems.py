@@ -21,7 +21,6 @@ project root (:func:`quarklab.notebooks.resolve_path`). A run's completions come
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis import token_order, token_str
+from ..data import LOCAL_FORMATS, read_table
 from ..errors import QuarkError
 
 OPTIONS = ("token", "iteration", "mode", "sample")
-FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+FILE_FORMATS = tuple(LOCAL_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class System:
     spec: str
     label: str
     table: pd.DataFrame  # prompt_id, prompt, completion (one row per prompt, in the source's order)
+    run: Path | None = None  # the run directory, for a run's system
 
 
 def parse_system(spec: str, run_dir: str | os.PathLike | None = None) -> SystemSpec:
@@ -139,15 +141,9 @@ def load_system(spec: str | System, run_dir: str | os.PathLike | None = None) ->
 
 def _read_file(path: Path, spec: str) -> pd.DataFrame:
     try:
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
-        elif suffix == ".csv":
-            df = pd.read_csv(path, keep_default_na=False)
-        else:
-            df = pd.read_parquet(path)
-    except ValueError as exc:
-        raise QuarkError(f"system {spec!r}: cannot read {str(path)!r} ({exc})") from exc
+        df = read_table(os.fspath(path))
+    except QuarkError as exc:
+        raise QuarkError(f"system {spec!r}: {exc}") from exc
     missing = [c for c in ("prompt", "completion") if c not in df.columns]
     if missing:
         raise QuarkError(f"system {spec!r}: {str(path)!r} has no {' or '.join(map(repr, missing))} column "
@@ -173,17 +169,17 @@ def _load_run(s: SystemSpec, spec: str) -> System:
     if ev.empty:
         raise QuarkError(f"system {spec!r}: iteration {iteration} has no {s.mode} evaluation samples")
     token = s.token
-    tokens = [None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t) for t in ev["token"]]
-    rows = ev[[t == token for t in tokens]]
+    tokens = [token_str(t) for t in ev["token"]]
+    rows = ev[[t == token_str(token) for t in tokens]]
     if rows.empty:
-        have = sorted({"none" if t is None else str(t) for t in tokens}, key=lambda t: (t == "none", t))
+        have = token_order(tokens)
         raise QuarkError(f"system {spec!r}: iteration {iteration} ({s.mode}) has no samples for token "
                          f"{'none' if token is None else token}; it has tokens {', '.join(have)}"
                          + (" (iteration 0 is the reference: token=none)" if iteration == 0 else ""))
     what = "reference" if iteration == 0 else f"it{iteration}-" + ("notoken" if token is None else f"token{token}")
     label = _slug(f"{s.path.name}-{what}" + ("" if s.mode == "greedy" else "-sampled")
                   + ("" if s.sample is None else f"-s{s.sample}"))
-    return System(spec, label, _first_per_prompt(rows, s.sample, spec))
+    return System(spec, label, _first_per_prompt(rows, s.sample, spec), s.path)
 
 
 def _first_per_prompt(df: pd.DataFrame, sample: int | None, spec: str) -> pd.DataFrame:

@@ -28,7 +28,8 @@ import pandas as pd
 
 from ..errors import QuarkError
 from ..runs import atomic_write_json, atomic_write_text, write_parquet
-from .systems import System, load_system, pair_systems
+from .judges import VERDICTS
+from .systems import System, _slug, load_system, pair_systems
 
 LEVEL = 0.95
 
@@ -106,7 +107,7 @@ def outcomes(records: pd.DataFrame) -> pd.DataFrame:
     """``outcome`` (win/loss/tie/malformed for system A), ``score`` (1/0.5/0, NaN when malformed) and
     ``consistent`` (both orders agree) from ``verdict_ab`` and ``verdict_ba``."""
     unknown = set(records["verdict_ab"]) | set(records["verdict_ba"])
-    if unknown - {"A", "B", "tie", "malformed"}:
+    if unknown - set(VERDICTS):
         raise QuarkError(f"verdicts must be 'A', 'B', 'tie' or 'malformed', got {sorted(unknown)}")
     # in order ab system A's summary is shown as A; in order ba it is shown as B
     first = records["verdict_ab"].map({"A": "a", "B": "b", "tie": "tie", "malformed": None})
@@ -114,7 +115,7 @@ def outcomes(records: pd.DataFrame) -> pd.DataFrame:
     malformed = first.isna() | second.isna()
     consistent = ~malformed & (first == second)
     outcome = np.where(malformed, "malformed", np.where(~consistent, "tie",
-                       first.map({"a": "win", "b": "loss", "tie": "tie"}).fillna("tie")))
+                       first.map({"a": "win", "b": "loss", "tie": "tie"})))
     score = pd.Series(outcome).map({"win": 1.0, "tie": 0.5, "loss": 0.0}).to_numpy()
     return records.assign(outcome=outcome, score=score, consistent=consistent.to_numpy())
 
@@ -175,13 +176,10 @@ def win_rate(a: str | System, b: str | System, judge, *, run_dir: str | os.PathL
     else ``a``'s run) holds ``judge/cache.jsonl`` and ``judge/<A>_vs_<B>.<judge>.json`` / ``.parquet``.
     """
     from ..notebooks import resolve_path
-    from .systems import parse_system
 
     sa, sb = load_system(a, run_dir), load_system(b, run_dir)
     if out is None:
-        out = run_dir
-    if out is None and isinstance(a, str) and parse_system(a).kind == "run":
-        out = parse_system(a).path
+        out = run_dir if run_dir is not None else sa.run
     if out is None:
         raise QuarkError("win_rate needs out=FOLDER (a run directory) for its cache and results")
     folder = resolve_path(out) / "judge"
@@ -191,7 +189,7 @@ def win_rate(a: str | System, b: str | System, judge, *, run_dir: str | os.PathL
                "judge": judge.id, **summarize(records, seed=bootstrap_seed, n_boot=n_boot),
                "rule": "ties count half; a pair whose two orders disagree is a tie; malformed answers are "
                        "counted and left out of the rate"}
-    name = f"{sa.label}_vs_{sb.label}.{''.join(c if c.isalnum() or c in '-.' else '_' for c in judge.id)[:80]}"
+    name = f"{sa.label}_vs_{sb.label}.{_slug(judge.id)[:80]}"
     json_path, records_path = folder / f"{name}.json", folder / f"{name}.parquet"
     write_parquet(records_path, records)
     atomic_write_json(json_path, json.loads(pd.Series(summary).to_json()))
