@@ -48,7 +48,7 @@ class Model:
     hidden: int
     vocab: int
     block_params: int  # parameters of one transformer block
-    lora_params: int   # rank-1 LoRA parameters over the blocks' linear layers (scale by the rank)
+    lora_params: int   # rank-1 LoRA parameters over the trained blocks' linear layers (scale by the rank)
 
 
 def model_config(name: str):
@@ -75,15 +75,16 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from .trainable import set_trainable
+    from .trainable import set_trainable, trained_blocks, transformer_blocks
 
     config = model_config(name)
     with torch.device("meta"):
         model = (AutoModelForCausalLM if head else AutoModel).from_config(config)
-    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
-    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers)
+    _, blocks = transformer_blocks(model)
+    n_layers = len(blocks)
     trainable = set_trainable(model, trainable_fraction) if head else 0
-    lora = sum(m.in_features + m.out_features for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    adapted = list(blocks)[n_layers - trained_blocks(n_layers, trainable_fraction):]  # with_lora's blocks
+    lora = sum(m.in_features + m.out_features for b in adapted for m in b.modules() if isinstance(m, torch.nn.Linear))
     return Model(name, sum(p.numel() for p in model.parameters()), trainable, n_layers, config.hidden_size,
                  model.get_input_embeddings().num_embeddings, sum(p.numel() for p in blocks[0].parameters()),
                  lora)
@@ -162,7 +163,7 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
              "", "GiB per GPU:"]
     shown = table.assign(fits=table["fits"].map({True: "yes", False: "no"}))
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 1):
-        lines.append(shown.to_string(index=False))
+        lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.2f}" if 0 < v < 0.1 else f"{v:.1f}"))
     lines += ["", f"per iteration: {totals['generated_tokens']:,} tokens generated, {totals['trained_tokens']:,} "
                   f"trained, {totals['optimizer_steps']:,} optimizer steps over {gpus} GPU(s)"]
     if "sample_hours" in totals or "train_hours" in totals:
