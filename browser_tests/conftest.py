@@ -51,6 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _child_env() -> dict:
+    """The environment of a process the suite starts: offline, the project importable first."""
+    path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=os.pathsep.join(path))
+
+
 class LabServer:
     """A JupyterLab server started as the README says (``.venv/bin/jupyter lab notebooks/`` from the
     project root), on 127.0.0.1, a free port and a random token."""
@@ -62,10 +68,8 @@ class LabServer:
         for name, value in LAB_SETTINGS.items():
             (settings / name).parent.mkdir(parents=True, exist_ok=True)
             (settings / name).write_text(json.dumps(value))
-        env = dict(os.environ)
+        env = _child_env()
         env.update({
-            "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
             "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
             "JUPYTER_CONFIG_DIR": str(tmp / "config"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
         })
@@ -184,8 +188,7 @@ def demo_run() -> Path:
     run_dir = ROOT / "runs" / "demo"
     if run_dir.is_dir() and latest_checkpoint(run_dir) is not None:
         return run_dir
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = _child_env()
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "quarklab.cli", "notebooks", "run", "--run-dir", "runs/demo",
                     "--only", "02_training_iterations.ipynb"], cwd=ROOT, env=env, check=True)

@@ -7,7 +7,6 @@ also comes from the server's REST API (what JupyterLab's own status bar shows).
 from __future__ import annotations
 
 import ast
-import json
 import re
 import time
 from pathlib import Path
@@ -81,18 +80,15 @@ class Checks:
 
 
 def notebook_parameters(path: Path) -> dict:
-    """The literal values of a notebook's parameters cell (``x = 1`` and ``x: int = 1`` alike)."""
-    book = json.loads(path.read_text())
-    cell = next(c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    """The literal values of a notebook's parameters cell, as papermill reads the cell."""
+    import papermill as pm
+
     values = {}
-    for node in ast.parse("".join(cell["source"])).body:
-        target, value = (node.targets[0], node.value) if isinstance(node, ast.Assign) else (
-            (node.target, node.value) if isinstance(node, ast.AnnAssign) else (None, None))
-        if isinstance(target, ast.Name) and value is not None:
-            try:
-                values[target.id] = ast.literal_eval(value)
-            except ValueError:
-                pass
+    for name, p in pm.inspect_notebook(str(path)).items():
+        try:
+            values[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            pass
     return values
 
 

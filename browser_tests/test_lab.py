@@ -18,6 +18,8 @@ import pytest
 
 from jlab import NOTEBOOKS, Checks, Notebook, notebook_parameters
 
+from quarklab import notebooks as ql_notebooks
+
 # seconds for Run All on a busy 2-core CPU. 02 reopens the demo run (conftest's demo_run): it must not train.
 RUN_ALL_TIMEOUT = {"01_quantile_distributions.ipynb": 300, "02_training_iterations.ipynb": 180,
                    "03_compare_tokens.ipynb": 180, "04_tradeoffs.ipynb": 120, "05_win_rates.ipynb": 120}
@@ -238,12 +240,9 @@ def compare_tokens(nb: Notebook, c: Checks) -> None:
              "03 comparer: sampling again with the same settings and seed 7 gave another table (not reproducible)")
 
 
-@pytest.mark.parametrize("name,interact", [
-    ("01_quantile_distributions.ipynb", explore_quantiles),
-    ("02_training_iterations.ipynb", None),
-    ("03_compare_tokens.ipynb", compare_tokens),
-    ("04_tradeoffs.ipynb", None),
-    ("05_win_rates.ipynb", None),
-], ids=["01", "02", "03", "04", "05"])
-def test_notebook_in_jupyterlab(browser, lab, shots, notebooks_untouched, demo_run, name, interact):
-    visit(browser, lab, shots, notebooks_untouched, name, interact)
+INTERACT = {"01_quantile_distributions.ipynb": explore_quantiles, "03_compare_tokens.ipynb": compare_tokens}
+
+
+@pytest.mark.parametrize("name", ql_notebooks.NOTEBOOKS, ids=[n[:2] for n in ql_notebooks.NOTEBOOKS])
+def test_notebook_in_jupyterlab(browser, lab, shots, notebooks_untouched, demo_run, name):
+    visit(browser, lab, shots, notebooks_untouched, name, INTERACT.get(name))
