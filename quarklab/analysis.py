@@ -30,7 +30,7 @@ from .quantiles import assign_quantiles
 
 __all__ = [
     "check_samples", "eval_rows", "train_rows", "token_order", "prompt_quantile_counts", "quantile_contrast",
-    "best_of_n", "tradeoff_points", "pareto_front", "model_card_table", "card_tables", "reward_name",
+    "best_of_n", "tradeoff_points", "quoted_points", "pareto_front", "model_card_table", "card_tables", "reward_name",
     "run_reward_name", "QUOTED_CAPTION",
 ]
 
@@ -272,11 +272,25 @@ def tradeoff_points(metrics: pd.DataFrame, *, quoted=None, label_prefix: str = "
     run = label_prefix.strip().rstrip(":").strip()
     out = pd.DataFrame([{**row, "run": run} for row in rows], columns=POINT_COLUMNS)
     if quoted is not None:
-        q = quoted_frame(quoted)
+        q = quoted_points(quoted, label_prefix=label_prefix)
         if not q.empty:
-            q = q.assign(label=label_prefix + q["label"], group="quoted", iteration=pd.NA, token=np.nan, quoted=True,
-                         run=run)
-            out = pd.concat([out, q[POINT_COLUMNS]], ignore_index=True)
+            out = pd.concat([out, q], ignore_index=True)
+    return _point_dtypes(out)
+
+
+def quoted_points(quoted, *, label_prefix: str = "") -> pd.DataFrame:
+    """The quoted figures alone as :func:`tradeoff_points` appends them (``quoted=True``, group ``"quoted"``,
+    no iteration or token; ``label_prefix`` prepended to each label, ``run`` the prefix without its ``":"``)."""
+    run = label_prefix.strip().rstrip(":").strip()
+    q = quoted_frame(quoted)
+    if q.empty:
+        return _point_dtypes(pd.DataFrame({c: pd.Series(dtype=str) for c in POINT_COLUMNS}))  # typed as no points
+    q = q.assign(label=label_prefix + q["label"], group="quoted", iteration=pd.NA, token=np.nan, quoted=True, run=run)
+    q["token"] = q["token"].astype(object)  # as in a frame of measured points (tokens are strings)
+    return _point_dtypes(q[POINT_COLUMNS].reset_index(drop=True))
+
+
+def _point_dtypes(out: pd.DataFrame) -> pd.DataFrame:
     out["iteration"] = out["iteration"].astype("Int64")
     out["quoted"] = out["quoted"].astype(bool)
     for col in ("reward", "perplexity", "length"):

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import eval_rows, token_order, train_rows
+from .analysis import eval_rows, quoted_points, token_order, tradeoff_points, train_rows
 from .config import QuarkConfig
 from .errors import QuarkError
 from .runs import read_metrics
@@ -90,10 +90,18 @@ def group_runs(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) ->
     ``by`` are refused (one QuarkError naming each differing field and its values), as are two runs of
     one group with the same seed (the same run twice would inflate n).
     """
+    return _grouped(run_dirs, by)[0]
+
+
+def _grouped(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = (),
+             configs: dict[str, dict] | None = None) -> tuple[dict[str, list[Path]], dict[str, dict]]:
+    """:func:`group_runs`'s groups and the configs read for them (``{str(run dir): config}``), each read once;
+    ``configs`` already read are used as given."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise QuarkError("group_runs needs at least one run directory")
-    configs = {str(d): read_config(d) for d in dirs}
+    known = configs or {}
+    configs = {str(d): known[str(d)] if str(d) in known else read_config(d) for d in dirs}
     unknown = [f for f in by if f not in next(iter(configs.values()))]
     if unknown or "seed" in by:
         raise QuarkError(f"group by: {unknown or ['seed']} is not a config field to group seeds by "
@@ -114,7 +122,7 @@ def group_runs(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) ->
         if twice:
             raise QuarkError(f"group {label!r} holds more than one run of seed {twice}: "
                              + ", ".join(str(d) for d in members) + "; leave the copies out")
-    return groups
+    return groups, configs
 
 
 def check_seed_runs(config: QuarkConfig, run_dirs: Sequence[str | os.PathLike]) -> None:
@@ -131,9 +139,10 @@ def check_seed_runs(config: QuarkConfig, run_dirs: Sequence[str | os.PathLike]) 
         raise QuarkError(f"seed_run_dirs repeat a seed (seeds {seeds}: this run first): each run must have its own")
 
 
-def _per_run(run_dir: Path) -> pd.DataFrame:
-    """One run's values as rows (token, iteration, metric, value): greedy eval metrics per token, the
-    controllability columns and the training terms (mean over steps) per iteration under token "all"."""
+def _per_run(run_dir: Path) -> tuple[pd.DataFrame, int, dict[str, float]]:
+    """One run's values, from one read of its metrics: as rows (token, iteration, metric, value) -- greedy
+    eval metrics per token, the controllability columns and the training terms (mean over steps) per
+    iteration under token "all" -- and (last iteration, the quoted quantities there; see :func:`seed_summary`)."""
     metrics = read_metrics(run_dir)
     if metrics.empty:
         raise QuarkError(f"{str(run_dir)!r} has no metrics.jsonl rows yet: train it first")
@@ -160,7 +169,40 @@ def _per_run(run_dir: Path) -> pd.DataFrame:
         if not tr.empty and col in tr.columns:
             v = pd.to_numeric(tr[col], errors="coerce").groupby(tr["iteration"]).mean().dropna()
             rows += [("all", it, col, x) for it, x in v.items()]
-    return pd.DataFrame(rows, columns=["token", "iteration", "metric", "value"])
+    last, quoted = _quoted_at_last(ev)
+    return pd.DataFrame(rows, columns=["token", "iteration", "metric", "value"]), last, quoted
+
+
+def _quoted_at_last(ev: pd.DataFrame) -> tuple[int, dict[str, float]]:
+    """(last iteration, the run's quoted quantities there) from its eval rows: see :func:`seed_summary`."""
+    last = int(ev["iteration"].max())
+    at = ev[ev["iteration"] == last]
+    tokens = [t for t in token_order(at["token"]) if t.lstrip("-").isdigit()]
+
+    def mean(rows, col="reward"):
+        return float(pd.to_numeric(rows[col], errors="coerce").mean()) if col in rows.columns and len(rows) else math.nan
+
+    sft = ev[ev["iteration"] == 0]
+    sft = sft[sft["token"] == "none"] if (sft["token"] == "none").any() else sft
+    token0 = mean(at[at["token"] == "0"]) if last > 0 else math.nan
+    out = {"token0_reward": token0, "sft_reward": mean(sft), "token0_minus_sft": token0 - mean(sft),
+           "spread": token0 - mean(at[at["token"] == tokens[-1]]) if len(tokens) > 1 else math.nan,
+           "controllability": mean(at, "controllability"), "order_spearman": mean(at, "order_spearman")}
+    return last, out
+
+
+def _seed_values(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -> dict[str, list[dict]]:
+    """Per group (:func:`group_runs`), per run in the order given: ``run`` (its dir), ``seed``, ``values``
+    (:func:`_per_run`'s rows), ``last`` iteration and ``quoted`` quantities there -- each config and
+    metrics file read once, for :func:`seed_curves` and :func:`seed_summary` alike."""
+    groups, configs = _grouped(run_dirs, by)
+    out: dict[str, list[dict]] = {}
+    for label, members in groups.items():
+        for d in members:
+            values, last, quoted = _per_run(d)
+            out.setdefault(label, []).append({"run": d, "seed": configs[str(d)]["seed"], "values": values,
+                                              "last": last, "quoted": quoted})
+    return out
 
 
 def _interval_frame(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -184,10 +226,8 @@ def seed_curves(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -
     ``kl``, ``nll``, ``entropy``, ``loss`` (mean over the iteration's steps). Grouping and refusals as in
     :func:`group_runs`.
     """
-    parts = []
-    for label, members in group_runs(run_dirs, by).items():
-        for d in members:
-            parts.append(_per_run(d).assign(group=label, seed=read_config(d)["seed"], run=str(d)))
+    parts = [r["values"].assign(group=label, seed=r["seed"], run=str(r["run"]))
+             for label, runs in _seed_values(run_dirs, by).items() for r in runs]
     values = pd.concat(parts, ignore_index=True)
     out = _interval_frame(values, ["group", "token", "iteration", "metric"])
     order = {"token": {t: i for i, t in enumerate(token_order(out["token"]))},
@@ -202,25 +242,6 @@ QUANTITIES = {"token0_reward": "token 0 reward", "sft_reward": "SFT reward", "to
               "spread": "spread 0−(K−1)", "controllability": "controllability", "order_spearman": "order_spearman"}
 
 
-def _last_values(run_dir: Path) -> tuple[int, dict[str, float]]:
-    """(last iteration, the run's quoted quantities there): see :func:`seed_summary`."""
-    ev = eval_rows(read_metrics(run_dir))
-    last = int(ev["iteration"].max())
-    at = ev[ev["iteration"] == last]
-    tokens = [t for t in token_order(at["token"]) if t.lstrip("-").isdigit()]
-
-    def mean(rows, col="reward"):
-        return float(pd.to_numeric(rows[col], errors="coerce").mean()) if col in rows.columns and len(rows) else math.nan
-
-    sft = ev[ev["iteration"] == 0]
-    sft = sft[sft["token"] == "none"] if (sft["token"] == "none").any() else sft
-    token0 = mean(at[at["token"] == "0"]) if last > 0 else math.nan
-    out = {"token0_reward": token0, "sft_reward": mean(sft), "token0_minus_sft": token0 - mean(sft),
-           "spread": token0 - mean(at[at["token"] == tokens[-1]]) if len(tokens) > 1 else math.nan,
-           "controllability": mean(at, "controllability"), "order_spearman": mean(at, "order_spearman")}
-    return last, out
-
-
 def seed_summary(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -> pd.DataFrame:
     """The table a researcher quotes: per group and quantity, ``mean``, ``half_width`` (95 % t interval over
     seeds, NaN for n = 1), ``n`` and ``text`` (``"1.234 ± 0.056 (n=3)"``), at the groups' last iteration.
@@ -232,8 +253,8 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) 
     reached the same last iteration (else one QuarkError naming them).
     """
     rows = []
-    for label, members in group_runs(run_dirs, by).items():
-        lasts = {str(d): _last_values(d) for d in members}
+    for label, runs in _seed_values(run_dirs, by).items():
+        lasts = {str(r["run"]): (r["last"], r["quoted"]) for r in runs}
         if len({last for last, _ in lasts.values()}) > 1:
             raise QuarkError(f"the runs of group {label!r} stop at different iterations ("
                              + ", ".join(f"{d}: {last}" for d, (last, _) in lasts.items())
@@ -275,10 +296,9 @@ def tradeoff_points_over_seeds(run_dirs: Sequence[str | os.PathLike], *, quoted=
     a run whose setting no other run shares keeps one point per iteration and token, as before. The first
     run is drawn unprefixed and carries ``quoted``; the others are prefixed with their folder name.
     """
-    from .analysis import tradeoff_points
-
     dirs = [Path(d) for d in run_dirs]
-    configs = {d: {k: v for k, v in read_config(d).items() if k != "seed"} for d in dirs}
+    full = {str(d): read_config(d) for d in dirs}
+    configs = {d: {k: v for k, v in full[str(d)].items() if k != "seed"} for d in dirs}
     settings: dict[str, list[Path]] = {}
     for d in dirs:
         settings.setdefault(json.dumps(configs[d], sort_keys=True, default=str), []).append(d)
@@ -292,15 +312,13 @@ def tradeoff_points_over_seeds(run_dirs: Sequence[str | os.PathLike], *, quoted=
         if len(members) == 1:
             parts.append(tradeoff_points(read_metrics(d), quoted=q, label_prefix="" if i == 0 else f"{d.name}: "))
             continue
-        group_runs(members)  # refuses two runs of one seed
+        _grouped(members, configs=full)  # refuses two runs of one seed
         name = f"{d.name} + {len(members) - 1} seed{'s' if len(members) > 2 else ''}"
         parts.append(_mean_points(members, name, q))
     return pd.concat(parts, ignore_index=True)
 
 
 def _mean_points(members: list[Path], name: str, quoted) -> pd.DataFrame:
-    from .analysis import tradeoff_points
-
     pts = []
     for d in members:
         p = tradeoff_points(read_metrics(d))
@@ -322,6 +340,5 @@ def _mean_points(members: list[Path], name: str, quoted) -> pd.DataFrame:
     out["iteration"] = out["iteration"].astype("Int64")
     out["n"] = out["n"].astype("Int64")
     if quoted is not None:
-        out = pd.concat([out, tradeoff_points(read_metrics(members[0]), quoted=quoted).query("quoted")
-                         .assign(run=name)], ignore_index=True)
+        out = pd.concat([out, quoted_points(quoted).assign(run=name)], ignore_index=True)
     return out

@@ -38,7 +38,7 @@ SAMPLES_LABEL = "samples (count)"
 ITERATION_LABEL = "Quark iteration (0 = SFT reference)"
 KL_LABEL = "KL(policy||ref) (nats/token)"
 QUANTILE_LABEL = "quantile (0 = best reward)"
-MAX_PROMPTS = 30  # prompts shown in per-prompt panels
+MAX_PROMPTS = 64  # prompts shown in per-prompt panels (more: evenly spaced ones, and the panel says so)
 
 REFERENCE_COLOR = "black"
 NONE_COLOR = "0.35"
@@ -104,10 +104,10 @@ def save_figure(fig: Figure, run_dir: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def png_bytes(fig: Figure) -> bytes:
-    """``fig`` as PNG bytes, dpi 120 with a tight bounding box: one rendering for files and for Jupyter."""
+def png_bytes(fig: Figure, dpi: float = DPI) -> bytes:
+    """``fig`` as PNG bytes, dpi 120 (``dpi``) with a tight bounding box: one rendering for files and for Jupyter."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 

@@ -23,7 +23,6 @@ from .figures import (COUNT_LABEL, LENGTH_LABEL, QUANTILE_LABEL, SAMPLES_LABEL, 
 
 __all__ = ["reward_distribution", "quantile_comparison", "k_and_n_effect"]
 
-PROMPTS_SHOWN = 64  # prompts drawn in a per-prompt panel (more: evenly spaced ones, and the panel says so)
 MAX_HEIGHT = 9.0  # inches: about 900 px at 100 dpi, one laptop screen
 
 
@@ -57,7 +56,7 @@ def reward_distribution(samples: pd.DataFrame, *, reward_name: str = "reward") -
 
     grouped = df.groupby("prompt_id", sort=False)["reward"]
     medians = grouped.median().sort_values(kind="stable")
-    shown = pick_prompts(medians.index, PROMPTS_SHOWN)
+    shown = pick_prompts(medians.index)
     data = [df.loc[df["prompt_id"] == p, "reward"].to_numpy() for p in shown]
     pos = np.arange(len(shown))
     boxes = ax_box.boxplot(data, positions=pos, widths=0.6, patch_artist=True, showfliers=False,
@@ -202,7 +201,7 @@ def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, scope: str
 
     tables = {s: prompt_quantile_counts(df, k, s) for s in scopes}
     n_prompts = len(per_prompt)
-    shown = pick_prompts(tables[scopes[0]].index, PROMPTS_SHOWN)
+    shown = pick_prompts(tables[scopes[0]].index)
     counts = {s: table.loc[shown] for s, table in tables.items()}
     vmax = max(int(c.to_numpy().max()) for c in counts.values())
 

@@ -190,17 +190,19 @@ MARKER_PT = 5.5  # half the width of the box a marker (or its Pareto ring) keeps
 MARKERS = "osD^vP<>"
 
 
-def place_labels(ax, texts: list[str], xs, ys, **kwargs) -> list:
+def place_labels(ax, texts: list[str], xs, ys, *, draw: bool = True, **kwargs) -> list:
     """Label the points (xs, ys) of ``ax`` with ``texts`` so that no two labels overlap, none covers a
     marker and all stay inside the axes; return the annotations (gid ``"point_label"``).
 
     Greedy over the points most crowded first: each label takes the first free spot of 8 directions
     on rings of growing distance (with a thin leader line beyond the first ring). A label with
     no free spot may cover a marker, never another label; with none at all it is left out. Draws the
-    figure once to settle its layout: call it last; the labels take no part in the layout.
+    figure once to settle its layout (``draw=False``: the caller has just drawn it): call it last; the
+    labels take no part in the layout.
     """
     fig = ax.figure
-    fig.draw_without_rendering()
+    if draw:
+        fig.draw_without_rendering()
     px = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
     scale = fig.dpi / 72.0
     r = MARKER_PT * scale
@@ -336,8 +338,8 @@ def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Fi
                     lines.set_gid("seed_errorbar")
         front = pareto_front(measured, x) & ok
         order = xs[front].sort_values(kind="stable").index
-        (line,) = ax.plot(xs[order], ys[order], drawstyle="steps-post", color=FRONT_COLOR, linewidth=1, alpha=0.6,
-                          zorder=2, gid="pareto_front")
+        ax.plot(xs[order], ys[order], drawstyle="steps-post", color=FRONT_COLOR, linewidth=1, alpha=0.6,
+                zorder=2, gid="pareto_front")
         ax.scatter(xs[front], ys[front], s=150, facecolors="none", edgecolors=FRONT_COLOR, linewidths=1.1,
                    zorder=4, gid="pareto_ring")
         ax.margins(0.1)
@@ -363,7 +365,9 @@ def tradeoff_scatter(points: pd.DataFrame, *, reward_name: str = "reward") -> Fi
     n = len(measured)
     fig.suptitle(f"Reward trade-offs of {n} measured point{'s' if n != 1 else ''} (greedy evaluation; "
                  f"reward: {reward_unit(reward_name)})")
-    for ax, part, xs, ys in drawn:  # last: the layout is settled
+    if drawn:
+        fig.draw_without_rendering()  # once, last: the layout is settled (the labels take no part in it)
+    for ax, part, xs, ys in drawn:
         place_labels(ax, [_short_label(row) for _, row in part.iterrows()], xs.to_numpy(), ys.to_numpy(),
-                     fontsize=8, color="0.15")
+                     draw=False, fontsize=8, color="0.15")
     return fig

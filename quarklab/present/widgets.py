@@ -20,6 +20,7 @@ from ..models import quantile_token_ids
 from ..quantiles import assign_quantiles, quantile_table
 from ..tldr import as_prompt, title_of
 from .html import comparison_html, fmt_number
+from .figures import png_bytes
 from .figures import reward_label as figure_label
 from .quantile_plots import quantile_comparison
 
@@ -242,21 +243,12 @@ class QuantileExplorer:
             self.error = exc
         _close(old)
         if self.figure is not None:
-            self.image.value = _png(self.figure)
+            self.image.value = png_bytes(self.figure, dpi=96)  # 96 dpi, tight box (whatever the backend)
             self.message.value = ""
         else:
             self.message.value = f"<i>no figure: {html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</i>"
         self.image.layout.display = None if self.figure is not None else "none"
         _close(self.figure)  # shown once, as the Image's value; the Figure stays usable (savefig)
-
-
-def _png(fig) -> bytes:
-    """``fig`` as PNG bytes at 96 dpi, tight box (whatever the matplotlib backend)."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def _close(fig) -> None:
