@@ -178,7 +178,7 @@ class QuantileExplorer:
         self.samples = samples.reset_index(drop=True)
         self.reward_name = reward_name
         self.reward_label = reward_name if reward_label is None else reward_label
-        figure_label(self.reward_label)  # a bad label fails here, not in every redraw
+        self._axis_label = figure_label(self.reward_label)  # a bad label fails here, once
         self.rewards = self.samples[reward_name].to_numpy(dtype=np.float64)
         # what the quantile figure reads: the reward in 'reward' (reward_name only labels the axes), lengths in 'num_tokens'
         plot = self.samples.assign(reward=self.rewards)
@@ -219,7 +219,7 @@ class QuantileExplorer:
         return ('<table class="quarklab-quantiles" style="border-collapse:collapse;font-size:12px">'
                 f"<caption style='text-align:left;caption-side:top'>K = {len(table)}, {html.escape(scope)} "
                 f"quantiles of {len(self.rewards)} samples (quantile 0 = highest rewards)</caption>"
-                f"<thead><tr><th>quantile</th><th>count</th><th>mean {html.escape(figure_label(self.reward_label))}</th>"
+                f"<thead><tr><th>quantile</th><th>count</th><th>mean {html.escape(self._axis_label)}</th>"
                 "<th>mean length (tokens)</th>"
                 f"<th>threshold ({html.escape(thr)})</th></tr></thead><tbody>{rows}</tbody></table>"
                 "<style>.quarklab-quantiles td,.quarklab-quantiles th{padding:2px 10px;text-align:right;"
