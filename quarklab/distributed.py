@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from .errors import QuarkError
+
 
 @dataclass
 class Dist:
@@ -38,14 +40,31 @@ class Dist:
     @classmethod
     def from_env(cls) -> "Dist":
         """The processes ``accelerate launch`` (or ``torchrun``) started; one process without it. Without CUDA
-        (or with ``CUDA_VISIBLE_DEVICES=""``) they run on CPU and talk over gloo."""
+        (or with ``CUDA_VISIBLE_DEVICES=""``) they run on CPU and talk over gloo.
+
+        The engine the launch asked for (:func:`launched_engine`) is the engine that runs, or this fails at once,
+        before any model loads (:func:`check_engine`): a DeepSpeed or FSDP launch never trains as plain DDP."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
-        # accelerate runs several CPU processes (gloo) only when told it is on CPU
-        acc = Accelerator(cpu=not torch.cuda.is_available())
-        return cls(acc.process_index, acc.num_processes, acc)
+        asked, cuda = launched_engine(), torch.cuda.is_available()
+        if asked == "deepspeed" and not cuda:
+            # accelerate adopts DeepSpeed only when not told it is on CPU; DeepSpeed's CPU accelerator talks over gloo
+            acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+        else:  # accelerate runs several CPU processes (gloo) only when told it is on CPU
+            acc = Accelerator(cpu=not cuda)
+        dist = cls(acc.process_index, acc.num_processes, acc)
+        check_engine(asked, dist)
+        if dist.engine == "deepspeed":
+            # accelerate registers its DeepSpeed config with transformers, whose from_pretrained would then load
+            # every model (the reference too) already partitioned by ZeRO-3's zero.Init; quarklab samples and
+            # evaluates whole models outside the engine, and the engine partitions the policy it trains itself
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        return dist
 
     @property
     def is_main(self) -> bool:
@@ -58,12 +77,24 @@ class Dist:
 
     @property
     def engine(self) -> str:
-        """"deepspeed" or "fsdp" when the accelerate config names one (the engine then owns the optimizer and
-        the fp32 master weights), else "ddp" (several processes) or "none"."""
+        """"deepspeed" or "fsdp" when accelerate runs one (the engine then owns the optimizer and the fp32 master
+        weights), else "ddp" (several processes) or "none"."""
         if self.accelerator is None:
             return "none"
-        kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-        return {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(kind, "ddp")
+        return {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(self.distributed_type, "ddp")
+
+    @property
+    def distributed_type(self) -> str:
+        """accelerate's own name of what runs: "DEEPSPEED", "FSDP", "MULTI_GPU", "MULTI_CPU" or "NO"."""
+        if self.accelerator is None:
+            return "NO"
+        return str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+
+    @property
+    def zero_stage(self) -> int | None:
+        """The ZeRO stage DeepSpeed runs (None without DeepSpeed)."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.engine == "deepspeed" else None
+        return None if plugin is None else int(plugin.zero_stage)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -117,15 +148,38 @@ class Dist:
 
     def prepare_engine(self, model, optimizer, config):
         """``(model, optimizer)`` wrapped by the DeepSpeed or FSDP engine the accelerate config names, with
-        quarklab's micro-batch, accumulation and clipping (the engine clips and accumulates itself)."""
+        quarklab's micro-batch, accumulation and clipping (the engine clips and accumulates itself).
+
+        DeepSpeed computes in the policy's own dtype, as one process does: bf16 or fp16 weights with DeepSpeed's
+        fp32 master weights, float32 weights in float32; the checkpoint keeps the policy's dtype."""
         acc = self.accelerator
         acc.gradient_accumulation_steps = config.grad_accum
         plugin = acc.state.deepspeed_plugin
         if plugin is not None:
-            plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=config.batch_size,
-                                           gradient_accumulation_steps=config.grad_accum,
-                                           gradient_clipping=config.grad_clip)
+            ds = plugin.deepspeed_config
+            ds.update(train_micro_batch_size_per_gpu=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+                      gradient_clipping=config.grad_clip)
+            for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+                ds[name] = {**ds.get(name, {}), "enabled": model.dtype == dtype}
         return acc.prepare(model, optimizer)
+
+    def describe(self, model) -> dict:
+        """What trains ``model`` (as accelerate wrapped it), as recorded beside each checkpoint: the engine,
+        accelerate's distributed type, the processes, the collective backend, the ZeRO stage, and the share of
+        the parameters this process holds (1.0 unless the engine shards them: about 1/world under ZeRO-3 and
+        FSDP)."""
+        held = total = 0
+        for p in model.parameters():
+            if hasattr(p, "ds_numel"):  # a ZeRO-3 parameter: its full size, and this process's partition
+                total, held = total + p.ds_numel, held + p.ds_tensor.numel()
+            elif hasattr(p, "to_local"):  # an FSDP2 DTensor: this process's shard
+                total, held = total + p.numel(), held + p.to_local().numel()
+            else:
+                total, held = total + p.numel(), held + p.numel()
+        ready = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return {"engine": self.engine, "distributed_type": self.distributed_type, "processes": self.world,
+                "backend": torch.distributed.get_backend() if ready else None, "zero_stage": self.zero_stage,
+                "held_fraction": round(held / max(total, 1), 4)}
 
     def release(self) -> None:
         """Let go of accelerate's wrappers (DDP, or an engine and its optimizer) once an iteration is trained."""
@@ -135,3 +189,31 @@ class Dist:
     def seed(self, seed: int) -> int:
         """A seed of this process's own, equal to ``seed`` for one process."""
         return seed * self.world + self.rank
+
+
+ENGINE_CONFIGS = {"deepspeed": "configs/accelerate/zero2.yaml or zero3.yaml", "fsdp": "configs/accelerate/fsdp.yaml",
+                  "ddp": "configs/accelerate/ddp.yaml"}
+
+
+def launched_engine() -> str:
+    """The engine the launch asked for: "deepspeed" or "fsdp" (``accelerate launch`` with a config of that
+    ``distributed_type`` sets ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP``), else "ddp"."""
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+    return "deepspeed" if flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if flag("ACCELERATE_USE_FSDP") else "ddp"
+
+
+def check_engine(asked: str, dist: Dist) -> None:
+    """One clear error when accelerate runs another engine than the launch asked for (never a silent DDP)."""
+    if dist.engine == asked:
+        return
+    cuda = torch.cuda.is_available()
+    where = "GPUs" if cuda else "CPU processes (no CUDA here)"
+    hint = {"fsdp": "accelerate runs FSDP on GPUs only; on CPU processes train with DeepSpeed "
+                    f"({ENGINE_CONFIGS['deepspeed']}) or DDP ({ENGINE_CONFIGS['ddp']})",
+            "deepspeed": "check that deepspeed imports (pip install 'quarklab[deepspeed]') and that the launch "
+                         "does not also pass --cpu / use_cpu: true"}.get(asked, f"launch with {ENGINE_CONFIGS['ddp']}")
+    raise QuarkError(f"the launch asked for {asked} ({ENGINE_CONFIGS.get(asked, 'its accelerate config')}) but "
+                     f"accelerate runs {dist.distributed_type} on {where}; quarklab stops rather than train with "
+                     f"another engine: {hint}")

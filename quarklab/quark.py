@@ -44,6 +44,7 @@ from .rewards import load_reward
 from .stages import stage
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
+from .world import TINY, tiny_world
 from .train import table_rows, train_on_rows
 
 
@@ -100,6 +101,14 @@ def check_processes(config: QuarkConfig, dist: Dist) -> None:
         what = "LoRA" if config.lora_rank else "pool_strategy='quark' (an optimizer kept across iterations)"
         raise QuarkError(f"{what} is not supported under a {dist.engine} engine: run it with DDP "
                          "(configs/accelerate/ddp.yaml)")
+    mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist.accelerator.mixed_precision) \
+        if dist.engine == "deepspeed" else None
+    if mixed is not None and resolve_dtype(config.dtype, dist.device) != mixed:
+        raise QuarkError(f"the accelerate config's mixed_precision {dist.accelerator.mixed_precision!r} would make "
+                         f"DeepSpeed cast the {resolve_dtype(config.dtype, dist.device)} policy in place: quarklab "
+                         "trains in the policy's dtype (DeepSpeed keeps fp32 masters of half-precision weights), so set "
+                         "mixed_precision: 'no' (as configs/accelerate/zero2.yaml and zero3.yaml do) or "
+                         f"--set dtype={dist.accelerator.mixed_precision}")
     if dist.engine == "fsdp" and resolve_dtype(config.dtype, dist.device) != torch.float32:
         raise QuarkError("under FSDP load the policy in float32 (--set dtype=float32): FSDP keeps the float32 shards "
                          "as master weights and computes in bf16 (mixed_precision in configs/accelerate/fsdp.yaml); "
@@ -172,6 +181,9 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
             check_resumable(config, run_dir)
         config = dist.decide(lambda: config)
         with stage("load"):
+            if dist.is_main and TINY in (config.policy, config.reference, config.reward, config.dataset):
+                tiny_world(progress=progress)  # built by one process, before any process reads it
+            dist.barrier()
             s = Session.open(config, run_dir, dist)
             if dist.is_main:
                 _add_prompt_ids(s)
@@ -295,8 +307,9 @@ def _train(s: Session, it: int, progress: bool) -> None:
         with stage("checkpoint"), runs.atomic_dir(folder) as tmp:
             s.policy.save_pretrained(tmp, state_dict=state.get("weights"))  # an engine's gathered weights
             tok.save_pretrained(tmp)
+            runs.atomic_write_json(tmp / runs.TRAINED_BY, state["trained_by"])
             if c.pool_strategy == "quark":
-                torch.save(state, tmp / runs.TRAINER_STATE)
+                torch.save({k: v for k, v in state.items() if k != "trained_by"}, tmp / runs.TRAINER_STATE)
         for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
             shutil.rmtree(old)
     s.dist.barrier()

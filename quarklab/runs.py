@@ -112,6 +112,15 @@ TRAINER_STATE = "trainer_state.pt"
 GradScaler state, a plain tensor dict (read with ``weights_only=True``)."""
 
 
+TRAINED_BY = "trained_by.json"
+"""In every checkpoint: what trained it (engine, accelerate's distributed type, processes, backend, ZeRO stage, the
+share of the parameters each process held), as :meth:`quarklab.distributed.Dist.describe` saw it."""
+
+
+def read_trained_by(run_dir: str | os.PathLike, iteration: int) -> dict:
+    return json.loads((checkpoint_path(run_dir, iteration) / TRAINED_BY).read_text())
+
+
 def read_trainer_state(run_dir: str | os.PathLike, iteration: int) -> dict:
     import torch
 

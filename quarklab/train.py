@@ -280,6 +280,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
     engine the engine owns the optimizer step and the fp32 masters (accelerate's ``accumulate`` /
     ``backward`` idiom); the trained weights are then returned, gathered, as ``state["weights"]`` (on the
     main process) and ``policy`` is left to the engine: reload it from the checkpoint they are saved to.
+    ``state["trained_by"]`` says what trained (:meth:`quarklab.distributed.Dist.describe`).
 
     Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used; the mean
     over processes) and the state to continue from. The policy keeps the dtype it came in (checkpoints
@@ -324,6 +325,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
         trained, opt = dist.prepare_engine(model, opt, config)
     elif dist.world > 1:
         trained = dist.accelerator.prepare_model(model)  # DDP
+    trained_by = dist.describe(trained)
     log, acc = [], []
     bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
     for m, chunk in enumerate(batches):
@@ -371,6 +373,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
         new_state = {"weights": dist.accelerator.get_state_dict(trained)}
     else:
         new_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
+    new_state["trained_by"] = trained_by
     if config.lora_rank:
         model.merge_and_unload()
     dist.release()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import quarklab as ql
@@ -24,22 +25,26 @@ HERE = Path(__file__).resolve().parent
 SMALL = ["iterations=2", "prompts_per_iteration=7", "samples_per_prompt=10", "max_new_tokens=24",
          "eval_prompts=9", "eval_max_new_tokens=24", "epochs_per_iteration=1", "batch_size=16"]
 ROOT = HERE.parent
-# the shipped DDP config, as the README runs it: on a machine without GPUs its processes use gloo on CPU
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2"]
+CONFIGS = ROOT / "configs" / "accelerate"
 
 
-def _launch(args: list[str], processes: int = 2) -> subprocess.Popen:
-    """``accelerate launch`` (``processes`` 2) or plain python (1) of ``args``."""
-    head = ACCELERATE if processes == 2 else [sys.executable]
+def _launch(args: list[str], processes: int = 2, config: str = "ddp") -> subprocess.Popen:
+    """``accelerate launch`` of ``args`` with a shipped config (``processes`` 2), as the README runs it (on a
+    machine without GPUs the processes use gloo on CPU), or plain python (1)."""
+    head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
+            "--num_processes", "2"] if processes == 2 else [sys.executable]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(head + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _train(run_dir: Path, *extra: str, processes: int = 2) -> subprocess.Popen:
-    sets = [a for s in SMALL for a in ("--set", s)]
+# FSDP on CPU processes needs a test-only override of accelerate (tests/fsdp_cpu.py says why)
+ENTRY = {"fsdp": [str(HERE / "fsdp_cpu.py")]}
+
+
+def _train(run_dir: Path, *extra: str, processes: int = 2, config: str = "ddp", sets: tuple = ()) -> subprocess.Popen:
+    sets = [a for s in [*SMALL, *sets] for a in ("--set", s)]
     args = ["--resume", str(run_dir)] if "--resume" in extra else ["--preset", "tiny", "--run-dir", str(run_dir), *sets]
-    return _launch(["-m", "quarklab.cli", "train", *args], processes)
+    return _launch([*ENTRY.get(config, ["-m", "quarklab.cli"]), "train", *args], processes, config)
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -78,6 +83,9 @@ def test_two_processes_write_one_run_directory_with_every_prompt_sampled_once(tw
     # 70 rows in 5 micro-batches of 16: 5 optimizer steps in one process, 3 of 2 x 1 micro-batches in two
     assert train.groupby("iteration").size().tolist() == [3, 3] and train1.groupby("iteration").size().tolist() == [5, 5]
     assert not list(two.rglob("*.tmp-*")) and not (two / "checkpoints" / "iter_001").exists()
+    assert runs.read_trained_by(two, 2) == {"engine": "ddp", "distributed_type": "MULTI_CPU", "processes": 2,
+                                            "backend": "gloo", "zero_stage": None, "held_fraction": 1.0}
+    assert runs.read_trained_by(one, 2)["engine"] == "none"
 
 
 def test_the_two_process_checkpoint_loads_and_generates(two_runs):
@@ -112,6 +120,84 @@ def test_every_process_holds_the_same_weights_as_one_process_accumulating(world,
     pd.testing.assert_frame_equal(logs[0], logs[2], rtol=tol)
 
 
+# The engines of the shipped configs, for real on 2 CPU processes: what each must report having run.
+ENGINES = {"zero2": {"engine": "deepspeed", "distributed_type": "DEEPSPEED", "zero_stage": 2, "held_fraction": 1.0},
+           "zero3": {"engine": "deepspeed", "distributed_type": "DEEPSPEED", "zero_stage": 3, "held_fraction": 0.5},
+           "fsdp": {"engine": "fsdp", "distributed_type": "FSDP", "zero_stage": None, "held_fraction": 0.5}}
+ENGINE_SETS = {"fsdp": ("dtype=float32",)}  # FSDP keeps float32 shards as master weights
+
+
+@pytest.fixture(scope="module")
+def engine_runs(world, tmp_path_factory) -> dict[str, Path]:
+    """The small run of :func:`two_runs` under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 (2 CPU processes each)."""
+    root = tmp_path_factory.mktemp("engines")
+    procs = {}
+    for config in ENGINES:  # one at a time: 2 cores
+        procs[config] = _train(root / config, config=config, sets=ENGINE_SETS.get(config, ()))
+        _finish(procs[config])
+    return {config: root / config for config in ENGINES}
+
+
+@pytest.mark.parametrize("config", list(ENGINES))
+def test_each_engine_really_runs_and_leaves_a_run_like_one_process(engine_runs, two_runs, config):
+    """The launch of configs/accelerate/<config>.yaml trains with that engine (ZeRO-3 and FSDP: each process holds
+    half the parameters), and leaves the run directory one process leaves: the same metrics rows, a float32
+    checkpoint (the policy's dtype) that loads and generates."""
+    run_dir, (one, _, _) = engine_runs[config], two_runs
+    assert runs.read_trained_by(run_dir, 2) == {**ENGINES[config], "processes": 2, "backend": "gloo"}
+    m, m1 = runs.read_metrics(run_dir), runs.read_metrics(one)
+    key = ["iteration", "kind", "mode", "token", "n"]
+    ev, ev1 = (x[x["kind"] == "eval"][key].astype(str).reset_index(drop=True) for x in (m, m1))
+    pd.testing.assert_frame_equal(ev, ev1)
+    train, train1 = m[m["kind"] == "train"], m1[m1["kind"] == "train"]
+    assert sorted(train.dropna(axis=1, how="all").columns) == sorted(train1.dropna(axis=1, how="all").columns)
+    assert train.groupby("iteration").size().tolist() == [3, 3]  # 5 micro-batches dealt to 2 processes
+    assert train["loss"].notna().all() and (train["lr"] > 0).any()
+    for it in (1, 2):  # the pools: every prompt sampled 10 times by one process
+        assert runs.read_pool(run_dir, it)["prompt_id"].tolist() == runs.read_pool(one, it)["prompt_id"].tolist()
+    folder = runs.checkpoint_path(run_dir, 2)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    policy, tok = ql.load_policy(folder), ql.load_tokenizer(folder)
+    start = ql.load_policy(ql.tiny_world(0).policy).state_dict()
+    trained = policy.state_dict()
+    assert any(not torch.equal(trained[k][: start[k].shape[0]], start[k]) for k in start), "nothing trained"
+    out = ql.sample(policy, tok, ["SUBREDDIT: r/test\nTITLE: a\nPOST: b\nTL;DR:"], max_new_tokens=5, seed=0)
+    assert len(out) == 1 and out["num_tokens"].iloc[0] > 0
+
+
+def test_fsdp_launch_on_cpu_processes_stops_with_one_clear_error_before_anything_is_written(tmp_path):
+    """accelerate adopts FSDP on GPUs only: without the tests' override the FSDP launch is one error, not DDP."""
+    proc = _launch(["-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"),
+                    "--set", "dtype=float32"], config="fsdp")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "quarklab: error: the launch asked for fsdp (configs/accelerate/fsdp.yaml) but accelerate runs MULTI_CPU" in err
+    assert "Traceback" not in err.split("quarklab: error")[0] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config", ["ddp", "zero2", "zero3", "fsdp"])
+def test_a_launch_whose_engine_accelerate_does_not_run_is_one_clear_error(config):
+    """Whatever the config asked for (the yaml's distributed_type), an accelerate that runs something else (here:
+    nothing) is refused with what was asked, what runs and what to do."""
+    import yaml
+
+    from quarklab.distributed import Dist, check_engine
+
+    asked = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp", "MULTI_GPU": "ddp"}[
+        yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())["distributed_type"]]
+    with pytest.raises(QuarkError, match=f"the launch asked for {asked} .* but accelerate runs NO"):
+        check_engine(asked, Dist(rank=0, world=2))
+
+
+def test_deepspeed_would_cast_the_policy_in_place_is_one_clear_error(tmp_path):
+    """--mixed_precision bf16 over a float32 policy: DeepSpeed would train and save bf16 weights; quarklab stops."""
+    proc = _launch(["--mixed_precision", "bf16", "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir",
+                    str(tmp_path / "run")], config="zero2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "mixed_precision 'bf16' would make DeepSpeed cast the torch.float32 policy" in err
+
+
 def _kill_all(proc: subprocess.Popen) -> None:
     """kill -9 of the launcher and every process under it, at once (torchrun starts its workers in sessions of
     their own: killing the launcher's group alone would leave them running)."""
@@ -123,20 +209,22 @@ def _kill_all(proc: subprocess.Popen) -> None:
             p.send_signal(signal.SIGKILL)
 
 
-def test_killed_two_process_run_resumes_to_the_same_metrics(two_runs, tmp_path):
-    _, two, _ = two_runs
+@pytest.mark.parametrize("config", ["ddp", "zero2"])
+def test_killed_two_process_run_resumes_to_the_same_metrics(request, config, tmp_path):
+    two = request.getfixturevalue("two_runs")[1] if config == "ddp" else request.getfixturevalue("engine_runs")[config]
     run_dir = tmp_path / "killed"
     moments = [lambda: runs.pool_path(run_dir, 1).exists(),      # mid-training of iteration 1
                lambda: runs.pool_path(run_dir, 2).exists()]      # after iteration 2's pool
     for i, moment in enumerate(moments):
-        proc = _train(run_dir) if i == 0 else _train(run_dir, "--resume")
+        proc = _train(run_dir, config=config) if i == 0 else _train(run_dir, "--resume", config=config)
         deadline = time.time() + 600
         while not moment() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         _kill_all(proc)
         proc.communicate()
     assert not runs.has_metrics(run_dir, 2, "eval"), "the run finished before the last kill"
-    _finish(_train(run_dir, "--resume"))
+    _finish(_train(run_dir, "--resume", config=config))
+    assert runs.read_trained_by(run_dir, 2)["engine"] == {"ddp": "ddp", "zero2": "deepspeed"}[config]
     for it in (1, 2):
         pd.testing.assert_frame_equal(runs.read_pool(run_dir, it), runs.read_pool(two, it))
     m, want = runs.read_metrics(run_dir), runs.read_metrics(two)
