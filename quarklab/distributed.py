@@ -35,7 +35,7 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    accelerator: object = field(default=None, repr=False)  # accelerate.Accelerator when world > 1
+    accelerator: object = field(default=None, repr=False)  # accelerate.Accelerator under accelerate launch
 
     @classmethod
     def from_env(cls) -> "Dist":
@@ -44,12 +44,12 @@ class Dist:
 
         The engine the launch asked for (:func:`launched_engine`) is the engine that runs, or this fails at once,
         before any model loads (:func:`check_engine`): a DeepSpeed or FSDP launch never trains as plain DDP."""
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls()
+        asked, cuda = launched_engine(), torch.cuda.is_available()
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and asked == "ddp":
+            return cls()  # one process, no engine asked: nothing of accelerate's is needed
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
-        asked, cuda = launched_engine(), torch.cuda.is_available()
         if asked == "deepspeed" and not cuda:
             # accelerate adopts DeepSpeed only when not told it is on CPU; DeepSpeed's CPU accelerator talks over gloo
             acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
@@ -183,7 +183,7 @@ class Dist:
 
     def release(self) -> None:
         """Let go of accelerate's wrappers (DDP, or an engine and its optimizer) once an iteration is trained."""
-        if self.world > 1:
+        if self.accelerator is not None:
             self.accelerator.free_memory()
 
     def seed(self, seed: int) -> int:

@@ -166,6 +166,18 @@ def test_each_engine_really_runs_and_leaves_a_run_like_one_process(engine_runs, 
     assert len(out) == 1 and out["num_tokens"].iloc[0] > 0
 
 
+def test_a_deepspeed_launch_of_one_process_still_trains_with_deepspeed(world, tmp_path):
+    """``--num_processes 1`` (one GPU with ZeRO offload, say) is no reason to drop the engine the config names."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "zero2.yaml"),
+           "--num_processes", "1", "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"),
+           *[a for s in [*SMALL, "iterations=1"] for a in ("--set", s)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained_by = runs.read_trained_by(tmp_path / "run", 1)
+    assert (trained_by["engine"], trained_by["zero_stage"], trained_by["processes"]) == ("deepspeed", 2, 1)
+
+
 def test_fsdp_launch_on_cpu_processes_stops_with_one_clear_error_before_anything_is_written(tmp_path):
     """accelerate adopts FSDP on GPUs only: without the tests' override the FSDP launch is one error, not DDP."""
     proc = _launch(["-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"),
