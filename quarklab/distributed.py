@@ -44,8 +44,13 @@ class Dist:
 
         The engine the launch asked for (:func:`launched_engine`) is the engine that runs, or this fails at once,
         before any model loads (:func:`check_engine`): a DeepSpeed or FSDP launch never trains as plain DDP."""
-        asked, cuda = launched_engine(), torch.cuda.is_available()
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and asked == "ddp":
+        asked, cuda, world = launched_engine(), torch.cuda.is_available(), int(os.environ.get("WORLD_SIZE", "1"))
+        if _flag("ACCELERATE_USE_CPU") and world <= 1:
+            raise QuarkError("accelerate launch --cpu (or use_cpu: true) starts one plain process, whatever its config's "
+                             "distributed_type and num_processes say: for the config's engine on CPU processes drop "
+                             "--cpu and set CUDA_VISIBLE_DEVICES='' (quarklab then runs them over gloo); for one "
+                             "process, run quarklab train without accelerate launch")
+        if world <= 1 and asked == "ddp":
             return cls()  # one process, no engine asked: nothing of accelerate's is needed
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
@@ -198,10 +203,12 @@ ENGINE_CONFIGS = {"deepspeed": "configs/accelerate/zero2.yaml or zero3.yaml", "f
 def launched_engine() -> str:
     """The engine the launch asked for: "deepspeed" or "fsdp" (``accelerate launch`` with a config of that
     ``distributed_type`` sets ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_USE_FSDP``), else "ddp"."""
-    def flag(name: str) -> bool:
-        return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+    return "deepspeed" if _flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if _flag("ACCELERATE_USE_FSDP") else "ddp"
 
-    return "deepspeed" if flag("ACCELERATE_USE_DEEPSPEED") else "fsdp" if flag("ACCELERATE_USE_FSDP") else "ddp"
+
+def _flag(name: str) -> bool:
+    """An accelerate launch flag of the environment ("True"/"true"/"1")."""
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
 def check_engine(asked: str, dist: Dist) -> None:
@@ -212,8 +219,7 @@ def check_engine(asked: str, dist: Dist) -> None:
     where = "GPUs" if cuda else "CPU processes (no CUDA here)"
     hint = {"fsdp": "accelerate runs FSDP on GPUs only; on CPU processes train with DeepSpeed "
                     f"({ENGINE_CONFIGS['deepspeed']}) or DDP ({ENGINE_CONFIGS['ddp']})",
-            "deepspeed": "check that deepspeed imports (pip install 'quarklab[deepspeed]') and that the launch "
-                         "does not also pass --cpu / use_cpu: true"}.get(asked, f"launch with {ENGINE_CONFIGS['ddp']}")
+            "deepspeed": "check that deepspeed imports (pip install 'quarklab[deepspeed]')"}.get(asked, f"launch with {ENGINE_CONFIGS['ddp']}")
     raise QuarkError(f"the launch asked for {asked} ({ENGINE_CONFIGS.get(asked, 'its accelerate config')}) but "
                      f"accelerate runs {dist.distributed_type} on {where}; quarklab stops rather than train with "
                      f"another engine: {hint}")

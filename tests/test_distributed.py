@@ -188,6 +188,16 @@ def test_fsdp_launch_on_cpu_processes_stops_with_one_clear_error_before_anything
     assert "Traceback" not in err.split("quarklab: error")[0] and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("config", ["zero2", "zero3"])
+def test_accelerate_launch_cpu_which_drops_the_configs_engine_is_one_clear_error(config, tmp_path):
+    """accelerate's launcher starts one plain process under --cpu, whatever the config names: refused, not run."""
+    proc = _launch(["--cpu", "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(tmp_path / "run")],
+                   config=config)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "quarklab: error: accelerate launch --cpu (or use_cpu: true) starts one plain" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("config", ["ddp", "zero2", "zero3", "fsdp"])
 def test_a_launch_whose_engine_accelerate_does_not_run_is_one_clear_error(config):
     """Whatever the config asked for (the yaml's distributed_type), an accelerate that runs something else (here:
