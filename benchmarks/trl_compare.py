@@ -9,6 +9,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from quarklab.errors import describe
+
 from .common import StepClock, quiet_hf
 from .settings import BenchSettings
 
@@ -20,8 +22,7 @@ def trl_case(policy, tokenizer, rows, control_ids, s: BenchSettings, device, tmp
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
     except Exception as exc:  # not installed, or broken against these transformers
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return {"skipped": f"trl cannot be imported ({type(exc).__name__}: {first})"}
+        return {"skipped": f"trl cannot be imported ({describe(exc)})"}
 
     c = s.config
     cuda = device.type == "cuda"
@@ -55,7 +56,7 @@ def trl_case(policy, tokenizer, rows, control_ids, s: BenchSettings, device, tmp
                                          processing_class=tokenizer)
         setup = time.perf_counter() - t0
     except Exception as exc:  # an incompatible trl/transformers pair must not sink the whole bench
-        return {"skipped": f"SFTTrainer could not be set up ({type(exc).__name__}: {str(exc).splitlines()[0]})"}
+        return {"skipped": f"SFTTrainer could not be set up ({describe(exc)})"}
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)  # it prints every log (disable_tqdm=True adds it)
 

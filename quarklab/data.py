@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import QuarkError
+from .errors import QuarkError, describe
 from .world import TINY
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -82,6 +82,6 @@ def _read_hub(dataset_id: str, split: str) -> pd.DataFrame:
         ds = datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types for a missing id, split or network
         raise QuarkError(f"could not load dataset {dataset_id!r} split {split!r} {where} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                         f"({describe(exc)}). "
                          "Offline, pass a local .jsonl/.csv/.parquet file or 'tiny-tldr'.") from exc
     return ds.to_pandas()

@@ -21,3 +21,16 @@ def finite_1d(values, what: str):
         raise QuarkError(f"{what} holds {int(bad.sum())} non-finite values (NaN or inf); "
                          f"the first at row {first}: {a[first]}")
     return a
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``, stripped ("" when it has none)."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def describe(exc: BaseException) -> str:
+    """``"TypeName: first line"`` of an exception, the first line being its message's first non-empty one (a
+    message that opens with a newline, as some of vLLM's do, would otherwise read ``(RuntimeError: )``);
+    just ``"TypeName"`` when the message has no text at all."""
+    first = first_line(str(exc))
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import QuarkError
+from .errors import QuarkError, describe
 from .world import TINY, tiny_world
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -153,17 +153,16 @@ def load_error(source: str, what: str, exc: Exception) -> QuarkError:
     """One clear error for a local folder that is missing files, or a hub id that failed to load."""
     from huggingface_hub import constants
 
-    first = str(exc).splitlines()[0] if str(exc) else ""
     if Path(source).exists():
         if Path(source).resolve().is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
             return QuarkError(f"could not load {what} from its copy in the local hub cache {source!r} "
-                              f"({type(exc).__name__}: {first}); the cache holds only part of it: "
+                              f"({describe(exc)}); the cache holds only part of it: "
                               "download it whole once with network (hf download REPO_ID)")
         return QuarkError(f"could not load {what} from the local folder {source!r} "
-                          f"({type(exc).__name__}: {first}); is it a save_pretrained folder?")
+                          f"({describe(exc)}); is it a save_pretrained folder?")
     return QuarkError(
         f"could not load {what} {source!r}: not a local folder, and the hub copy is not "
-        f"available ({type(exc).__name__}: {first}). "
+        f"available ({describe(exc)}). "
         "Offline, pass a local folder, e.g. the tiny world's (quarklab world build)."
     )
 

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import transformers
 
 from . import runs
 from .config import QuarkConfig
 from .data import load_prompts
 from .distributed import Dist
-from .errors import QuarkError
+from .errors import QuarkError, describe
 from .evaluate import every_token, scored_samples, summary_table
 from .models import (add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device,
                      resolve_dtype, resolve_model)
@@ -144,9 +145,8 @@ def _stored_config(path: Path) -> QuarkConfig:
             raise ValueError(f"a JSON {type(d).__name__}, not an object")
         return QuarkConfig.from_stored(d)
     except (ValueError, TypeError) as exc:  # bad JSON or bytes, bad fields (QuarkError is a ValueError)
-        raise QuarkError(f"{str(path)!r}, the settings of this run, is damaged ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from a copy "
-                         "(quarklab train --help-config lists the fields); nothing in the run was changed") from exc
+        raise QuarkError(f"{str(path)!r}, the settings of this run, is damaged ({describe(exc)}); restore it from a "
+                         "copy (quarklab train --help-config lists the fields); nothing in the run was changed") from exc
 
 
 def check_resumable(config: QuarkConfig, run_dir: Path) -> None:
@@ -217,12 +217,14 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
     mine = s.dist.shard(prompts)  # all samples of a prompt on one process: local quantiles hold
     with stage("sample"):
         if c.sampler == "vllm":
-            pool = _sample_vllm(s, it, mine, params)
-        elif it == 1:  # the first pass explores with the reference, without a token (and never generates one)
-            pool = sample(s.reference, s.tokenizer, mine, params, suppress=s.control_ids, progress=progress)
+            pool, engine = _sample_vllm(s, it, mine, params)
         else:
-            pool = sample(s.policy, s.tokenizer, mine, params, token=0, prefix_token_id=s.control_ids[0],
-                          suppress=s.control_ids, progress=progress)
+            engine = f"transformers {transformers.__version__} ({s.policy.device.type})"
+            if it == 1:  # the first pass explores with the reference, without a token (and never generates one)
+                pool = sample(s.reference, s.tokenizer, mine, params, suppress=s.control_ids, progress=progress)
+            else:
+                pool = sample(s.policy, s.tokenizer, mine, params, token=0, prefix_token_id=s.control_ids[0],
+                              suppress=s.control_ids, progress=progress)
     with stage("score"):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
@@ -230,31 +232,27 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         if s.dist.is_main:
             pool.insert(0, "iteration", it)
             pool["quantile"] = _quantiles(c, pool)  # over the whole pool, gathered
+            pool["sampler"] = engine  # who sampled it: "transformers 5.19.0 (cpu)", "vllm 0.32.0 (cuda)"
             runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
         s.dist.barrier()
 
 
-def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams) -> pd.DataFrame:
-    """The pool from a vLLM engine: iteration 1 from the reference without a token, later ones from the previous
-    iteration's checkpoint on token 0; quantile tokens suppressed; the engine released afterwards."""
-    import gc
-
+def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams) -> tuple[pd.DataFrame, str]:
+    """The pool from a vLLM engine, and which engine: iteration 1 from the reference without a token, later
+    ones from the previous iteration's checkpoint on token 0; quantile tokens suppressed; one engine per
+    iteration, stopped as soon as it has sampled (training and evaluation get its memory back)."""
     from .vllm_backend import VLLMSampler
 
     c = s.config
     source = resolve_model(c.reference or c.policy) if it == 1 else runs.checkpoint_path(s.run_dir, it - 1)
-    sampler = VLLMSampler(source, tokenizer=runs.checkpoint_path(s.run_dir, it - 1) if it > 1 else None,
-                          dtype=c.dtype, seed=params.seed,
-                          gpu_memory_utilization=c.vllm_gpu_memory_utilization)
-    try:
+    with VLLMSampler(source, tokenizer=runs.checkpoint_path(s.run_dir, it - 1) if it > 1 else None,
+                     dtype=str(s.policy.dtype).removeprefix("torch."), seed=params.seed,
+                     gpu_memory_utilization=c.vllm_gpu_memory_utilization) as sampler:
         if it == 1:
-            return sampler.sample(prompts, params, suppress=s.control_ids)
-        return sampler.sample(prompts, params, token=0, prefix_token_id=s.control_ids[0], suppress=s.control_ids)
-    finally:
-        del sampler
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            pool = sampler.sample(prompts, params, suppress=s.control_ids)
+        else:
+            pool = sampler.sample(prompts, params, token=0, prefix_token_id=s.control_ids[0], suppress=s.control_ids)
+        return pool, sampler.engine
 
 
 def _add_prompt_ids(s: Session) -> None:

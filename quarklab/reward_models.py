@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import QuarkError
+from .errors import QuarkError, describe
 from .models import (context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_file,
                      resolve_source)
 from .tldr import TLDR_MARK
@@ -298,7 +298,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         raise QuarkError(f"could not load {str(path)!r} as a plain tensor state dict: only files "
                          "holding nothing but tensors are accepted (no pickled Python objects); "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                         f"{describe(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise QuarkError(f"{str(path)!r} is not a flat state dict of tensors ({{name: tensor}}); only "

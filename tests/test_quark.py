@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import transformers
 
 import quarklab as ql
 from quarklab import runs
@@ -50,6 +51,7 @@ def test_run_directory_holds_config_pools_checkpoint_and_metrics(small_run):
         pool = pd.read_parquet(runs.pool_path(small_run, it))
         assert len(pool) == 6 * 10 and not pool.duplicated(["prompt_id", "sample"]).any()
         assert {"iteration", "prompt_id", "prompt", "completion", "reward", "quantile", "token"} <= set(pool.columns)
+        assert (pool["sampler"] == f"transformers {transformers.__version__} (cpu)").all()  # who sampled it
         for _, g in pool.groupby("prompt_id"):  # local quantiles: each prompt's samples spread over all 5
             assert sorted(g["quantile"].value_counts().to_dict().items()) == [(k, 2) for k in range(5)]
             assert g.groupby("quantile")["reward"].min().iloc[:-1].values.tolist() >= \
