@@ -27,6 +27,7 @@ in other processes. The plan's figures are for one GPU, the same settings and th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -111,17 +112,15 @@ class DeviceMemory:
         import psutil
 
         try:
-            tree = psutil.Process(self.root_pid)
-            procs = [tree, *tree.children(recursive=True)]
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            return total / GIB
-        except psutil.Error:
+            root = psutil.Process(self.root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:  # the launch has ended
             return 0.0
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):  # a process that ended in between
+                total += p.memory_info().rss
+        return total / GIB
 
     def _loop(self) -> None:
         while not self._stop.is_set():
