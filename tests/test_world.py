@@ -108,3 +108,20 @@ def test_world_command_reports_the_cached_world(world):
     out = subprocess.run([sys.executable, "-m", "quarklab.cli", "world", "build"], capture_output=True,
                          text=True, check=True).stdout
     assert str(world.root) in out and "GPT-J" in out
+
+
+def test_two_processes_asking_for_a_new_world_build_it_once(tmp_path):
+    """The second waits for the first builder's lock, then finds the world built (it used to build its own and
+    swap folders under the first one's readers)."""
+    code = ("import json, sys, quarklab as ql; from quarklab.world import WorldSpec, build_world; "
+            f"w = build_world(WorldSpec(**{SMALL!r}), home=sys.argv[1], progress=False); "
+            "print(json.dumps({'folder': __import__('os').stat(w.root).st_ino, **w.info}))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    infos = [json.loads(p.communicate(timeout=300)[0].splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert infos[0] == infos[1], "both processes built a world (each returned a folder of its own)"
+    from quarklab.world import world_dir
+
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [
+        world_dir(ql.WorldSpec(**SMALL), tmp_path).name]

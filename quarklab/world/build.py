@@ -15,6 +15,7 @@ renames it at the end, so an interrupted build leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -104,6 +105,28 @@ def build_world(spec: WorldSpec | None = None, *, home: str | os.PathLike | None
     root = world_dir(spec, home)
     if (root / "world.json").exists() and not force:
         return World(root)
+    with _build_lock(root):  # one builder at a time: a second process waits, then finds the world built
+        if (root / "world.json").exists() and not force:
+            return World(root)
+        return _build(spec, root, progress)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path):
+    """An exclusive ``flock`` on ``.<world>.lock`` beside the world's folder, waited for (the kernel releases it when
+    its holder exits, even after ``kill -9``)."""
+    import fcntl
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root.parent / f".{root.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(spec: WorldSpec, root: Path, progress: bool) -> World:
     start = time.perf_counter()
     with atomic_dir(root) as tmp:
         splits = _write_data(spec, tmp / "data")
