@@ -102,15 +102,18 @@ def check_processes(config: QuarkConfig, dist: Dist) -> None:
         what = "LoRA" if config.lora_rank else "pool_strategy='quark' (an optimizer kept across iterations)"
         raise QuarkError(f"{what} is not supported under a {dist.engine} engine: run it with DDP "
                          "(configs/accelerate/ddp.yaml)")
+    if dist.engine not in ("deepspeed", "fsdp"):
+        return
+    dtype = resolve_dtype(config.dtype, dist.device)  # the policy's: the engine trains and saves in it
     mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist.accelerator.mixed_precision) \
         if dist.engine == "deepspeed" else None
-    if mixed is not None and resolve_dtype(config.dtype, dist.device) != mixed:
+    if mixed is not None and dtype != mixed:
         raise QuarkError(f"the accelerate config's mixed_precision {dist.accelerator.mixed_precision!r} would make "
-                         f"DeepSpeed cast the {resolve_dtype(config.dtype, dist.device)} policy in place: quarklab "
+                         f"DeepSpeed cast the {dtype} policy in place: quarklab "
                          "trains in the policy's dtype (DeepSpeed keeps fp32 masters of half-precision weights), so set "
                          "mixed_precision: 'no' (as configs/accelerate/zero2.yaml and zero3.yaml do) or "
                          f"--set dtype={dist.accelerator.mixed_precision}")
-    if dist.engine == "fsdp" and resolve_dtype(config.dtype, dist.device) != torch.float32:
+    if dist.engine == "fsdp" and dtype != torch.float32:
         raise QuarkError("under FSDP load the policy in float32 (--set dtype=float32): FSDP keeps the float32 shards "
                          "as master weights and computes in bf16 (mixed_precision in configs/accelerate/fsdp.yaml); "
                          "half-precision weights would train with no fp32 masters")

@@ -127,6 +127,11 @@ def _build_lock(root: Path):
 
 
 def _build(spec: WorldSpec, root: Path, progress: bool) -> World:
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        # transformers' save_pretrained writes weights on rank 0 only: this rank would leave a world without a model
+        raise QuarkError(f"the tiny world {str(root)!r} is not built yet and this is process "
+                         f"{torch.distributed.get_rank()} of a distributed launch: build it from the main process "
+                         "first (quarklab world build, or ql.tiny_world() on rank 0 before a barrier)")
     start = time.perf_counter()
     with atomic_dir(root) as tmp:
         splits = _write_data(spec, tmp / "data")
