@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .checks import check_int, check_int_list, check_num_quantiles
 from .errors import QuarkError
 from .metrics import pareto_mask
 from .quantiles import assign_quantiles
@@ -68,26 +69,6 @@ def check_samples(samples, *, need_length: bool = False) -> pd.DataFrame:
             raise QuarkError("samples['num_tokens'] holds missing values")
         out["num_tokens"] = lengths
     return out
-
-
-def check_num_quantiles(num_quantiles) -> int:
-    if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, numbers.Integral) or num_quantiles < 1:
-        raise QuarkError(f"num_quantiles must be an int >= 1, got {num_quantiles!r}")
-    return int(num_quantiles)
-
-
-def check_int_list(values, what: str, minimum: int) -> list[int]:
-    """``values`` as a sorted list of distinct ints >= ``minimum`` (at least one)."""
-    try:
-        items = list(values)
-    except TypeError:
-        raise QuarkError(f"{what} must be a sequence of ints, got {values!r}") from None
-    if not items:
-        raise QuarkError(f"{what} must hold at least one value")
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-            raise QuarkError(f"{what} must hold ints >= {minimum}, got {v!r}")
-    return sorted(set(int(v) for v in items))
 
 
 # ---------------------------------------------------------------------------- a run's metrics
@@ -204,8 +185,7 @@ def best_of_n(samples: pd.DataFrame, ns: Sequence[int] | None = None, *, seed: i
     from ``seed``), so the result is deterministic.
     """
     df = check_samples(samples)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise QuarkError(f"seed must be an int, got {seed!r}")
+    check_int(seed, "seed")
     available = int(df.groupby("prompt_id", sort=False).size().min())
     ns = default_ns(available) if ns is None else check_int_list(ns, "ns", 1)
     if max(ns) > available:

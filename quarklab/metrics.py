@@ -8,12 +8,12 @@ number of words for every n, which gives a lower dist-2 and dist-3).
 
 from __future__ import annotations
 
-import numbers
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .checks import check_int
 from .errors import QuarkError, finite_1d
 
 
@@ -101,8 +101,7 @@ def _ngram_counts(texts: list[str], n: int) -> tuple[int, int]:
 
 
 def _check_n(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise QuarkError(f"n must be an int >= 1, got {n!r}")
+    check_int(n, "n", 1)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

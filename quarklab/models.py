@@ -12,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .checks import check_int
 from .errors import QuarkError, describe
 from .world import TINY, tiny_world
 
@@ -260,8 +260,7 @@ def quantile_token_ids(tokenizer, num_quantiles: int | None = None, *, required:
         while quantile_token(k) in vocab:
             k += 1
         return [int(vocab[quantile_token(i)]) for i in range(k)]
-    if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, (int, np.integer)) or num_quantiles < 1:
-        raise QuarkError(f"num_quantiles must be an int >= 1 (or None to detect it), got {num_quantiles!r}")
+    check_int(num_quantiles, "num_quantiles (or None to detect it)", 1)
     missing = [quantile_token(k) for k in range(int(num_quantiles)) if quantile_token(k) not in vocab]
     if missing:
         present = len(quantile_token_ids(tokenizer))

@@ -23,19 +23,19 @@ Rules shared by both:
 
 from __future__ import annotations
 
-import numbers
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .checks import check_int, check_num_quantiles
 from .errors import QuarkError, finite_1d
 
 
 def assign_quantiles(rewards: Sequence[float] | np.ndarray, num_quantiles: int,
                      groups: Sequence | np.ndarray | None = None) -> np.ndarray:
     """Return the quantile (int64, 0 = highest rewards) of each row; local per group when ``groups`` is given."""
-    k = _check_num_quantiles(num_quantiles)
+    k = check_num_quantiles(num_quantiles)
     r = _as_rewards(rewards)
     codes = np.zeros(len(r), dtype=np.int64) if groups is None else _factorize(groups, len(r))[0]
     # Position in the group's descending order; the stable sort keeps tied rows in row order.
@@ -47,7 +47,7 @@ def assign_quantiles(rewards: Sequence[float] | np.ndarray, num_quantiles: int,
 def quantile_thresholds(rewards: Sequence[float] | np.ndarray, quantiles: Sequence[int] | np.ndarray,
                         num_quantiles: int) -> np.ndarray:
     """Return the minimum reward in each of the ``num_quantiles`` quantiles (NaN for an empty one)."""
-    k = _check_num_quantiles(num_quantiles)
+    k = check_num_quantiles(num_quantiles)
     r = _as_rewards(rewards)
     q = _as_quantiles(quantiles, len(r), k)
     out = np.full(k, np.inf)
@@ -68,10 +68,8 @@ def select_per_quantile(quantiles: Sequence[int] | np.ndarray, groups: Sequence 
     change when other groups' rows are added, removed or reordered. ``groups=None`` treats
     all rows as one group.
     """
-    if isinstance(per_quantile, bool) or not isinstance(per_quantile, numbers.Integral) or per_quantile < 1:
-        raise QuarkError(f"per_quantile must be an int >= 1, got {per_quantile!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise QuarkError(f"seed must be an int, got {seed!r}")
+    check_int(per_quantile, "per_quantile", 1)
+    check_int(seed, "seed")
     q = _as_quantiles(quantiles, None, None)
     n = len(q)
     if groups is None:
@@ -111,12 +109,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
-
-
-def _check_num_quantiles(num_quantiles: int) -> int:
-    if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, numbers.Integral) or num_quantiles < 1:
-        raise QuarkError(f"num_quantiles must be an int >= 1, got {num_quantiles!r}")
-    return int(num_quantiles)
 
 
 def _as_rewards(rewards) -> np.ndarray:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_int
 from .errors import QuarkError, describe
 from .models import (context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_file,
                      resolve_source)
@@ -364,10 +365,7 @@ def _check_max_length(max_length: int | None, limit: int, default: int | None) -
     """``max_length``, or ``default`` capped at the model's context ``limit`` (``limit`` itself when None)."""
     if max_length is None:
         return min(default, limit) if default else limit
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= limit:
-        raise QuarkError(f"reward max_length must be an integer from 1 to the model's context ({limit} "
-                         f"tokens), got {max_length!r}")
-    return max_length
+    return check_int(max_length, "reward max_length (at most the model's context)", 1, limit)
 
 
 def _check_batch_size(batch_size: int) -> int:

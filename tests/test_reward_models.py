@@ -236,7 +236,7 @@ def test_value_head_template_split_and_its_errors(value_head):
     reward = load_reward(folder, device="cpu")
     with pytest.raises(QuarkError, match=r"row 1 has no 'TL;DR:' in prompt \+ completion"):
         reward([PROMPTS[0], "POST: no mark here"], [COMPLETIONS[0], " summary"])
-    with pytest.raises(QuarkError, match=r"max_length must be an integer from 1"):
+    with pytest.raises(QuarkError, match=r"max_length \(at most the model.s context\) must be an integer from 1"):
         load_reward(folder, device="cpu", max_length=0)
 
 

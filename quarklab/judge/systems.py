@@ -206,8 +206,8 @@ def _slug(text: str) -> str:
 def pair_systems(a: System, b: System, limit: int | None = None) -> pd.DataFrame:
     """The prompts both systems answered (matched on the prompt text), in ``a``'s order, at most ``limit``:
     ``prompt_id`` (a's), ``prompt``, ``completion_a``, ``completion_b``. No shared prompt is a QuarkError."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise QuarkError(f"limit must be a whole number of prompts >= 1 (or None for all), got {limit!r}")
+    if limit is not None:
+        check_int(limit, "limit (prompts; None for all)", 1)
     pairs = a.table.merge(b.table[["prompt", "completion"]], on="prompt", suffixes=("_a", "_b"))
     if pairs.empty:
         raise QuarkError(f"systems {a.spec!r} ({len(a.table)} prompts) and {b.spec!r} ({len(b.table)} prompts) "

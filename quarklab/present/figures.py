@@ -17,7 +17,6 @@ or a full label with its own parentheses to use it verbatim.
 from __future__ import annotations
 
 import io
-import numbers
 import os
 import re
 from pathlib import Path
@@ -75,8 +74,7 @@ def palette(n: int) -> list:
 
     The palette has 10 distinct colours; beyond that it repeats.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise QuarkError(f"palette needs a number of colours >= 0, got {n!r}")
+    check_int(n, "palette's number of colours", 0)
     if n == 0:
         return []
     import seaborn as sns

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..compare import compare_tokens
+from ..checks import check_num_quantiles
 from ..errors import QuarkError
 from ..models import quantile_token_ids
 from ..quantiles import assign_quantiles, quantile_table
@@ -171,8 +172,7 @@ class QuantileExplorer:
             raise QuarkError(f"scope must be 'local' or 'global', got {scope!r}")
         if scope == "local" and "prompt_id" not in samples.columns:
             raise QuarkError("local quantiles need a 'prompt_id' column in the samples")
-        if isinstance(num_quantiles, bool) or not isinstance(num_quantiles, (int, np.integer)) or num_quantiles < 1:
-            raise QuarkError(f"num_quantiles must be an int >= 1, got {num_quantiles!r}")
+        check_num_quantiles(num_quantiles)
         if len(samples) == 0:
             raise QuarkError("no samples to explore")
         self.samples = samples.reset_index(drop=True)
