@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,3 +103,25 @@ def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     report["targets"] = targets(report)
     atomic_write_json(out, finite(report))
     return report
+
+
+def main(argv: list[str]) -> int:
+    """``python -m benchmarks.bench KNOBS_JSON OUT`` (what ``quarklab bench`` starts in the source checkout):
+    :meth:`BenchSettings.make` of the knobs, the table on stdout, everything in OUT."""
+    import json
+
+    if len(argv) != 2:
+        print("usage: python -m benchmarks.bench KNOBS_JSON OUT (use `quarklab bench`)", file=sys.stderr)
+        return 2
+    try:
+        report = run_bench(BenchSettings.make(**json.loads(argv[0])), argv[1])
+    except QuarkError as exc:
+        print(f"quarklab bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"report: {argv[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

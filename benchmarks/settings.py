@@ -9,7 +9,7 @@ import numpy as np
 
 from quarklab.config import QuarkConfig, preset
 from quarklab.errors import QuarkError
-from quarklab.world import TINY
+from quarklab.names import TINY
 
 # Prompt length, in words (``len(prompt.split())`` of the whole prompt: the SUBREDDIT/TITLE/POST
 # header, the post and "TL;DR:"), of real Reddit TL;DR posts at the quantile levels 0, 0.05, ..., 1

@@ -20,7 +20,8 @@ def _world_build(args) -> None:
 
 
 def _notebooks_run(args) -> None:
-    from .notebooks import parse_value, resolve_path, run_notebooks
+    from .notebooks import parse_value, run_notebooks
+    from .paths import resolve_path
 
     params = {name: parse_value(value, name) for name, value in args.param}
     for path in run_notebooks(args.run_dir, params, notebooks=args.only or None, cell_timeout=args.cell_timeout):
@@ -32,7 +33,8 @@ def _notebooks_run(args) -> None:
 def _notebooks_sweep(args) -> None:
     import pandas as pd
 
-    from .notebooks import parse_value, resolve_path, sweep
+    from .notebooks import parse_value, sweep
+    from .paths import resolve_path
 
     if any(len(p) < 2 for p in args.param):
         raise QuarkError("each -p NAME needs at least one value: -p num_quantiles 3 5 7")
@@ -89,20 +91,23 @@ class _PresetAction(argparse.Action):
 
 
 def _bench(args) -> None:
+    """The benchmark is the ``benchmarks/`` folder of a source checkout, beside the package: it runs there, in a
+    child process whose working directory is the checkout (nothing is added to this process's import path)."""
+    import json
+    import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     if not (root / "benchmarks" / "bench.py").is_file():
         raise QuarkError(f"quarklab bench runs the benchmarks/ folder of a source checkout; there is none at {root}")
-    sys.path.insert(0, str(root))
-    from benchmarks.bench import BenchSettings, format_table, run_bench
-
-    changes = {k: v for k, v in (("warmup", args.warmup), ("reps", args.reps), ("threads", args.threads))
-               if v is not None}
-    settings = BenchSettings.make(quick=args.quick, model=args.model, device=args.device, **changes)
-    report = run_bench(settings, args.out)
-    print(format_table(report))
-    print(f"report: {args.out}")
+    model = os.path.abspath(args.model) if args.model and os.path.exists(args.model) else args.model  # from here
+    knobs = {k: v for k, v in (("quick", args.quick), ("model", model), ("device", args.device),
+                               ("warmup", args.warmup), ("reps", args.reps), ("threads", args.threads))
+             if v is not None}
+    out = os.path.abspath(args.out)
+    code = subprocess.call([sys.executable, "-m", "benchmarks.bench", json.dumps(knobs), out], cwd=root)
+    if code:
+        sys.exit(code)
 
 
 def _plan(args) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import QuarkError, describe
-from .world import TINY
+from .names import TINY, lookup
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -26,10 +26,9 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
     ``CarperAI/openai_summarize_tldr`` (``split`` train/valid/test). ``limit`` keeps the
     first rows. ``prompt_id`` is the row's position in the source, stable across calls.
     """
-    if os.fspath(source) == TINY:
-        from .world import tiny_world
-
-        source, split = tiny_world(seed).data_file(split), None
+    named = lookup(source, seed=seed)
+    if named is not None:
+        source, split = named.data_file(split), None
     df = read_table(os.fspath(source), split)
     if "prompt" not in df.columns:
         raise QuarkError(f"dataset {os.fspath(source)!r} has no 'prompt' column "

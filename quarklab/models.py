@@ -16,7 +16,7 @@ import torch
 
 from .checks import check_int
 from .errors import QuarkError, describe
-from .world import TINY, tiny_world
+from .names import lookup
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -47,11 +47,10 @@ HUB_PROBE_TIMEOUT = 5.0  # seconds for the one connection attempt that tells whe
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> str | os.PathLike | None:
-    """The one place a model name is resolved: ``"tiny-tldr"`` (:data:`quarklab.world.TINY`) is the
-    offline world's SFT folder (built on first need); anything else is returned as given."""
-    if name_or_path is not None and os.fspath(name_or_path) == TINY:
-        return tiny_world().policy
-    return name_or_path
+    """A model name as a folder or hub id: a registered name (:mod:`quarklab.names`; ``"tiny-tldr"``: the
+    offline world's SFT folder, built on first need) is its setup's model folder; anything else is as given."""
+    named = lookup(name_or_path)
+    return named.policy if named is not None else name_or_path
 
 
 def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo_type: str = "model") -> str:

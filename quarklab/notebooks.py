@@ -5,12 +5,7 @@ A run directory is the record of a run: the Quark run itself (config.json, pools
 checkpoints, metrics.jsonl), the executed notebooks, ``figures/*.png`` and
 ``results/*.json`` (what each notebook measured, for tests and sweeps).
 
-Paths mean the same wherever a notebook runs: a relative path in a notebook parameter (``run_dir``,
-a model, reward or dataset folder or file, ``extra_run_dirs``, ``seed_run_dirs``), and ``--run-dir``/``--out`` of
-``quarklab notebooks``, is read from :func:`project_root`, the folder holding ``notebooks/`` and
-``pyproject.toml`` (found upward from the working directory). So ``runs/demo`` is the same folder
-for a kernel that JupyterLab starts in ``notebooks/``, for ``make demo`` at the root, and for a
-sweep writing elsewhere.
+Relative paths in notebook parameters are read from the project root (:mod:`quarklab.paths`).
 """
 
 from __future__ import annotations
@@ -24,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from .data import LOCAL_FORMATS
 from .errors import QuarkError
+from .paths import locate, project_root, resolve_path
 from .runs import atomic_write_json, atomic_write_text, eval_files, iteration_of, latest_checkpoint, read_metrics
 
 NOTEBOOKS = ["01_quantile_distributions.ipynb", "02_training_iterations.ipynb", "03_compare_tokens.ipynb",
@@ -62,54 +57,6 @@ def check_parameters(**parameters: Any) -> None:
             check_field(name, value, where="notebook parameter")
         else:
             raise QuarkError(f"check_parameters: {name!r} is neither run_dir nor a QuarkConfig field")
-
-
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The folder that relative paths in notebook parameters are read from: the nearest folder, from
-    ``start`` (default: the working directory) upward, that holds both ``pyproject.toml`` and ``notebooks/``
-    (a quarklab checkout, or a project laid out like one); outside any such project, ``start`` itself.
-
-    A kernel that JupyterLab starts for ``notebooks/01_….ipynb`` works in ``notebooks/``; one that
-    :func:`run_notebooks` starts works in the project root; both find the same root, so
-    ``run_dir = "runs/demo"`` is ``<project>/runs/demo`` either way.
-    """
-    here = Path(start if start is not None else Path.cwd()).expanduser().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
-            return folder
-    return here
-
-
-def resolve_path(path: str | os.PathLike, *, must_exist: bool = False) -> Path:
-    """``path`` as an absolute Path: ``~`` expanded, a relative path joined to :func:`project_root`.
-
-    With ``must_exist``, a path that is not there is one QuarkError naming the resolved path.
-    """
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise QuarkError(f"a path must be a non-empty string, got {path!r}")
-    given = Path(path).expanduser()
-    resolved = given if given.is_absolute() else project_root() / given
-    if must_exist and not resolved.exists():
-        raise QuarkError(f"{str(path)!r} resolves to {resolved}, which does not exist (relative paths are read "
-                         f"from the project root, {project_root()})")
-    return resolved
-
-
-def locate(source: Any) -> Any:
-    """A model, reward or dataset parameter with a relative path read as :func:`resolve_path` reads it.
-
-    A relative path that exists under the project root, starts with ``./`` or ``../``, or names a
-    ``.jsonl``/``.json``/``.csv``/``.parquet`` file becomes that absolute path (so a missing file is
-    reported by its resolved path); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a
-    callable) is returned as given.
-    """
-    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
-        return source
-    text = os.fspath(source)
-    resolved = resolve_path(text)
-    looks_local = (Path(text).expanduser().is_absolute() or text.startswith(("./", "../"))
-                   or Path(text).suffix.lower() in LOCAL_FORMATS)
-    return str(resolved) if looks_local or resolved.exists() else source
 
 
 def prepare(run_dir: str | os.PathLike) -> Path:

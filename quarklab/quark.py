@@ -45,7 +45,7 @@ from .rewards import load_reward
 from .stages import stage
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
-from .world import TINY, tiny_world
+from .names import lookup
 from .train import table_rows, train_on_rows
 
 
@@ -184,8 +184,9 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
             check_resumable(config, run_dir)
         config = dist.decide(lambda: config)
         with stage("load"):
-            if dist.is_main and TINY in (config.policy, config.reference, config.reward, config.dataset):
-                tiny_world(progress=progress)  # built by one process, before any process reads it
+            if dist.is_main:  # a named setup ("tiny-tldr") is built by one process, before any process reads it
+                for spec in (config.policy, config.reference, config.reward, config.dataset):
+                    lookup(spec, progress=progress)
             dist.barrier()
             s = Session.open(config, run_dir, dist)
             if dist.is_main:

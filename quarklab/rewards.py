@@ -22,6 +22,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from .errors import QuarkError, finite_1d
+from .names import TINY, is_named, lookup
 
 
 class RewardFn(Protocol):
@@ -89,10 +90,10 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
         raise QuarkError(f"reward kind 'callable' needs a Python callable, got {spec!r}")
     spec_s = os.fspath(spec)
     if kind == "auto":
-        kind = "tiny-tldr" if spec_s == "tiny-tldr" else _guess_model_kind(spec_s)
-    if kind == "tiny-tldr":
-        from .world.reward import TinyTLDRReward
-        return CheckedReward(TinyTLDRReward(), name="tiny-tldr", batch_size=None)
+        kind = TINY if is_named(spec_s) else _guess_model_kind(spec_s)
+    if kind == TINY:
+        named = lookup(spec_s if is_named(spec_s) else TINY)
+        return CheckedReward(named.reward(), name=TINY, batch_size=None)
     from . import reward_models
     common = dict(template=template, max_length=max_length, device=device, dtype=dtype, batch_size=batch_size,
                   trust_remote_code=trust_remote_code)

@@ -13,8 +13,8 @@ import quarklab as ql
 from quarklab.config import QuarkConfig
 from quarklab.quark import Session
 from quarklab.reward_models import CARPER_TEMPLATE, guess_kind
-from quarklab.world import carper_reward_model
-from quarklab.world.standins import VARIANTS, read_rows, tldr_pairs
+from quarklab.testing import carper_reward_model
+from quarklab.testing.standins import VARIANTS, read_rows, tldr_pairs
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import quarklab as ql
 from quarklab import runs
 from quarklab.config import preset
-from quarklab.world import carper_reward_model, gptj_standin
+from quarklab.testing import carper_reward_model, gptj_standin
 
 SFT, RM = "CarperAI/openai_summarize_tldr_sft", "CarperAI/openai_summarize_tldr_rm_checkpoint"
 SIZES = ["dataset=tiny-tldr", "iterations=2", "prompts_per_iteration=3", "samples_per_prompt=10",

@@ -234,7 +234,7 @@ def make_judge(kind: str, model: str | None = None, *, base_url: str | None = No
                api_key_env: str | None = "OPENAI_API_KEY", device: str = "auto", **options):
     """A judge by kind: ``"rm"`` (a reward model, default ``"tiny-tldr"``), ``"lm"`` (a local causal LM,
     default the tiny world's SFT model) or ``"http"`` (an OpenAI-compatible endpoint; ``model`` needed)."""
-    from ..notebooks import locate
+    from ..paths import locate
 
     if kind == "rm":
         return RewardJudge(locate(model or "tiny-tldr"), **options)

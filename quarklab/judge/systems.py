@@ -16,7 +16,7 @@ Options: ``token`` (an integer or ``none``), ``iteration`` (an integer or ``last
 ``sampled``) and ``sample`` (which sample of a prompt; default: the first), written ``key=value`` or
 ``key value`` (``token 0, iteration 2``: the form a notebook parameter takes, since papermill cannot read a
 parameter line holding two ``=``). Relative paths are read from the
-project root (:func:`quarklab.notebooks.resolve_path`). A run's completions come from ``RUN/eval/iter_NNN.parquet``.
+project root (:func:`quarklab.paths.resolve_path`). A run's completions come from ``RUN/eval/iter_NNN.parquet``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def parse_system(spec: str, run_dir: str | os.PathLike | None = None) -> SystemS
 
     One QuarkError names the bad part: an unknown option, a value that is not a number, a missing path.
     """
-    from ..notebooks import resolve_path
+    from ..paths import resolve_path
 
     if not isinstance(spec, str) or not spec.strip():
         raise QuarkError(f"a system spec must be a non-empty string such as 'runs/demo:token=0', got {spec!r}")

@@ -175,7 +175,7 @@ def win_rate(a: str | System, b: str | System, judge, *, run_dir: str | os.PathL
     or loaded systems; ``judge`` is a judge (:mod:`quarklab.judge.judges`). ``out`` (default: ``run_dir``,
     else ``a``'s run) holds ``judge/cache.jsonl`` and ``judge/<A>_vs_<B>.<judge>.json`` / ``.parquet``.
     """
-    from ..notebooks import resolve_path
+    from ..paths import resolve_path
 
     sa, sb = load_system(a, run_dir), load_system(b, run_dir)
     if out is None:

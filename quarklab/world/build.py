@@ -32,8 +32,6 @@ from ..runs import atomic_dir, atomic_write_json
 
 WORLD_VERSION = 1
 EOS = "<|endoftext|>"
-TINY = "tiny-tldr"
-"""The name that stands for the offline world wherever a model, dataset or reward is named."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,12 @@ class World:
         if not path.exists():
             raise QuarkError(f"the tiny world has no split {split!r}: use train, valid or test")
         return str(path)
+
+    def reward(self):
+        """The world's text reward (:class:`~quarklab.world.reward.TinyTLDRReward`)."""
+        from .reward import TinyTLDRReward
+
+        return TinyTLDRReward()
 
     @property
     def info(self) -> dict:

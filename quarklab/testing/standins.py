@@ -34,7 +34,7 @@ import torch
 
 from ..errors import QuarkError
 from ..runs import atomic_dir, atomic_write_bytes, atomic_write_json
-from .build import World, tiny_world
+from ..world import World, tiny_world
 
 RIDGE = 1e-2
 """Ridge strength, relative to the mean eigenvalue of the features' Gram matrix."""

@@ -1,0 +1,66 @@
+"""Where relative paths point: the project root, and model, reward or dataset parameters read from it.
+
+Paths mean the same wherever a notebook, the judge or the CLI runs: a relative path in a notebook parameter
+(``run_dir``, a model, reward or dataset folder or file, ``extra_run_dirs``, ``seed_run_dirs``), and
+``--run-dir``/``--out`` of ``quarklab notebooks`` and ``quarklab judge``, is read from :func:`project_root`, the
+folder holding ``notebooks/`` and ``pyproject.toml`` (found upward from the working directory). So ``runs/demo``
+is the same folder for a kernel that JupyterLab starts in ``notebooks/``, for ``make demo`` at the root, and for
+a sweep writing elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .data import LOCAL_FORMATS
+from .errors import QuarkError
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder that relative paths in notebook parameters are read from: the nearest folder, from
+    ``start`` (default: the working directory) upward, that holds both ``pyproject.toml`` and ``notebooks/``
+    (a quarklab checkout, or a project laid out like one); outside any such project, ``start`` itself.
+
+    A kernel that JupyterLab starts for ``notebooks/01_….ipynb`` works in ``notebooks/``; one that
+    :func:`run_notebooks` starts works in the project root; both find the same root, so
+    ``run_dir = "runs/demo"`` is ``<project>/runs/demo`` either way.
+    """
+    here = Path(start if start is not None else Path.cwd()).expanduser().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return here
+
+
+def resolve_path(path: str | os.PathLike, *, must_exist: bool = False) -> Path:
+    """``path`` as an absolute Path: ``~`` expanded, a relative path joined to :func:`project_root`.
+
+    With ``must_exist``, a path that is not there is one QuarkError naming the resolved path.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise QuarkError(f"a path must be a non-empty string, got {path!r}")
+    given = Path(path).expanduser()
+    resolved = given if given.is_absolute() else project_root() / given
+    if must_exist and not resolved.exists():
+        raise QuarkError(f"{str(path)!r} resolves to {resolved}, which does not exist (relative paths are read "
+                         f"from the project root, {project_root()})")
+    return resolved
+
+
+def locate(source: Any) -> Any:
+    """A model, reward or dataset parameter with a relative path read as :func:`resolve_path` reads it.
+
+    A relative path that exists under the project root, starts with ``./`` or ``../``, or names a
+    ``.jsonl``/``.json``/``.csv``/``.parquet`` file becomes that absolute path (so a missing file is
+    reported by its resolved path); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a
+    callable) is returned as given.
+    """
+    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+        return source
+    text = os.fspath(source)
+    resolved = resolve_path(text)
+    looks_local = (Path(text).expanduser().is_absolute() or text.startswith(("./", "../"))
+                   or Path(text).suffix.lower() in LOCAL_FORMATS)
+    return str(resolved) if looks_local or resolved.exists() else source

@@ -1,0 +1,7 @@
+"""Local stand-ins of the real checkpoints (GPT-J 6B's layout, CarperAI's value-head reward model), built from the
+tiny world in seconds: what the suite and the GPU rehearsal load through the same code paths as the real ones.
+Nothing in the library imports this package."""
+
+from .standins import carper_reward_model, gptj_standin
+
+__all__ = ["carper_reward_model", "gptj_standin"]
