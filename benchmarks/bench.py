@@ -65,8 +65,10 @@ def _timed_section(report: dict, name: str, fn):
 def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
     import torch
 
-    from quarklab.models import load_tokenizer, resolve_source
-    from quarklab.runs import atomic_write_json
+    from quarklab.hub import resolve_source
+
+    from quarklab.models import load_tokenizer
+    from quarklab.files import atomic_write_json
 
     t_start = time.perf_counter()
     c = settings.config

@@ -43,7 +43,7 @@ import torch
 import quarklab as ql
 from quarklab import runs
 from quarklab.config import preset
-from quarklab.models import add_quantile_tokens, quantile_token_ids
+from quarklab.tokens import add_quantile_tokens, quantile_token_ids
 from quarklab.plan import plan
 from quarklab.quantiles import assign_quantiles
 from quarklab.train import table_rows, train_on_rows

@@ -78,6 +78,6 @@ def bench_iteration(s: BenchSettings, tmp: Path) -> dict:
 if __name__ == "__main__":  # the child: python -m benchmarks.iteration SETTINGS_JSON RUN_DIR OUT_JSON
     if len(sys.argv) != 4:
         sys.exit("usage: python -m benchmarks.iteration SETTINGS_JSON RUN_DIR OUT_JSON (internal; use `quarklab bench`)")
-    from quarklab.runs import atomic_write_json
+    from quarklab.files import atomic_write_json
 
     atomic_write_json(sys.argv[3], profile_run(BenchSettings.from_dict(json.loads(sys.argv[1])), sys.argv[2]))

@@ -15,13 +15,14 @@ from .config import PRESETS, QuarkConfig, preset
 from .data import load_prompts
 from .errors import QuarkError
 from .evaluate import evaluate
-from .models import (add_quantile_tokens, load_policy, load_tokenizer, position_ids_from_mask, quantile_token,
-                     resolve_device, resolve_model)
+from .hub import resolve_model
+from .models import load_policy, load_tokenizer, position_ids_from_mask, resolve_device
 from .quantiles import assign_quantiles, quantile_table, select_per_quantile
 from .quark import final_table
 from .quark import run as run_quark
 from .rewards import CheckedReward, RewardFn, load_reward
 from .sampling import SamplingParams, sample
+from .tokens import add_quantile_tokens, quantile_token
 from .world import World, WorldSpec, build_world, quarklab_home, tiny_world
 
 __version__ = "0.1.0"

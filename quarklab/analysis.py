@@ -15,10 +15,6 @@ Inputs:
 
 from __future__ import annotations
 
-import json
-import math
-import numbers
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -28,6 +24,8 @@ from .checks import check_int, check_int_list, check_num_quantiles
 from .errors import QuarkError
 from .metrics import pareto_mask
 from .quantiles import assign_quantiles
+from .runs import read_config
+from .tokens import as_token
 
 __all__ = [
     "check_samples", "eval_rows", "train_rows", "token_order", "prompt_quantile_counts", "quantile_contrast",
@@ -74,21 +72,9 @@ def check_samples(samples, *, need_length: bool = False) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- a run's metrics
 
 def token_str(value) -> str:
-    """A metrics ``token`` (``"none"``, an int, a float from JSON, None/NaN) as ``"none"`` or ``"<k>"``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "none"
-    if isinstance(value, str):
-        s = value.strip().lower()
-        if s in {"none", "", "nan"}:
-            return "none"
-        try:
-            f = float(s)
-        except ValueError:
-            return s
-        return str(int(f)) if f.is_integer() else s
-    if isinstance(value, numbers.Real) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
+    """A metrics ``token`` (:func:`quarklab.tokens.as_token` reads every spelling) as ``"none"`` or ``"<k>"``."""
+    k = as_token(value)
+    return "none" if k is None else str(k)
 
 
 def token_order(tokens: Iterable[str]) -> list[str]:
@@ -383,14 +369,7 @@ def run_reward_name(*run_dirs) -> str:
     runs scored by different rewards share no scale: then one QuarkError naming each run's reward."""
     if not run_dirs:
         raise QuarkError("run_reward_name needs at least one run directory")
-    names = {}
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "config.json"
-        try:
-            names[str(run_dir)] = reward_name(json.loads(path.read_text())["reward"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise QuarkError(f"{str(path)!r} is missing, damaged or names no reward: is {str(run_dir)!r} a Quark "
-                             "run directory (run 02 or `quarklab train` into it first)?") from None
+    names = {str(run_dir): reward_name(read_config(run_dir).reward) for run_dir in run_dirs}
     if len(set(names.values())) != 1:
         raise QuarkError("these runs were scored by different rewards ("
                          + ", ".join(f"{d}: {r}" for d, r in names.items())

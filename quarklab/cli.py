@@ -79,7 +79,7 @@ def _seeds(args) -> None:
         print(summary_table(summary).to_string())
     print(f"at iteration {int(summary['iteration'].max())}; {INTERVAL_NOTE}")
     if args.csv:
-        from .runs import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(args.csv, summary.to_csv(index=False))
         print(f"summary: {args.csv}")

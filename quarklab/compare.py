@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import QuarkError
-from .models import quantile_token_ids
+from .tokens import quantile_token_ids
 from .rewards import check_rewards
 from .sampling import SamplingParams, sample
 from .tldr import prompt_table
@@ -67,7 +67,7 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     if max(ids) >= rows_in_model:
         raise QuarkError(f"the tokenizer holds quantile tokens up to id {max(ids)}, but the policy's embedding "
                          f"has {rows_in_model} rows: load the model saved with this tokenizer, or call "
-                         "quarklab.models.add_quantile_tokens(policy, tokenizer, K)")
+                         "quarklab.tokens.add_quantile_tokens(policy, tokenizer, K)")
     params = SamplingParams(n=1, do_sample=bool(do_sample), temperature=float(temperature), top_p=float(top_p),
                             max_new_tokens=int(max_new_tokens), seed=int(seed))
 

@@ -72,7 +72,7 @@ def read_table(source: str, split: str | None = None) -> pd.DataFrame:
 def _read_hub(dataset_id: str, split: str) -> pd.DataFrame:
     import datasets
 
-    from .models import resolve_source
+    from .hub import resolve_source
 
     # Offline (or the hub unreachable) this is the dataset's folder in the local hub cache, or one error now.
     source = resolve_source(dataset_id, "dataset", repo_type="dataset")

@@ -17,6 +17,7 @@ from .errors import QuarkError
 from .metrics import distinct_n, distinct_n_per_group, spearman
 from .models import context_length
 from .sampling import SamplingParams, sample
+from .tokens import token_series
 from .train import completion_nll
 
 PERPLEXITY_MODES = ("alt", "sampled-ids")
@@ -103,11 +104,11 @@ def summary_table(samples: pd.DataFrame, tokens: list[int | None], mode: str) ->
     ``controllability`` (Spearman of token index and reward over the conditioned samples) and
     ``order_spearman`` (of token index and mean reward) when more than one token is conditioned."""
     parts = [samples[samples["token"].isna() if k is None else samples["token"] == k] for k in tokens]
-    rows = [{"token": "none" if k is None else int(k), "mode": mode, **summarize(part)} for k, part in zip(tokens, parts)]
-    summary = pd.DataFrame(rows)
+    rows = [{"token": k, "mode": mode, **summarize(part)} for k, part in zip(tokens, parts)]
+    summary = pd.DataFrame(rows).assign(token=lambda d: token_series(d["token"]))
     conditioned = samples[samples["token"].notna()]
     if conditioned["token"].nunique() > 1:
-        means = summary[summary["token"] != "none"]
+        means = summary[summary["token"].notna()]
         summary["controllability"] = spearman(conditioned["token"].astype(float), conditioned["reward"])
         summary["order_spearman"] = spearman(means["token"].astype(float), means["reward"])
     return summary

@@ -21,7 +21,8 @@ import pandas as pd
 
 from .errors import QuarkError
 from .paths import locate, project_root, resolve_path
-from .runs import atomic_write_json, atomic_write_text, eval_files, iteration_of, latest_checkpoint, read_metrics
+from .files import atomic_write_json, atomic_write_text
+from .runs import eval_files, iteration_of, latest_checkpoint, read_metrics
 
 NOTEBOOKS = ["01_quantile_distributions.ipynb", "02_training_iterations.ipynb", "03_compare_tokens.ipynb",
              "04_tradeoffs.ipynb", "05_win_rates.ipynb"]

@@ -56,7 +56,7 @@ def model_config(name: str):
     GPT-J 6B ids when the hub cannot be reached (transformers' ``GPTJConfig`` defaults are GPT-J 6B's)."""
     from transformers import AutoConfig, GPTJConfig
 
-    from .models import resolve_source
+    from .hub import resolve_source
 
     try:
         return AutoConfig.from_pretrained(resolve_source(name, "model"))

@@ -32,17 +32,18 @@ import pandas as pd
 import torch
 import transformers
 
-from . import runs
+from . import files, runs
 from .config import QuarkConfig
 from .data import load_prompts
 from .distributed import Dist
-from .errors import QuarkError, describe
+from .errors import QuarkError
 from .evaluate import every_token, scored_samples, summary_table
-from .models import (add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device,
-                     resolve_dtype, resolve_model)
+from .hub import resolve_model
+from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
 from .quantiles import assign_quantiles, select_per_quantile
 from .rewards import load_reward
 from .stages import stage
+from .tokens import add_quantile_tokens, quantile_token_ids
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
 from .names import lookup
@@ -122,34 +123,23 @@ def check_processes(config: QuarkConfig, dist: Dist) -> None:
 def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: bool) -> QuarkConfig:
     """Write (or, on resume, read back) the run's config.json."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
+    path = run_dir / runs.CONFIG
     if resume:
         if not path.exists():
             raise QuarkError(f"nothing to resume in {str(run_dir)!r}: it has no config.json")
-        stored = _stored_config(path)
+        stored = runs.read_config(run_dir)
         if config is not None and config != stored:
             raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
         return stored
     if config is None:
         raise QuarkError("a new run needs a config (a preset)")
     if path.exists():
-        if _stored_config(path) != config:
+        if runs.read_config(run_dir) != config:
             raise QuarkError(f"{str(run_dir)!r} holds another run (its config.json differs): pick a new --run-dir, "
                              "or continue it with --resume")
     else:
-        runs.atomic_write_json(path, config.to_dict())
+        runs.write_config(run_dir, config)
     return config
-
-
-def _stored_config(path: Path) -> QuarkConfig:
-    try:
-        d = json.loads(path.read_bytes())
-        if not isinstance(d, dict):
-            raise ValueError(f"a JSON {type(d).__name__}, not an object")
-        return QuarkConfig.from_stored(d)
-    except (ValueError, TypeError) as exc:  # bad JSON or bytes, bad fields (QuarkError is a ValueError)
-        raise QuarkError(f"{str(path)!r}, the settings of this run, is damaged ({describe(exc)}); restore it from a "
-                         "copy (quarklab train --help-config lists the fields); nothing in the run was changed") from exc
 
 
 def check_resumable(config: QuarkConfig, run_dir: Path) -> None:
@@ -237,7 +227,7 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
             pool.insert(0, "iteration", it)
             pool["quantile"] = _quantiles(c, pool)  # over the whole pool, gathered
             pool["sampler"] = engine  # who sampled it: "transformers 5.19.0 (cpu)", "vllm 0.32.0 (cuda)"
-            runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
+            files.write_parquet(runs.pool_path(s.run_dir, it), pool)
         s.dist.barrier()
 
 
@@ -268,7 +258,7 @@ def _add_prompt_ids(s: Session) -> None:
         if "prompt_ids" not in pq.read_schema(path).names:
             pool = runs.read_pool(s.run_dir, runs.iteration_of(path))
             ids = {p: encode_prompt(s.tokenizer, p, budget)[0] for p in pool["prompt"].unique()}
-            runs.write_parquet(path, pool.assign(prompt_ids=pool["prompt"].map(ids.get)))
+            files.write_parquet(path, pool.assign(prompt_ids=pool["prompt"].map(ids.get)))
 
 
 def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
@@ -306,10 +296,10 @@ def _train(s: Session, it: int, progress: bool) -> None:
     if s.dist.is_main:
         runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
                             it, "train")
-        with stage("checkpoint"), runs.atomic_dir(folder) as tmp:
+        with stage("checkpoint"), files.atomic_dir(folder) as tmp:
             s.policy.save_pretrained(tmp, state_dict=state.get("weights"))  # an engine's gathered weights
             tok.save_pretrained(tmp)
-            runs.atomic_write_json(tmp / runs.TRAINED_BY, state["trained_by"])
+            files.atomic_write_json(tmp / runs.TRAINED_BY, state["trained_by"])
             if c.pool_strategy == "quark":
                 torch.save({k: v for k, v in state.items() if k != "trained_by"}, tmp / runs.TRAINER_STATE)
         for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
@@ -340,7 +330,7 @@ def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progre
         summaries.append(summary_table(scored, tokens, mode))
         samples.append(scored.assign(mode=mode))
     if s.dist.is_main:
-        runs.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))
+        files.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))
         rows = pd.concat(summaries, ignore_index=True).assign(model=name)
         runs.record_metrics(s.run_dir, json.loads(rows.to_json(orient="records")), it, "eval")
     s.dist.barrier()

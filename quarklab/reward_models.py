@@ -38,8 +38,8 @@ import torch
 
 from .checks import check_int
 from .errors import QuarkError, describe
-from .models import (context_length, load_error, load_tokenizer, resolve_device, resolve_dtype, resolve_file,
-                     resolve_source)
+from .hub import load_error, resolve_file, resolve_source
+from .models import context_length, load_tokenizer, resolve_device, resolve_dtype
 from .tldr import TLDR_MARK
 
 STATE_DICT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")

@@ -1,92 +1,21 @@
-"""Files on disk: atomic writes, so that nothing is ever left half-written."""
+"""A run directory: its layout, its settings, metrics, pools and checkpoints, and the lock of the process running it.
+
+Everything is written through :mod:`quarklab.files` (atomic: nothing is ever left half-written)."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
+from .config import QuarkConfig
 from .errors import QuarkError, describe
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``final``; on success rename it to ``final``.
-
-    On any exception the temporary directory is removed and ``final`` is untouched.
-    An existing ``final`` is replaced only once the new one is complete.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700: unreadable to colleagues
-        yield tmp
-        _umask_modes(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def umask() -> int:
-    """The process's umask, read without changing it (Linux), else by setting it back at once."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/self/status") as f:
-            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _umask_modes(folder: Path) -> None:
-    """Give everything under ``folder`` the modes the umask gives (some writers, e.g. safetensors, make 0600)."""
-    mask = umask()
-    for root, dirs, files in os.walk(folder):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o777 & ~mask)
-        for f in files:
-            p = os.path.join(root, f)
-            os.chmod(p, (0o777 if os.stat(p).st_mode & 0o111 else 0o666) & ~mask)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600: unreadable to colleagues
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+from .files import atomic_write_json, read_jsonl, write_jsonl
+from .tokens import token_series
 
 
 # ---------------------------------------------------------------------------- run directory
@@ -98,6 +27,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 #   .lock                           flock-ed by the process running the run; holds its pid
 # Every file is written atomically, and a stage's output is its marker of completion: a run
 # killed at any moment resumes at the first stage whose output is missing.
+
+CONFIG = "config.json"
+
+
+def read_config(run_dir: str | os.PathLike) -> QuarkConfig:
+    """The run's settings (``config.json``), fields added since the run filled with their defaults; one QuarkError
+    when the file is missing (not a run directory) or damaged (nothing in the run is changed)."""
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise QuarkError(f"{str(path)!r} does not exist: is {str(run_dir)!r} a Quark run directory (run notebook 02 "
+                         "or `quarklab train` into it first)?")
+    try:
+        d = json.loads(path.read_bytes())
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
+        return QuarkConfig.from_stored(d)
+    except (ValueError, TypeError) as exc:  # bad JSON or bytes, bad fields (QuarkError is a ValueError)
+        raise QuarkError(f"{str(path)!r}, the settings of this run, is damaged ({describe(exc)}); restore it from a "
+                         "copy (quarklab train --help-config lists the fields); nothing in the run was changed") from exc
+
+
+def write_config(run_dir: str | os.PathLike, config: QuarkConfig) -> None:
+    atomic_write_json(Path(run_dir) / CONFIG, config.to_dict())
+
 
 def pool_path(run_dir: str | os.PathLike, iteration: int) -> Path:
     return Path(run_dir) / "pool" / f"iter_{iteration:03d}.parquet"
@@ -157,50 +110,32 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
     return (iteration_of(found[-1]), found[-1]) if found else None
 
 
-def write_parquet(path: str | os.PathLike, df) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def read_metrics(run_dir: str | os.PathLike):
-    """metrics.jsonl as a DataFrame (empty when the run has none yet)."""
+    """metrics.jsonl as a DataFrame (empty when the run has none yet), ``token`` as nullable ``Int64``."""
     import pandas as pd
 
-    return pd.DataFrame.from_records(_metric_rows(Path(run_dir) / "metrics.jsonl", warn=True)[0])
+    df = pd.DataFrame.from_records(_metric_rows(Path(run_dir) / "metrics.jsonl", warn=True)[0])
+    if "token" in df.columns:  # one form: the quantile index, or <NA> for no token (older runs wrote "none")
+        df["token"] = token_series(df["token"])
+    return df
 
 
 def _metric_rows(path: Path, warn: bool = False) -> tuple[list[dict], str | None]:
-    """The rows of metrics.jsonl and, when its last line is torn (an interrupted append), a note saying
-    what was dropped. A bad line anywhere else is a QuarkError naming the file and the line."""
-    if not path.exists():
-        return [], None
-    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
-    rows, note = [], None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"a JSON {type(row).__name__}, not an object")
-        except ValueError as exc:
-            if number < len(lines):
-                raise QuarkError(f"{str(path)!r} line {number} is not a JSON object ({exc}): the file is damaged "
-                                 "in its middle, which an interrupted run never leaves; restore it from a "
-                                 "copy, or delete that line to have its stage redone on --resume") from exc
-            # A torn last line: drop it, and the other rows of its stage when the fragment names it, so
-            # that the stage counts as not done and is redone.
-            stage = re.match(r'\{"iteration": (\d+), "kind": "(\w+)"', line)
-            if stage:
-                it, kind = int(stage[1]), stage[2]
-                rows = [r for r in rows if not (r.get("iteration") == it and r.get("kind") == kind)]
-            note = (f"dropped the torn last line {number} of {str(path)!r} (an interrupted write)"
-                    + (f" and the other {kind!r} rows of iteration {it}, which are redone" if stage else ""))
-            if warn:
-                print(f"quarklab: warning: {note}", file=sys.stderr)
-            continue
-        rows.append(row)
+    """The rows of metrics.jsonl and, when its last line is torn (an interrupted write), a note saying what was
+    dropped: the torn line, and the other rows of its stage when the fragment names it, so that the stage counts
+    as not done and is redone."""
+    read = read_jsonl(path, "restore it from a copy, or delete that line to have its stage redone on --resume")
+    if read.torn is None:
+        return read.rows, None
+    rows = read.rows
+    stage = re.match(r'\{"iteration": (\d+), "kind": "(\w+)"', read.torn)
+    if stage:
+        it, kind = int(stage[1]), stage[2]
+        rows = [r for r in rows if not (r.get("iteration") == it and r.get("kind") == kind)]
+    note = (f"dropped the torn last line {read.torn_number} of {str(path)!r} (an interrupted write)"
+            + (f" and the other {kind!r} rows of iteration {it}, which are redone" if stage else ""))
+    if warn:
+        print(f"quarklab: warning: {note}", file=sys.stderr)
     return rows, note
 
 
@@ -209,7 +144,7 @@ def repair_metrics(run_dir: str | os.PathLike) -> None:
     path = Path(run_dir) / "metrics.jsonl"
     rows, note = _metric_rows(path)
     if note:
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(path, rows)
         print(f"quarklab: {note}", file=sys.stderr)
 
 
@@ -220,7 +155,7 @@ def record_metrics(run_dir: str | os.PathLike, rows: list[dict], iteration: int,
     kept = [r for r in _metric_rows(path, warn=True)[0]
             if not (r.get("iteration") == iteration and r.get("kind") == kind)]
     new = [{"iteration": iteration, "kind": kind, **r} for r in rows]
-    atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in kept + new))
+    write_jsonl(path, kept + new)
 
 
 def has_metrics(run_dir: str | os.PathLike, iteration: int, kind: str) -> bool:

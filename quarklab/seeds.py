@@ -28,9 +28,9 @@ import pandas as pd
 from .analysis import eval_rows, quoted_points, token_order, tradeoff_points, train_rows
 from .config import QuarkConfig
 from .errors import QuarkError
-from .runs import read_metrics
+from .runs import read_config, read_metrics
 
-__all__ = ["T975", "t975", "t_interval", "read_config", "group_runs", "check_seed_runs", "seed_curves",
+__all__ = ["T975", "t975", "t_interval", "group_runs", "check_seed_runs", "seed_curves",
            "seed_summary", "summary_table", "summary_record", "tradeoff_points_over_seeds"]
 
 # t_{0.975, df}: the two-sided 95 % Student t quantile, df = 1..30 (standard table values).
@@ -67,16 +67,6 @@ def t_interval(values: Iterable[float]) -> tuple[float, int, float]:
     return float(v.mean()), n, t975(n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
 
 
-def read_config(run_dir: str | os.PathLike) -> dict:
-    """The run's ``config.json`` as a full config dict (fields added since the run filled with defaults)."""
-    path = Path(run_dir) / "config.json"
-    try:
-        return QuarkConfig.from_stored(json.loads(path.read_text())).to_dict()
-    except (OSError, ValueError, TypeError):
-        raise QuarkError(f"{str(path)!r} is missing or damaged: is {str(run_dir)!r} a Quark run directory "
-                         "(run 02 or `quarklab train` into it first)?") from None
-
-
 def _differing(configs: dict[str, dict], ignore: set[str]) -> list[str]:
     names = sorted({k for c in configs.values() for k in c} - ignore)
     return [k for k in names if len({json.dumps(c.get(k), sort_keys=True) for c in configs.values()}) > 1]
@@ -101,7 +91,7 @@ def _grouped(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = (),
     if not dirs:
         raise QuarkError("group_runs needs at least one run directory")
     known = configs or {}
-    configs = {str(d): known[str(d)] if str(d) in known else read_config(d) for d in dirs}
+    configs = {str(d): known[str(d)] if str(d) in known else read_config(d).to_dict() for d in dirs}
     unknown = [f for f in by if f not in next(iter(configs.values()))]
     if unknown or "seed" in by:
         raise QuarkError(f"group by: {unknown or ['seed']} is not a config field to group seeds by "
@@ -128,7 +118,7 @@ def _grouped(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = (),
 def check_seed_runs(config: QuarkConfig, run_dirs: Sequence[str | os.PathLike]) -> None:
     """Before training ``config``: one QuarkError when a run in ``run_dirs`` differs from it in more than the
     seed, or has its seed (what :func:`group_runs` would refuse afterwards)."""
-    configs = {"this run": config.to_dict(), **{Path(d).name or str(d): read_config(d) for d in run_dirs}}
+    configs = {"this run": config.to_dict(), **{Path(d).name or str(d): read_config(d).to_dict() for d in run_dirs}}
     differ = _differing(configs, {"seed"})
     if differ:
         detail = "; ".join(f"{k}: " + ", ".join(f"{d}={c.get(k)!r}" for d, c in configs.items()) for k in differ)
@@ -297,7 +287,7 @@ def tradeoff_points_over_seeds(run_dirs: Sequence[str | os.PathLike], *, quoted=
     run is drawn unprefixed and carries ``quoted``; the others are prefixed with their folder name.
     """
     dirs = [Path(d) for d in run_dirs]
-    full = {str(d): read_config(d) for d in dirs}
+    full = {str(d): read_config(d).to_dict() for d in dirs}
     configs = {d: {k: v for k, v in full[str(d)].items() if k != "seed"} for d in dirs}
     settings: dict[str, list[Path]] = {}
     for d in dirs:

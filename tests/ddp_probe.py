@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 import quarklab as ql
 from quarklab.config import preset
 from quarklab.distributed import Dist
-from quarklab.models import add_quantile_tokens
+from quarklab.tokens import add_quantile_tokens
 from quarklab.train import table_rows, train_on_rows
 
 out = Path(sys.argv[1])

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quarklab import analysis, runs
+from quarklab import analysis, files, runs
 from quarklab.errors import QuarkError
 from quarklab.metrics import pareto_mask
 from quarklab.quantiles import assign_quantiles
@@ -249,7 +249,7 @@ def test_run_reward_name_reads_config_json_and_refuses_mixed_rewards(tmp_path):
 
     for name, spec in (("a", "tiny-tldr"), ("b", "tiny-tldr"), ("c", "CarperAI/rm/pytorch_model.bin")):
         (tmp_path / name).mkdir()
-        runs.atomic_write_json(tmp_path / name / "config.json", {"reward": spec, "seed": 0})
+        files.atomic_write_json(tmp_path / name / "config.json", {"reward": spec, "seed": 0})
     assert analysis.run_reward_name(tmp_path / "a") == "tiny-tldr score"
     assert analysis.run_reward_name(tmp_path / "a", tmp_path / "b") == "tiny-tldr score"
     assert analysis.run_reward_name(tmp_path / "c") == "CarperAI/rm score"
@@ -258,6 +258,6 @@ def test_run_reward_name_reads_config_json_and_refuses_mixed_rewards(tmp_path):
     assert "tiny-tldr score" in str(err.value) and "CarperAI/rm score" in str(err.value)
     with pytest.raises(QuarkError, match="config.json"):
         analysis.run_reward_name(tmp_path / "missing")
-    (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 0}))
-    with pytest.raises(QuarkError, match="names no reward"):
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 0, "reward": 5}))
+    with pytest.raises(QuarkError, match="config.json.*is damaged.*reward"):
         analysis.run_reward_name(tmp_path / "b")

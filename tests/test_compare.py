@@ -14,7 +14,7 @@ import quarklab as ql
 from quarklab.compare import compare_tokens
 from quarklab.present.html import comparison_html, fmt_number
 from quarklab.tldr import shorten as shorten_prompt
-from quarklab.models import add_quantile_tokens, quantile_token, quantile_token_ids
+from quarklab.tokens import add_quantile_tokens, quantile_token, quantile_token_ids
 
 NEW = 12  # max_new_tokens: keep the tests fast
 

@@ -19,8 +19,9 @@ import torch
 
 import quarklab as ql
 from quarklab import judge as qj
-from quarklab.models import add_quantile_tokens
-from quarklab.runs import eval_path, write_parquet
+from quarklab.tokens import add_quantile_tokens
+from quarklab.files import write_parquet
+from quarklab.runs import eval_path
 from quarklab.sampling import SamplingParams
 
 KEY = "sk-test-do-not-write-7f3a9c"

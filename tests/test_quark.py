@@ -16,7 +16,7 @@ import pytest
 import transformers
 
 import quarklab as ql
-from quarklab import runs
+from quarklab import files, runs
 from quarklab.config import QuarkConfig, preset
 from quarklab.quark import final_table, run, training_rows
 from quarklab.tldr import encode_prompt, format_prompt, parse, prompt_budget
@@ -121,7 +121,7 @@ def test_pool_stores_prompt_ids_and_training_reads_exactly_them(world, sft, tmp_
         run_dir = tmp_path / name
         run_dir.mkdir()
         shutil.copy(base / "config.json", run_dir)
-        runs.write_parquet(runs.pool_path(run_dir, 1), pool_file)
+        files.write_parquet(runs.pool_path(run_dir, 1), pool_file)
         for it in (0, 1):
             ev = runs.read_metrics(base).query("kind == 'eval' and iteration == @it")
             runs.record_metrics(run_dir, json.loads(ev.drop(columns=["iteration", "kind"]).to_json(orient="records")),
@@ -147,8 +147,8 @@ def test_run_dir_layout_helpers(tmp_path):
     for name in ["checkpoints/iter_010", "checkpoints/iter_002", "checkpoints/.iter_003.tmp-x", "checkpoints/iter_4"]:
         (tmp_path / name).mkdir(parents=True)
     for it in (0, 12, 3):
-        runs.atomic_write_text(runs.eval_path(tmp_path, it), "")
-        runs.atomic_write_text(runs.pool_path(tmp_path, it + 1), "")
+        files.atomic_write_text(runs.eval_path(tmp_path, it), "")
+        files.atomic_write_text(runs.pool_path(tmp_path, it + 1), "")
     assert runs.checkpoints(tmp_path) == [runs.checkpoint_path(tmp_path, 2), runs.checkpoint_path(tmp_path, 10)]
     assert runs.latest_checkpoint(tmp_path) == (10, runs.checkpoint_path(tmp_path, 10))
     assert [runs.iteration_of(p) for p in runs.eval_files(tmp_path)] == [0, 3, 12]
@@ -243,7 +243,7 @@ def test_lora_run_trains_adapters_merges_them_and_notebook_03_opens_the_checkpoi
     import torch
     from safetensors.torch import load_file
 
-    from quarklab.models import quantile_token_ids
+    from quarklab.tokens import quantile_token_ids
     from quarklab.notebooks import run_notebooks
 
     config = preset("tiny").with_overrides(SMALL + ["iterations=1", "lora_rank=4", "lora_alpha=8",

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from quarklab import analysis, runs  # noqa: E402
+from quarklab import analysis, files, runs  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.notebooks import notebooks_dir  # noqa: E402
 from quarklab.present import figures, run_plots  # noqa: E402
@@ -145,7 +145,7 @@ def test_axes_are_named_after_the_runs_reward(tiny_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other, ignore=shutil.ignore_patterns("checkpoints", "pool"))
     config = json.loads((other / "config.json").read_text())
-    runs.atomic_write_json(other / "config.json",
+    files.atomic_write_json(other / "config.json",
                            {**config, "reward": "CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin"})
     fig = run_plots.tradeoff_scatter(points, reward_name=analysis.run_reward_name(other))
     assert panel(fig, "length").get_ylabel() == "reward (CarperAI/openai_summarize_tldr_rm_checkpoint score)"

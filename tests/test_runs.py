@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quarklab import runs
+from quarklab import files, runs
 
 TINIER = ["iterations=1", "prompts_per_iteration=4", "samples_per_prompt=5", "max_new_tokens=16",
           "eval_prompts=4", "eval_max_new_tokens=16", "epochs_per_iteration=1", "batch_size=16"]
@@ -189,12 +189,12 @@ def test_atomic_writes_and_checkpoint_folders_follow_the_umask(mask, sft, tmp_pa
     model, tokenizer = sft
     old = os.umask(mask)
     try:
-        runs.atomic_write_json(tmp_path / "results" / "summary.json", {"a": 1})
-        runs.write_parquet(tmp_path / "pool" / "iter_001.parquet", pd.DataFrame({"x": [1, 2]}))
-        with runs.atomic_dir(runs.checkpoint_path(tmp_path, 1)) as tmp:
+        files.atomic_write_json(tmp_path / "results" / "summary.json", {"a": 1})
+        files.write_parquet(tmp_path / "pool" / "iter_001.parquet", pd.DataFrame({"x": [1, 2]}))
+        with files.atomic_dir(runs.checkpoint_path(tmp_path, 1)) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-        with runs.atomic_dir(runs.checkpoint_path(tmp_path, 1)) as tmp:  # replacing an existing one
+        with files.atomic_dir(runs.checkpoint_path(tmp_path, 1)) as tmp:  # replacing an existing one
             model.save_pretrained(tmp)
     finally:
         os.umask(old)

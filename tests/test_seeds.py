@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from quarklab import seeds  # noqa: E402
+from quarklab import runs, seeds  # noqa: E402
 from quarklab.config import preset  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.notebooks import results, run_notebooks  # noqa: E402
@@ -67,7 +67,7 @@ def by_hand(values):
 
 
 def test_curves_are_the_mean_and_t_interval_of_the_seeds(tiny_seed_runs):
-    assert [seeds.read_config(d)["seed"] for d in tiny_seed_runs] == [0, 1, 2]
+    assert [runs.read_config(d).seed for d in tiny_seed_runs] == [0, 1, 2]
     curves = seeds.seed_curves(tiny_seed_runs)
     assert set(curves["group"]) == {"all runs"} and set(curves["n"]) == {3}
     assert {"reward", "perplexity", "length", "order_spearman", "controllability", "kl", "loss"} <= set(curves["metric"])
@@ -130,7 +130,7 @@ def test_runs_of_other_settings_are_refused_unless_grouped_by_the_field(tiny_see
         seeds.group_runs([*tiny_seed_runs, twice])
     with pytest.raises(QuarkError, match=r"seed is what is averaged over"):
         seeds.group_runs(tiny_seed_runs, by=["seed"])
-    config = seeds.read_config(tiny_seed_runs[0])
+    config = runs.read_config(tiny_seed_runs[0]).to_dict()
     seeds.check_seed_runs(preset("tiny").replace(**{**config, "seed": 5}), tiny_seed_runs)
     with pytest.raises(QuarkError, match=r"differ in more than the seed \(num_quantiles: this run=5, tiny=3"):
         seeds.check_seed_runs(preset("tiny").replace(**{**config, "seed": 5, "num_quantiles": 5}), tiny_seed_runs)

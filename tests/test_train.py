@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import quarklab as ql
 from quarklab.config import preset
-from quarklab.models import add_quantile_tokens, quantile_token
+from quarklab.tokens import add_quantile_tokens, quantile_token
 from quarklab.train import build_batch, completion_logits, kept_vocab, quark_loss, train_on_rows
 from quarklab.trainable import set_trainable
 

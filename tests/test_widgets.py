@@ -18,7 +18,7 @@ from bs4 import BeautifulSoup  # noqa: E402  (beautifulsoup4 comes with jupyterl
 from matplotlib.figure import Figure  # noqa: E402
 
 import quarklab as ql  # noqa: E402
-from quarklab.models import add_quantile_tokens  # noqa: E402
+from quarklab.tokens import add_quantile_tokens  # noqa: E402
 from quarklab.present.html import comparison_html, fmt_number  # noqa: E402
 from quarklab.present.widgets import QuantileExplorer, TokenComparer  # noqa: E402
 from quarklab.quantiles import assign_quantiles  # noqa: E402

@@ -13,7 +13,7 @@ import vllm
 
 import quarklab as ql
 from quarklab import runs
-from quarklab.models import quantile_token_ids
+from quarklab.tokens import quantile_token_ids
 from tests.conftest import TINY_RUN
 
 from engines import engine_processes

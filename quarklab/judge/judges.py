@@ -86,7 +86,8 @@ class LMJudge:
     model's context keeps its end (the summaries and the instruction) and loses the start of the post."""
 
     def __init__(self, model="tiny-tldr", *, device="auto", batch_size: int = 8):
-        from ..models import load_policy, load_tokenizer, resolve_model
+        from ..hub import resolve_model
+        from ..models import load_policy, load_tokenizer
 
         source = resolve_model(model)
         self.model, self.tokenizer = load_policy(source, device=device), load_tokenizer(source)

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis import token_order, token_str
 from ..data import LOCAL_FORMATS, read_table
+from ..checks import check_int
 from ..errors import QuarkError
+from ..tokens import sorted_tokens, token_series
 
 OPTIONS = ("token", "iteration", "mode", "sample")
 FILE_FORMATS = tuple(LOCAL_FORMATS)
@@ -135,7 +136,7 @@ def load_system(spec: str | System, run_dir: str | os.PathLike | None = None) ->
         return spec
     parsed = parse_system(spec, run_dir)
     if parsed.kind == "file":
-        return System(spec, _slug(parsed.path.stem), _first_per_prompt(_read_file(parsed.path, spec), None, spec))
+        return System(spec, file_slug(parsed.path.stem), _first_per_prompt(_read_file(parsed.path, spec), None, spec))
     return _load_run(parsed, spec)
 
 
@@ -169,15 +170,15 @@ def _load_run(s: SystemSpec, spec: str) -> System:
     if ev.empty:
         raise QuarkError(f"system {spec!r}: iteration {iteration} has no {s.mode} evaluation samples")
     token = s.token
-    tokens = [token_str(t) for t in ev["token"]]
-    rows = ev[[t == token_str(token) for t in tokens]]
+    tokens = token_series(ev["token"])
+    rows = ev[tokens.isna().to_numpy() if token is None else (tokens == token).fillna(False).to_numpy()]
     if rows.empty:
-        have = token_order(tokens)
+        have = ["none" if k is None else str(k) for k in sorted_tokens(tokens)]
         raise QuarkError(f"system {spec!r}: iteration {iteration} ({s.mode}) has no samples for token "
                          f"{'none' if token is None else token}; it has tokens {', '.join(have)}"
                          + (" (iteration 0 is the reference: token=none)" if iteration == 0 else ""))
     what = "reference" if iteration == 0 else f"it{iteration}-" + ("notoken" if token is None else f"token{token}")
-    label = _slug(f"{s.path.name}-{what}" + ("" if s.mode == "greedy" else "-sampled")
+    label = file_slug(f"{s.path.name}-{what}" + ("" if s.mode == "greedy" else "-sampled")
                   + ("" if s.sample is None else f"-s{s.sample}"))
     return System(spec, label, _first_per_prompt(rows, s.sample, spec), s.path)
 
@@ -199,7 +200,7 @@ def _first_per_prompt(df: pd.DataFrame, sample: int | None, spec: str) -> pd.Dat
     return df[["prompt_id", "prompt", "completion"]].reset_index(drop=True)
 
 
-def _slug(text: str) -> str:
+def file_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "system"
 
 

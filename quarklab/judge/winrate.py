@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import QuarkError
-from ..runs import atomic_write_json, atomic_write_text, write_parquet
+from ..files import atomic_write_json, read_jsonl, write_jsonl, write_parquet
 from .judges import VERDICTS
-from .systems import System, _slug, load_system, pair_systems
+from .systems import System, file_slug, load_system, pair_systems
 
 LEVEL = 0.95
 
@@ -47,22 +47,14 @@ class JudgmentCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.entries: dict[str, dict] = {}
-        if not self.path.exists():
-            return
-        lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
-        complete, torn = lines[:-1], lines[-1]  # text after the last newline was never finished
-        for number, line in enumerate(complete, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                self.entries[row["key"]] = row
-            except (ValueError, KeyError, TypeError) as exc:
-                raise QuarkError(f"{str(self.path)!r} line {number} is damaged ({exc}); delete that line (its "
-                                 "judgment is asked for again) or the whole file") from exc
-        if torn.strip():
-            atomic_write_text(self.path, "".join(line + "\n" for line in complete))
+        read = read_jsonl(self.path, "delete that line (its judgment is asked for again) or the whole file")
+        keyless = [r for r in read.rows if not isinstance(r.get("key"), str)]
+        if keyless:
+            raise QuarkError(f"{str(self.path)!r} holds a judgment without a key ({str(keyless[0])[:80]}); delete "
+                             "that line (its judgment is asked for again) or the whole file")
+        self.entries: dict[str, dict] = {r["key"]: r for r in read.rows}
+        if not read.clean_end:  # a torn last line, or one without its newline: the next append must start afresh
+            write_jsonl(self.path, read.rows)
 
     def get(self, judge_id, prompt, shown_a, shown_b) -> dict | None:
         return self.entries.get(_key(judge_id, prompt, shown_a, shown_b))
@@ -189,7 +181,7 @@ def win_rate(a: str | System, b: str | System, judge, *, run_dir: str | os.PathL
                "judge": judge.id, **summarize(records, seed=bootstrap_seed, n_boot=n_boot),
                "rule": "ties count half; a pair whose two orders disagree is a tie; malformed answers are "
                        "counted and left out of the rate"}
-    name = f"{sa.label}_vs_{sb.label}.{_slug(judge.id)[:80]}"
+    name = f"{sa.label}_vs_{sb.label}.{file_slug(judge.id)[:80]}"
     json_path, records_path = folder / f"{name}.json", folder / f"{name}.parquet"
     write_parquet(records_path, records)
     atomic_write_json(json_path, json.loads(pd.Series(summary).to_json()))

@@ -25,8 +25,9 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..checks import check_int
 from ..errors import QuarkError
-from ..runs import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 __all__ = ["QuarkFigure", "palette", "save_figure", "reward_label"]
 

@@ -12,7 +12,7 @@ from matplotlib.colors import to_hex, to_rgb
 
 from ..compare import REFERENCE
 from ..errors import QuarkError
-from ..models import quantile_token
+from ..tokens import quantile_token
 from ..tldr import shorten
 
 _VIRIDIS = colormaps["viridis"]  # colour-blind safe, perceptually uniform, sequential

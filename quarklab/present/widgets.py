@@ -17,7 +17,7 @@ import pandas as pd
 from ..compare import compare_tokens
 from ..checks import check_num_quantiles
 from ..errors import QuarkError
-from ..models import quantile_token_ids
+from ..tokens import quantile_token_ids
 from ..quantiles import assign_quantiles, quantile_table
 from ..tldr import as_prompt, title_of
 from .html import comparison_html, fmt_number

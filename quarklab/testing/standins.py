@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import QuarkError
-from ..runs import atomic_dir, atomic_write_bytes, atomic_write_json
+from ..files import atomic_dir, atomic_write_bytes, atomic_write_json
 from ..world import World, tiny_world
 
 RIDGE = 1e-2
@@ -82,7 +82,7 @@ def carper_reward_model(path: str | os.PathLike | None = None, *, base_model: st
     """
     from ..models import load_policy
     from ..reward_models import BACKBONE_PREFIX, V_HEAD_KEY, ValueHeadReward
-    from .reward import TinyTLDRReward
+    from ..world.reward import TinyTLDRReward
 
     world = world or tiny_world(progress=False)
     if path is None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import QuarkError
-from ..runs import atomic_dir, atomic_write_json
+from ..files import atomic_dir, atomic_write_json
 
 WORLD_VERSION = 1
 EOS = "<|endoftext|>"
