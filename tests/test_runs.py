@@ -140,10 +140,14 @@ def _holds_lock(run_dir: Path, proc: subprocess.Popen) -> bool:
 
 
 def test_second_process_on_a_run_dir_fails_and_kill_9_leaves_no_stale_lock(world, tmp_path):
+    """Deterministic whatever the machine's speed: the first run is long (50 iterations) and is frozen (SIGSTOP)
+    the moment it holds the lock, so it holds it for as long as the test needs."""
     run_dir = tmp_path / "contended"
-    first = _cli(*_new_run_args(run_dir))
+    first = _cli(*_new_run_args(run_dir), "--set", "iterations=50")
     try:
         _wait_for(lambda: _holds_lock(run_dir, first), first)
+        first.send_signal(signal.SIGSTOP)
+        assert first.poll() is None
         code, err = _train("--resume", str(run_dir))
         assert code == 2 and err.strip().splitlines() == [
             f"quarklab: error: {str(run_dir)!r} is in use by another quarklab process (pid {first.pid}); two runs "
