@@ -130,8 +130,8 @@ def read_jsonl(path: str | os.PathLike, fix: str) -> JsonLines:
                 raise ValueError(f"a JSON {type(row).__name__}, not an object")
         except ValueError as exc:
             if number < len(lines):
-                raise QuarkError(f"{str(path)!r} line {number} is not a JSON object ({exc}): the file is damaged in "
-                                 f"its middle, which an interrupted write never leaves; {fix}") from exc
+                raise QuarkError(f"{str(path)!r} line {number} is damaged (not a JSON object: {exc}), in the file's "
+                                 f"middle, which an interrupted write never leaves; {fix}") from exc
             return JsonLines(rows, torn=line, torn_number=number, clean_end=False)
         rows.append(row)
     return JsonLines(rows, clean_end=text.endswith("\n") or not text)

@@ -208,7 +208,7 @@ def pair_systems(a: System, b: System, limit: int | None = None) -> pd.DataFrame
     """The prompts both systems answered (matched on the prompt text), in ``a``'s order, at most ``limit``:
     ``prompt_id`` (a's), ``prompt``, ``completion_a``, ``completion_b``. No shared prompt is a QuarkError."""
     if limit is not None:
-        check_int(limit, "limit (prompts; None for all)", 1)
+        check_int(limit, "limit", 1)  # prompts, or None for all
     pairs = a.table.merge(b.table[["prompt", "completion"]], on="prompt", suffixes=("_a", "_b"))
     if pairs.empty:
         raise QuarkError(f"systems {a.spec!r} ({len(a.table)} prompts) and {b.spec!r} ({len(b.table)} prompts) "
