@@ -14,13 +14,11 @@ works as it is: K is detected from the tokenizer.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from .errors import QuarkError
-from .tokens import quantile_token_ids
+from .tokens import quantile_token_ids, token_label, token_series
 from .rewards import check_rewards
 from .sampling import SamplingParams, sample
 from .tldr import prompt_table
@@ -29,10 +27,6 @@ REFERENCE = "reference"
 POLICY_NO_TOKEN = "policy, no token"
 COLUMNS = ["prompt_id", "prompt", "column", "token", "source", "completion", "reward", "perplexity", "length",
            "finished"]
-
-def column_name(token: int) -> str:
-    """The ``column`` label of quantile token ``token``: ``"token 0"`` ..."""
-    return f"token {int(token)}"
 
 
 def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, reference_tokenizer=None,
@@ -53,7 +47,8 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
 
     Returns one row per (prompt, column), prompts in the order given and columns
     ``token 0`` .. ``token K-1`` then the unconditioned one: ``prompt_id``, ``prompt``,
-    ``column``, ``token`` (int, or None for the unconditioned row), ``source`` (``"policy"`` or
+    ``column`` (``token 0`` ..., :func:`quarklab.tokens.token_label`), ``token`` (the quantile index as nullable
+    ``Int64``, ``<NA>`` for the unconditioned row), ``source`` (``"policy"`` or
     ``"reference"``), ``completion``, ``reward``, ``perplexity``, ``length`` (tokens),
     ``finished`` (ended with EOS).
     """
@@ -78,7 +73,7 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     parts = []
     for k, token_id in enumerate(ids):
         out = sample(policy, tokenizer, table, params, token=k, prefix_token_id=token_id, suppress=ids)
-        parts.append(out.assign(column=column_name(k), source="policy"))
+        parts.append(out.assign(column=token_label(k), source="policy"))
     if reference is not None:
         rows_in_ref = reference.get_input_embeddings().num_embeddings  # quantile ids it can generate: never
         suppress = [i for i in quantile_token_ids(ref_tok, required=False) if i < rows_in_ref]
@@ -105,11 +100,10 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
                                   dtype=np.float64)
     df["length"] = df["num_tokens"].astype(np.int64)
     df["finished"] = df["finished"].astype(bool)
-    df["token"] = pd.Series([None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t)
-                             for t in df["token"]], index=df.index, dtype=object)
+    df["token"] = token_series(df["token"])
 
     # prompts in the order given, then token 0..K-1, then the unconditioned column
-    column_rank = {column_name(k): k for k in range(len(ids))}
+    column_rank = {token_label(k): k for k in range(len(ids))}
     df["_p"] = np.arange(len(df)) % len(table)  # each part lists the prompts in the order given
     df["_c"] = df["column"].map(lambda c: column_rank.get(c, len(ids)))
     df = df.sort_values(["_p", "_c"], kind="stable").reset_index(drop=True)

@@ -25,10 +25,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import eval_rows, quoted_points, token_order, tradeoff_points, train_rows
+from .analysis.metric_rows import eval_rows, token_mask, train_rows
+from .analysis.tradeoffs import quoted_points, tradeoff_points
 from .config import QuarkConfig
 from .errors import QuarkError
 from .runs import read_config, read_metrics
+from .tokens import as_token, sorted_tokens, token_label, token_series
 
 __all__ = ["T975", "t975", "t_interval", "group_runs", "check_seed_runs", "seed_curves",
            "seed_summary", "summary_table", "summary_record", "tradeoff_points_over_seeds"]
@@ -131,8 +133,9 @@ def check_seed_runs(config: QuarkConfig, run_dirs: Sequence[str | os.PathLike]) 
 
 def _per_run(run_dir: Path) -> tuple[pd.DataFrame, int, dict[str, float]]:
     """One run's values, from one read of its metrics: as rows (token, iteration, metric, value) -- greedy
-    eval metrics per token, the controllability columns and the training terms (mean over steps) per
-    iteration under token "all" -- and (last iteration, the quoted quantities there; see :func:`seed_summary`)."""
+    eval metrics per token, and per iteration with no token (None: they are not per token) the paired
+    differences, the controllability columns and the training terms (mean over steps) -- and (last iteration,
+    the quoted quantities there; see :func:`seed_summary`)."""
     metrics = read_metrics(run_dir)
     if metrics.empty:
         raise QuarkError(f"{str(run_dir)!r} has no metrics.jsonl rows yet: train it first")
@@ -140,43 +143,45 @@ def _per_run(run_dir: Path) -> tuple[pd.DataFrame, int, dict[str, float]]:
     rows = []
     for col in EVAL_METRICS:
         if col in ev.columns:
-            v = pd.to_numeric(ev[col], errors="coerce").groupby([ev["token"], ev["iteration"]]).mean()
-            rows += [(t, it, col, x) for (t, it), x in v.items()]
-    reward = pd.to_numeric(ev["reward"], errors="coerce").groupby([ev["iteration"], ev["token"]]).mean()
-    tokens = [t for t in token_order(ev["token"]) if t.lstrip("-").isdigit()]
+            v = pd.to_numeric(ev[col], errors="coerce").groupby([ev["token"], ev["iteration"]], dropna=False).mean()
+            rows += [(as_token(t), it, col, x) for (t, it), x in v.items()]
+    reward = pd.to_numeric(ev["reward"], errors="coerce").groupby([ev["iteration"], ev["token"]], dropna=False).mean()
+    reward = {(it, as_token(t)): x for (it, t), x in reward.items()}
+    tokens = [t for t in sorted_tokens(ev["token"]) if t is not None]
     for it in sorted(set(ev["iteration"]) - {0}):  # per run, so that the interval is over paired differences
-        at = reward.get(it, pd.Series(dtype=float))
-        if len(tokens) > 1 and {tokens[0], tokens[-1]} <= set(at.index):
-            rows.append(("all", it, "spread", at[tokens[0]] - at[tokens[-1]]))
-        if (0, "none") in reward.index and tokens and tokens[0] in at.index:
-            rows.append(("all", it, "token0_minus_sft", at[tokens[0]] - reward[(0, "none")]))
+        at = {t: x for (i, t), x in reward.items() if i == it}
+        if len(tokens) > 1 and {tokens[0], tokens[-1]} <= set(at):
+            rows.append((None, it, "spread", at[tokens[0]] - at[tokens[-1]]))
+        if (0, None) in reward and tokens and tokens[0] in at:
+            rows.append((None, it, "token0_minus_sft", at[tokens[0]] - reward[(0, None)]))
     for col in CONTROL_METRICS:
         if col in ev.columns:
             v = pd.to_numeric(ev[col], errors="coerce").groupby(ev["iteration"]).mean().dropna()
-            rows += [("all", it, col, x) for it, x in v.items()]
+            rows += [(None, it, col, x) for it, x in v.items()]
     tr = train_rows(metrics)
     for col in TRAIN_METRICS:
         if not tr.empty and col in tr.columns:
             v = pd.to_numeric(tr[col], errors="coerce").groupby(tr["iteration"]).mean().dropna()
-            rows += [("all", it, col, x) for it, x in v.items()]
+            rows += [(None, it, col, x) for it, x in v.items()]
     last, quoted = _quoted_at_last(ev)
-    return pd.DataFrame(rows, columns=["token", "iteration", "metric", "value"]), last, quoted
+    values = pd.DataFrame(rows, columns=["token", "iteration", "metric", "value"])
+    return values.assign(token=token_series(values["token"])), last, quoted
 
 
 def _quoted_at_last(ev: pd.DataFrame) -> tuple[int, dict[str, float]]:
     """(last iteration, the run's quoted quantities there) from its eval rows: see :func:`seed_summary`."""
     last = int(ev["iteration"].max())
     at = ev[ev["iteration"] == last]
-    tokens = [t for t in token_order(at["token"]) if t.lstrip("-").isdigit()]
+    tokens = [t for t in sorted_tokens(at["token"]) if t is not None]
 
     def mean(rows, col="reward"):
         return float(pd.to_numeric(rows[col], errors="coerce").mean()) if col in rows.columns and len(rows) else math.nan
 
     sft = ev[ev["iteration"] == 0]
-    sft = sft[sft["token"] == "none"] if (sft["token"] == "none").any() else sft
-    token0 = mean(at[at["token"] == "0"]) if last > 0 else math.nan
+    sft = sft[sft["token"].isna()] if sft["token"].isna().any() else sft
+    token0 = mean(at[token_mask(at["token"], 0)]) if last > 0 else math.nan
     out = {"token0_reward": token0, "sft_reward": mean(sft), "token0_minus_sft": token0 - mean(sft),
-           "spread": token0 - mean(at[at["token"] == tokens[-1]]) if len(tokens) > 1 else math.nan,
+           "spread": token0 - mean(at[token_mask(at["token"], tokens[-1])]) if len(tokens) > 1 else math.nan,
            "controllability": mean(at, "controllability"), "order_spearman": mean(at, "order_spearman")}
     return last, out
 
@@ -197,7 +202,7 @@ def _seed_values(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) 
 
 def _interval_frame(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out = []
-    for key, part in values.groupby(keys, sort=False):
+    for key, part in values.groupby(keys, sort=False, dropna=False):
         mean, n, hw = t_interval(part["value"])
         out.append({**dict(zip(keys, key)), "mean": mean, "n": n, "half_width": hw,
                     "low": mean - hw, "high": mean + hw,
@@ -209,8 +214,9 @@ def seed_curves(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -
     """Per (group, token, iteration, metric): ``mean`` over the group's seeds, ``n``, ``half_width`` of the
     95 % t interval (NaN for n = 1), ``low``/``high`` and the ``seeds`` averaged (see the module docstring).
 
-    Metrics: ``reward``, ``perplexity``, ``length`` per token (``"0"``, ..., ``"none"``; iteration 0 is
-    the SFT reference) from the greedy evaluation rows; under token ``"all"``: ``spread`` (reward of
+    Metrics: ``reward``, ``perplexity``, ``length`` per token (``token``: the quantile index as nullable
+    ``Int64``, ``<NA>`` for no token; iteration 0 is the SFT reference) from the greedy evaluation rows;
+    not per token (``token`` ``<NA>``): ``spread`` (reward of
     token 0 − token K−1) and ``token0_minus_sft`` (token 0 − the iteration-0 reference), both taken per
     run before averaging (paired), ``order_spearman``, ``controllability``, and the training terms
     ``kl``, ``nll``, ``entropy``, ``loss`` (mean over the iteration's steps). Grouping and refusals as in
@@ -220,9 +226,12 @@ def seed_curves(run_dirs: Sequence[str | os.PathLike], by: Sequence[str] = ()) -
              for label, runs in _seed_values(run_dirs, by).items() for r in runs]
     values = pd.concat(parts, ignore_index=True)
     out = _interval_frame(values, ["group", "token", "iteration", "metric"])
-    order = {"token": {t: i for i, t in enumerate(token_order(out["token"]))},
-             "group": {g: i for i, g in enumerate(dict.fromkeys(out["group"]))}}  # groups in the order given
-    out = out.sort_values(["group", "metric", "iteration", "token"], key=lambda s: s.map(order[s.name])
+    out["token"] = token_series(out["token"])
+    tokens = {t: i for i, t in enumerate(sorted_tokens(out["token"]))}
+    groups = {g: i for i, g in enumerate(dict.fromkeys(out["group"]))}  # groups in the order given
+    order = {"token": lambda s: pd.Series([tokens[as_token(t)] for t in s], index=s.index),
+             "group": lambda s: s.map(groups)}
+    out = out.sort_values(["group", "metric", "iteration", "token"], key=lambda s: order[s.name](s)
                           if s.name in order else s, kind="stable")
     return out.reset_index(drop=True)[["group", "metric", "token", "iteration", "mean", "n", "half_width", "low",
                                        "high", "seeds"]]
@@ -319,15 +328,17 @@ def _mean_points(members: list[Path], name: str, quoted) -> pd.DataFrame:
                          "(quarklab train --resume RUN_DIR) or leave the short ones out")
     every = pd.concat(pts, ignore_index=True)
     rows = []
-    for (group, it, token), part in every.groupby(["group", "iteration", "token"], sort=False):
+    for (group, it, token), part in every.groupby(["group", "iteration", "token"], sort=False, dropna=False):
+        token = as_token(token)
         row = {"group": group, "iteration": int(it), "token": token, "quoted": False, "run": name}
         for col in EVAL_METRICS:
             row[col], row["n"], row[f"{col}_hw"] = t_interval(part[col])
-        kind = "SFT (reference)" if it == 0 else f"iter {it} · " + ("no token" if token == "none" else f"token {token}")
+        kind = "SFT (reference)" if it == 0 else f"iter {it} · {token_label(token)}"
         row["label"] = f"{name}: {kind} (mean of {row['n']} seeds)"
         rows.append(row)
     out = pd.DataFrame(rows)
     out["iteration"] = out["iteration"].astype("Int64")
+    out["token"] = token_series(out["token"])
     out["n"] = out["n"].astype("Int64")
     if quoted is not None:
         out = pd.concat([out, quoted_points(quoted).assign(run=name)], ignore_index=True)

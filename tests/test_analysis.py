@@ -12,7 +12,8 @@ import pytest
 from quarklab import analysis, files, runs
 from quarklab.errors import QuarkError
 from quarklab.metrics import pareto_mask
-from quarklab.quantiles import assign_quantiles
+from quarklab.quantiles import assign_quantiles, quantile_table
+from quarklab.tokens import sorted_tokens
 
 N_PROMPTS, N_SAMPLES = 12, 16
 
@@ -36,7 +37,8 @@ def make_samples() -> pd.DataFrame:
 
 def make_metrics(run_dir, k: int, iterations: int = 3) -> pd.DataFrame:
     """A run's metrics.jsonl written by the real writer and read back: iteration 0 (reference), then
-    ``iterations`` iterations with tokens 0..k-1 + none (greedy), sampled rows (to be ignored), train rows."""
+    ``iterations`` iterations with tokens 0..k-1 + none (greedy), sampled rows (to be ignored), train rows. No token
+    is written as older runs wrote it, ``"none"``: read back as ``<NA>``, the one form."""
     runs.record_metrics(run_dir, [{"token": "none", "mode": "greedy", "n": 96, "reward": 3.3, "reward_std": 0.5,
                                    "perplexity": 1.24, "length": 13.0, "finished": 1.0, "dist1": 0.2, "dist2": 0.5,
                                    "dist3": 0.6, "model": "reference"}], 0, "eval")
@@ -75,13 +77,21 @@ def test_analysis_needs_no_matplotlib():
 
 # ---------------------------------------------------------------------------- a run's metrics
 
-def test_eval_rows_keep_greedy_evaluations_with_str_tokens(metrics5):
+def test_eval_rows_keep_greedy_evaluations_with_int64_tokens(metrics5):
     ev = analysis.eval_rows(metrics5)
     assert len(ev) == 1 + 3 * 6  # reference + 3 iterations x (5 tokens + none); sampled and train rows dropped
     assert set(ev["mode"]) == {"greedy"} and set(ev["kind"]) == {"eval"}
-    assert set(ev["token"]) == {"none", "0", "1", "2", "3", "4"}
+    assert ev["token"].dtype == "Int64" and ev["token"].isna().sum() == 1 + 3  # no token: <NA>
+    assert set(ev["token"].dropna()) == {0, 1, 2, 3, 4}
     assert ev["iteration"].dtype.kind == "i"
-    assert analysis.token_order(ev["token"]) == ["0", "1", "2", "3", "4", "none"]
+    assert sorted_tokens(ev["token"]) == [0, 1, 2, 3, 4, None]
+    assert list(analysis.token_mask(ev["token"], None)) == list(ev["token"].isna())
+    two = analysis.token_mask(ev["token"], 2)
+    assert two.sum() == 3 and (ev["token"][two] == 2).all()
+    # any spelling of the token reads into the one form
+    spelled = metrics5.assign(token=metrics5["token"].astype(object).map(lambda t: "none" if pd.isna(t) else str(t)))
+    pd.testing.assert_frame_equal(analysis.eval_rows(spelled).drop(columns="token"), ev.drop(columns="token"))
+    pd.testing.assert_series_equal(analysis.eval_rows(spelled)["token"], ev["token"])
     train = analysis.train_rows(metrics5)
     assert len(train) == 3 * 5 and sorted(train["iteration"].unique()) == [1, 2, 3]
     with pytest.raises(QuarkError, match="no greedy"):
@@ -111,6 +121,28 @@ def test_prompt_quantile_counts(samples):
         analysis.prompt_quantile_counts(samples, k, "pool")
     with pytest.raises(QuarkError, match="num_quantiles"):
         analysis.prompt_quantile_counts(samples, 0, "local")
+
+
+def test_counts_and_summary_read_an_assignment_made_once(samples):
+    """counts_by_prompt and quantile_summary draw on a given assignment: the same tables as assigning by scope."""
+    from quarklab.analysis import pools
+
+    k = 4
+    r, pid = samples["reward"].to_numpy(), samples["prompt_id"].to_numpy()
+    for scope in ("global", "local"):
+        q = pools.assign_by_scope(r, pid, k, scope)
+        np.testing.assert_array_equal(q, assign_quantiles(r, k, pid if scope == "local" else None))
+        pd.testing.assert_frame_equal(analysis.counts_by_prompt(samples, q, k),
+                                      analysis.prompt_quantile_counts(samples, k, scope))
+        pd.testing.assert_frame_equal(analysis.quantile_summary(samples, q, k, scope),
+                                      quantile_table(samples, k, scope))
+    np.testing.assert_array_equal(pools.assign_by_scope(r, None, k, "global"), assign_quantiles(r, k))
+    with pytest.raises(QuarkError, match="prompt id"):
+        pools.assign_by_scope(r, None, k, "local")
+    with pytest.raises(QuarkError, match="scope must be one of 'local', 'global', got 'pool'"):
+        pools.check_scope("pool")
+    with pytest.raises(QuarkError, match="quantiles must be one int in 0..3"):
+        pools.check_assignment(np.full(len(r), 4), len(r), k)
 
 
 def test_quantile_contrast(samples):
@@ -171,6 +203,9 @@ def test_tradeoff_points(metrics5):
     row = pts.set_index("label").loc["run A: iter 2 · token 1"]
     assert (row["reward"], row["perplexity"], row["length"]) == pytest.approx((3.3 + 0.4 - 0.1, 1.25 + 0.04 + 0.01,
                                                                                13 + 6 - 1))
+    assert pts["token"].dtype == "Int64"  # the one token form: the quantile index, <NA> for no token
+    assert measured.set_index("label")["token"].to_dict()["run A: iter 2 · token 3"] == 3
+    assert measured[measured["group"].isin(["reference", "no token"])]["token"].isna().all()
     quoted = pts[pts["quoted"]]
     assert len(quoted) == 1 and quoted.iloc[0]["group"] == "quoted"
     assert pd.isna(quoted.iloc[0]["iteration"]) and pd.isna(quoted.iloc[0]["token"])

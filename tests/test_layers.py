@@ -30,8 +30,9 @@ LAYERS = [
     # 7 what runs Quark and what plans it; the stand-ins; where relative paths point
     ["quark", "plan", "compare", "testing", "testing.standins", "paths"],
     # 8 reading runs: analysis, seeds, figures, the judge
-    ["analysis", "seeds", "present", "present.figures", "present.html", "present.quantile_plots",
-     "present.run_plots", "present.seed_plots", "present.widgets",
+    ["analysis", "analysis.inputs", "analysis.metric_rows", "analysis.pools", "analysis.tradeoffs", "analysis.cards",
+     "analysis.reward_names", "seeds", "present", "present.figures", "present.html", "present.iteration_grid",
+     "present.quantile_plots", "present.run_plots", "present.seed_plots", "present.widgets",
      "judge", "judge.judges", "judge.present", "judge.systems", "judge.winrate"],
     # 9 the notebooks' runner, the command line, the package's public face
     ["notebooks", "cli", ""],

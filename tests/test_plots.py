@@ -167,6 +167,43 @@ def test_quantile_comparison_one_scope_fits_a_screen(samples):
             assert quantile_plots.quantile_comparison(samples, k, scope=scope).get_size_inches()[1] <= 9.0
 
 
+def count_assignments(monkeypatch) -> list:
+    """Every call of quarklab.quantiles.assign_quantiles from now on, under whatever name a module holds it."""
+    import sys
+
+    from quarklab import quantiles
+
+    original, calls = quantiles.assign_quantiles, []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else kwargs["num_quantiles"])
+        return original(*args, **kwargs)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("quarklab") and getattr(module, "assign_quantiles", None) is original:
+            monkeypatch.setattr(module, "assign_quantiles", counted)
+    return calls
+
+
+def test_quantile_comparison_assigns_once_per_scope(samples, monkeypatch):
+    calls = count_assignments(monkeypatch)
+    quantile_plots.quantile_comparison(samples, 4)
+    assert calls == [4, 4]  # global, local: once each
+    calls.clear()
+    fig = quantile_plots.quantile_comparison(samples, 4, scope="local")
+    assert calls == [4]
+    calls.clear()
+    q = assign_quantiles(samples["reward"].to_numpy(), 4, samples["prompt_id"].to_numpy())
+    calls.clear()
+    given = quantile_plots.quantile_comparison(samples, 4, scope="local", quantiles=q)
+    assert calls == []  # an assignment made elsewhere is drawn as it is
+    assert given.png() == fig.png()
+    with pytest.raises(QuarkError, match="pass that scope"):
+        quantile_plots.quantile_comparison(samples, 4, quantiles=q)
+    with pytest.raises(QuarkError, match="quantiles must be"):
+        quantile_plots.quantile_comparison(samples, 4, scope="local", quantiles=q[:-1])
+
+
 def test_quantile_comparison_rejects_bad_input(samples):
     with pytest.raises(QuarkError):
         quantile_plots.quantile_comparison(samples, 0)
@@ -220,7 +257,7 @@ def test_k_and_n_effect(samples):
 @pytest.mark.parametrize("k", [3, 5])
 def test_iteration_curves_any_k(tmp_path, k):
     metrics = make_metrics(tmp_path, k)
-    assert metrics["token"].dtype == object  # mixed "none" / ints, as read from JSON
+    assert metrics["token"].dtype == "Int64"  # the one form: "none" (as older runs wrote it) read as <NA>
     fig = run_plots.iteration_curves(metrics)
     check_readable(fig, 6)
     reward = panel(fig, "reward")
@@ -245,7 +282,8 @@ def test_iteration_curves_any_k(tmp_path, k):
 
 
 def test_iteration_curves_before_training(tmp_path, metrics5):
-    only_ref = metrics5[metrics5["iteration"] == 0].dropna(axis=1, how="all")
+    only_ref = metrics5[metrics5["iteration"] == 0]
+    only_ref = only_ref.loc[:, only_ref.notna().any() | (only_ref.columns == "token")]  # its token: all <NA>
     fig = run_plots.iteration_curves(only_ref)
     check_readable(fig, 6)
     for gid in ("kl", "loss", "control", "reward"):

@@ -22,7 +22,9 @@ from quarklab import runs, seeds  # noqa: E402
 from quarklab.config import preset  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.notebooks import results, run_notebooks  # noqa: E402
+from quarklab.analysis import token_mask  # noqa: E402
 from quarklab.present import run_plots, seed_plots  # noqa: E402
+from quarklab.tokens import as_token  # noqa: E402
 
 
 def t_cdf(t: float, df: int, steps: int = 200_000) -> float:
@@ -52,11 +54,11 @@ def test_the_interval_is_mean_plus_minus_t_s_over_root_n_by_hand():
 
 
 def eval_value(run_dir, iteration, token, column="reward"):
-    """A greedy evaluation value read straight from a run's metrics.jsonl."""
+    """A greedy evaluation value read straight from a run's metrics.jsonl (``token``: k, or None for no token)."""
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if row["kind"] == "eval" and row["mode"] == "greedy" and row["iteration"] == iteration \
-                and str(row["token"]) == token:
+                and as_token(row["token"]) == token:
             return row[column]
     raise AssertionError(f"no eval row ({iteration}, {token}) in {run_dir}")
 
@@ -71,34 +73,37 @@ def test_curves_are_the_mean_and_t_interval_of_the_seeds(tiny_seed_runs):
     curves = seeds.seed_curves(tiny_seed_runs)
     assert set(curves["group"]) == {"all runs"} and set(curves["n"]) == {3}
     assert {"reward", "perplexity", "length", "order_spearman", "controllability", "kl", "loss"} <= set(curves["metric"])
-    for metric, token, it in [("reward", "0", 2), ("reward", "2", 1), ("length", "none", 2), ("perplexity", "1", 2)]:
-        row = curves[(curves["metric"] == metric) & (curves["token"] == token) & (curves["iteration"] == it)]
+    assert curves["token"].dtype == "Int64"  # the one token form
+    for metric, token, it in [("reward", 0, 2), ("reward", 2, 1), ("length", None, 2), ("perplexity", 1, 2)]:
+        row = curves[(curves["metric"] == metric) & token_mask(curves["token"], token)
+                     & (curves["iteration"] == it)]
         mean, hw = by_hand([eval_value(d, it, token, metric) for d in tiny_seed_runs])
         assert len(row) == 1 and row["mean"].iloc[0] == pytest.approx(mean)
         assert row["half_width"].iloc[0] == pytest.approx(hw) and row["seeds"].iloc[0] == "0,1,2"
         assert row["low"].iloc[0] == pytest.approx(mean - hw) and row["high"].iloc[0] == pytest.approx(mean + hw)
-    for metric, other in (("spread", lambda d, it: eval_value(d, it, "2")),
-                          ("token0_minus_sft", lambda d, it: eval_value(d, 0, "none"))):  # paired per seed
+    for metric, other in (("spread", lambda d, it: eval_value(d, it, 2)),
+                          ("token0_minus_sft", lambda d, it: eval_value(d, 0, None))):  # paired per seed
         row = curves[(curves["metric"] == metric) & (curves["iteration"] == 1)]
-        mean, hw = by_hand([eval_value(d, 1, "0") - other(d, 1) for d in tiny_seed_runs])
-        assert row["token"].tolist() == ["all"] and row["mean"].iloc[0] == pytest.approx(mean)
+        mean, hw = by_hand([eval_value(d, 1, 0) - other(d, 1) for d in tiny_seed_runs])
+        assert len(row) == 1 and row["token"].isna().all()  # not per token
+        assert row["mean"].iloc[0] == pytest.approx(mean)
         assert row["half_width"].iloc[0] == pytest.approx(hw)
     sft = curves[(curves["metric"] == "reward") & (curves["iteration"] == 0)]
-    assert sft["token"].tolist() == ["none"]  # iteration 0: the SFT reference only
+    assert sft["token"].isna().tolist() == [True]  # iteration 0: the SFT reference only, no token
 
 
 def test_the_summary_pairs_token_0_with_sft_per_seed(tiny_seed_runs):
     summary = seeds.seed_summary(tiny_seed_runs)
     assert set(summary["iteration"]) == {2} and set(summary["n"]) <= {3, 0}
     got = summary.set_index("quantity")
-    diffs = [eval_value(d, 2, "0") - eval_value(d, 0, "none") for d in tiny_seed_runs]
+    diffs = [eval_value(d, 2, 0) - eval_value(d, 0, None) for d in tiny_seed_runs]
     mean, hw = by_hand(diffs)
     assert got.loc["token 0 − SFT", "mean"] == pytest.approx(mean)
     assert got.loc["token 0 − SFT", "half_width"] == pytest.approx(hw)
     assert got.loc["token 0 − SFT", "text"] == f"{mean:.3f} ± {hw:.3f} (n=3)"
-    spread = by_hand([eval_value(d, 2, "0") - eval_value(d, 2, "2") for d in tiny_seed_runs])
+    spread = by_hand([eval_value(d, 2, 0) - eval_value(d, 2, 2) for d in tiny_seed_runs])
     assert got.loc["spread 0−(K−1)", "mean"] == pytest.approx(spread[0])
-    control = by_hand([eval_value(d, 2, "0", "controllability") for d in tiny_seed_runs])
+    control = by_hand([eval_value(d, 2, 0, "controllability") for d in tiny_seed_runs])
     assert got.loc["controllability", "mean"] == pytest.approx(control[0])
     table = seeds.summary_table(summary)
     assert table.index.tolist() == ["all runs"] and table.columns[:3].tolist() == ["token 0 reward", "SFT reward",
@@ -167,8 +172,10 @@ def test_04_points_average_the_seeds_and_keep_a_lone_run(tiny_seed_runs, tmp_pat
     assert mean[~mean["quoted"]]["iteration"].tolist() == [0, 2, 2, 2, 2]  # the reference, then 3 tokens + no token
     assert mean[~mean["quoted"]]["n"].tolist() == [3] * 5 and mean["quoted"].sum() == 1
     t0 = mean[mean["group"] == "token 0"].iloc[0]
-    assert t0["reward"] == pytest.approx(by_hand([eval_value(d, 2, "0") for d in tiny_seed_runs])[0])
-    assert t0["length_hw"] == pytest.approx(by_hand([eval_value(d, 2, "0", "length") for d in tiny_seed_runs])[1])
+    assert t0["reward"] == pytest.approx(by_hand([eval_value(d, 2, 0) for d in tiny_seed_runs])[0])
+    assert t0["length_hw"] == pytest.approx(by_hand([eval_value(d, 2, 0, "length") for d in tiny_seed_runs])[1])
+    assert points["token"].dtype == "Int64" and t0["token"] == 0
+    assert mean[mean["group"].isin(["reference", "no token"])]["token"].isna().all()
     assert (points["run"] == "global").sum() == 1 + 2 * 4  # one run of its setting: every iteration, as before
     fig = run_plots.tradeoff_scatter(points)
     for gid in ("perplexity", "length"):

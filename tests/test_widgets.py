@@ -170,6 +170,22 @@ def test_explorer_draws_the_figure(samples):
     assert 0.8 * fig_width < width <= 1.05 * fig_width and 0.8 * fig_height < height <= 1.05 * fig_height
 
 
+def test_explorer_assigns_once_per_move(samples, monkeypatch):
+    """One assignment per slider move or scope switch, handed to the summary and the figure (was four)."""
+    from test_plots import count_assignments
+
+    explorer = QuantileExplorer(samples, num_quantiles=5, scope="local")
+    calls = count_assignments(monkeypatch)
+    explorer.k.value = 3
+    assert calls == [3] and explorer.error is None
+    explorer.scope.value = "global"
+    assert calls == [3, 3] and explorer.error is None
+    heat = [ax for ax in explorer.figure.axes if ax.get_gid() == "global/heatmap"][0]
+    assert np.asarray(heat.images[0].get_array()).sum() == len(samples)
+    pd.testing.assert_frame_equal(explorer.summary_table(3, "global", explorer.assignment),
+                                  explorer.summary_table(3, "global"))
+
+
 def test_explorer_rejects_bad_input(samples):
     with pytest.raises(ql.QuarkError, match="no 'score' column"):
         QuantileExplorer(samples, reward_name="score")

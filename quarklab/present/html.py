@@ -12,7 +12,7 @@ from matplotlib.colors import to_hex, to_rgb
 
 from ..compare import REFERENCE
 from ..errors import QuarkError
-from ..tokens import quantile_token
+from ..tokens import as_token, quantile_token, token_label
 from ..tldr import shorten
 
 _VIRIDIS = colormaps["viridis"]  # colour-blind safe, perceptually uniform, sequential
@@ -107,8 +107,8 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
     # columns: the quantile tokens by index, then the others (reference / no token) as they come
     tokens, others = {}, []
     for col, tok in zip(df["column"], df["token"]):
-        if tok is not None and not (isinstance(tok, float) and math.isnan(tok)):
-            tokens.setdefault(col, int(tok))
+        if as_token(tok) is not None:
+            tokens.setdefault(col, as_token(tok))
         elif col not in others:
             others.append(col)
     columns = sorted(tokens, key=lambda c: tokens[c]) + [c for c in others if c not in tokens]
@@ -144,7 +144,7 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
             hint = "best quantile" if k == 0 else ("worst quantile" if k == max(tokens.values()) and k > 0 else "")
             hint = f'<span class="hint">{html.escape(quantile_token(k))}{" · " + hint if hint else ""}</span>'
         elif col == REFERENCE:
-            hint = '<span class="hint">no token</span>'
+            hint = f'<span class="hint">{token_label(None)}</span>'
         head_cells.append(f'<th scope="col">{html.escape(str(col))}{hint}</th>')
 
     body = []

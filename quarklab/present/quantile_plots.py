@@ -15,9 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..analysis import best_of_n, check_num_quantiles, check_samples, prompt_quantile_counts, quantile_contrast
+from ..analysis.inputs import check_samples
+from ..analysis.pools import (SCOPES, assign_by_scope, best_of_n, check_assignment, check_scope, counts_by_prompt,
+                              quantile_contrast)
+from ..checks import check_num_quantiles
 from ..errors import QuarkError
-from ..quantiles import assign_quantiles, quantile_thresholds
+from ..quantiles import quantile_thresholds
 from .figures import (COUNT_LABEL, LENGTH_LABEL, QUANTILE_LABEL, SAMPLES_LABEL, new_figure, palette, pick_prompts,
                       reward_label, reward_unit)
 
@@ -169,7 +172,7 @@ def _scope_panels(ax_r, ax_l, ax_h, fig, scope: str, q: np.ndarray, r: np.ndarra
 
 
 def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, scope: str | None = None,
-                        reward_name: str = "reward") -> Figure:
+                        reward_name: str = "reward", quantiles=None) -> Figure:
     """How the same samples fall into K quantiles, global (Quark) and/or local (ALT).
 
     ``scope=None`` draws both side by side (columns: global, local); ``"global"`` or ``"local"``
@@ -186,20 +189,26 @@ def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, scope: str
     Axes carry gids ``"<scope>/reward"``, ``"<scope>/length"``, ``"<scope>/heatmap"``; a heatmap's
     counts are ``ax.images[0].get_array()`` (rows = quantiles, columns = the prompts in its x tick
     labels).
+
+    Quantiles are assigned once per scope drawn; ``quantiles`` (with one ``scope``) is an assignment
+    already made for these samples, K and scope (the explorer's), drawn as it is.
     """
     k = check_num_quantiles(num_quantiles)
-    if scope not in (None, "global", "local"):
-        raise QuarkError(f"scope must be 'global', 'local' or None (both), got {scope!r}")
+    scopes = list(SCOPES) if scope is None else [check_scope(scope)]
     df = check_samples(samples, need_length=True)
     r = df["reward"].to_numpy()
     lengths = df["num_tokens"].to_numpy(dtype=float)
     pid = df["prompt_id"].to_numpy()
-    scopes = ["global", "local"] if scope is None else [scope]
-    assigned = {s: assign_quantiles(r, k, groups=pid if s == "local" else None) for s in scopes}
+    if quantiles is None:
+        assigned = {s: assign_by_scope(r, pid, k, s) for s in scopes}
+    elif scope is None:
+        raise QuarkError("quantiles are one scope's assignment: pass that scope too (scope='global' or 'local')")
+    else:
+        assigned = {scope: check_assignment(quantiles, len(df), k)}
     label = reward_label(reward_name)
     per_prompt = df.groupby("prompt_id").size()
 
-    tables = {s: prompt_quantile_counts(df, k, s) for s in scopes}
+    tables = {s: counts_by_prompt(df, assigned[s], k) for s in scopes}
     n_prompts = len(per_prompt)
     shown = pick_prompts(tables[scopes[0]].index)
     counts = {s: table.loc[shown] for s, table in tables.items()}
@@ -248,7 +257,7 @@ def k_and_n_effect(samples: pd.DataFrame, *, ks: Sequence[int] = (2, 3, 5, 7), n
 
     fig = new_figure(13, 4.8)
     ax_k, ax_n = fig.subplots(1, 2)
-    for i, scope in enumerate(("global", "local")):
+    for i, scope in enumerate(SCOPES):
         part = contrast[contrast["scope"] == scope]
         (line,) = ax_k.plot(part["K"].tolist(), part["contrast"].tolist(), marker="o", color=colors[i],
                             linestyle="-" if i == 0 else "--",

@@ -16,59 +16,47 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
-from ..analysis import QUOTED_CAPTION, check_points, eval_rows, pareto_front, token_order, train_rows
+from ..analysis.metric_rows import eval_rows, token_mask, train_rows
+from ..analysis.tradeoffs import QUOTED_CAPTION, check_points, pareto_front
 from ..errors import QuarkError
-from .figures import (FRONT_COLOR, ITERATION_LABEL, KL_LABEL, LENGTH_LABEL, NONE_COLOR, PERPLEXITY_LABEL,
-                      REFERENCE_COLOR, new_figure, no_data, palette, reward_label, reward_unit)
+from ..tokens import as_token, sorted_tokens, token_label
+from .figures import (FRONT_COLOR, LENGTH_LABEL, NONE_COLOR, PERPLEXITY_LABEL, REFERENCE_COLOR, new_figure,
+                      no_data, palette, reward_label, reward_unit)
+from .iteration_grid import (iteration_grid, reference_line, token_colors, token_legend, token_style,
+                             zero_line)
 
 __all__ = ["iteration_curves", "tradeoff_scatter", "place_labels"]
 
 
 # ---------------------------------------------------------------------------- training iterations
 
-def _by_token(ax, ev: pd.DataFrame, column: str, ylabel: str, title: str, tokens: list[str], colors: dict,
-              iterations: list[int]) -> None:
+def _by_token(ax, ev: pd.DataFrame, column: str, tokens: list, colors: dict) -> None:
     """One line per token over iterations >= 1, the iteration-0 reference as a dotted line."""
-    ax.set_title(title)
-    ax.set_xlabel(ITERATION_LABEL)
-    ax.set_ylabel(ylabel)
-    _integer_iterations(ax, iterations)
     if column not in ev.columns or not pd.to_numeric(ev[column], errors="coerce").notna().any():
         no_data(ax, f"{column} not measured")
         return
     values = ev.assign(_v=pd.to_numeric(ev[column], errors="coerce"))
     ref = values[values["iteration"] == 0]
     if not ref.empty:
-        ref_row = ref[ref["token"] == "none"] if (ref["token"] == "none").any() else ref
-        ref_value = float(ref_row["_v"].mean())
+        unconditioned = ref["token"].isna()
+        ref_value = float((ref[unconditioned] if unconditioned.any() else ref)["_v"].mean())
         if np.isfinite(ref_value):
-            ax.axhline(ref_value, color=REFERENCE_COLOR, linestyle=":", linewidth=1.5, label="reference (SFT)")
+            reference_line(ax, ref_value)
     policy = values[values["iteration"] >= 1]
     if policy.empty:
         no_data(ax, "no training yet")
     for token in tokens:
-        part = policy[policy["token"] == token].groupby("iteration")["_v"].mean()
+        part = policy[token_mask(policy["token"], token)].groupby("iteration")["_v"].mean()
         if part.empty:
             continue
-        if token == "none":
-            ax.plot(part.index, part.to_numpy(), color=NONE_COLOR, linestyle="--", marker="x", label="no token")
-        else:
-            ax.plot(part.index, part.to_numpy(), color=colors[token], marker="o", markersize=4,
-                    label=f"token {token}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="x-small", ncol=2 if len(tokens) > 4 else 1, loc="best")
-
-
-def _integer_iterations(ax, iterations: list[int]) -> None:
-    last = max(iterations) if iterations else 1
-    ax.set_xlim(-0.25, max(last, 1) + 0.25)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        color, label, style = token_style(token, colors)
+        ax.plot(part.index, part.to_numpy(), color=color, label=label, **style)
+    token_legend(ax, len(tokens) > 4)
 
 
 def iteration_curves(metrics: pd.DataFrame, *, reward_name: str = "reward") -> Figure:
-    """A 2x3 grid over Quark iterations (from ``read_metrics(run_dir)``).
+    """A 2x3 grid over Quark iterations (from ``read_metrics(run_dir)``; the grid: :mod:`.iteration_grid`).
 
     (a) greedy reward by conditioning token (the iteration-0 reference as a dotted line),
     (b) KL to the reference (mean of the train rows' ``kl`` per iteration), (c) perplexity by token,
@@ -80,33 +68,15 @@ def iteration_curves(metrics: pd.DataFrame, *, reward_name: str = "reward") -> F
     """
     ev = eval_rows(metrics)
     train = train_rows(metrics)
-    tokens = token_order(ev["token"])
-    numeric = [t for t in tokens if t != "none"]
-    colors = dict(zip(numeric, palette(len(numeric))))
+    tokens = sorted_tokens(ev["token"])
+    colors = token_colors(tokens)
     iterations = sorted(set(ev["iteration"]) | set(train["iteration"] if not train.empty else []))
 
-    fig = new_figure(17, 9.5)
-    axes = fig.subplots(2, 3)
-    ax_r, ax_kl, ax_p = axes[0]
-    ax_len, ax_loss, ax_c = axes[1]
+    fig, axes = iteration_grid(iterations, reward_name=reward_name)
+    for gid in ("reward", "perplexity", "length"):
+        _by_token(axes[gid], ev, gid, tokens, colors)
 
-    _by_token(ax_r, ev, "reward", "greedy " + reward_label(reward_name), "(a) greedy reward by token", tokens,
-              colors, iterations)
-    _by_token(ax_p, ev, "perplexity", PERPLEXITY_LABEL, "(c) perplexity by token", tokens, colors, iterations)
-    _by_token(ax_len, ev, "length", LENGTH_LABEL, "(d) length by token", tokens, colors, iterations)
-    ax_r.set_gid("reward")
-    ax_p.set_gid("perplexity")
-    ax_len.set_gid("length")
-
-    for ax in (ax_kl, ax_loss):
-        ax.set_xlabel(ITERATION_LABEL)
-        _integer_iterations(ax, iterations)
-    ax_kl.set_title("(b) KL to the reference during training")
-    ax_kl.set_ylabel(KL_LABEL)
-    ax_kl.set_gid("kl")
-    ax_loss.set_title("(e) training loss terms (mean over steps)")
-    ax_loss.set_ylabel("loss term (nats/token)")
-    ax_loss.set_gid("loss")
+    ax_kl, ax_loss, ax_c = axes["kl"], axes["loss"], axes["control"]
     if train.empty:
         no_data(ax_kl, "no training yet")
         no_data(ax_loss, "no training yet")
@@ -131,13 +101,7 @@ def iteration_curves(metrics: pd.DataFrame, *, reward_name: str = "reward") -> F
         else:
             no_data(ax_loss, "no loss terms logged")
 
-    ax_c.set_title("(f) controllability (−1 = token order respected)")
-    ax_c.set_xlabel(ITERATION_LABEL)
-    ax_c.set_ylabel("Spearman ρ (token index vs reward, −1..1)")
-    ax_c.set_ylim(-1.05, 1.05)
-    ax_c.axhline(0, color="0.5", linewidth=1)
-    _integer_iterations(ax_c, iterations)
-    ax_c.set_gid("control")
+    zero_line(ax_c)
     control_colors = palette(6)[4:6]
     for color, (col, name, style) in zip(control_colors, [("order_spearman", "order of mean rewards", "-"),
                                                           ("controllability", "per sample", "--")]):
@@ -156,7 +120,7 @@ def iteration_curves(metrics: pd.DataFrame, *, reward_name: str = "reward") -> F
         title = "Quark training: reference (SFT) only, no training yet (greedy evaluation)"
     else:
         title = (f"Quark training: {done} iteration{'s' if done != 1 else ''}, "
-                 f"{len(numeric)} quantile token{'s' if len(numeric) != 1 else ''} (greedy evaluation)")
+                 f"{len(colors)} quantile token{'s' if len(colors) != 1 else ''} (greedy evaluation)")
     fig.suptitle(title, fontsize="x-large")
     return fig
 
@@ -176,7 +140,7 @@ def _group_colors(groups: list[str]) -> dict:
             colors[g] = base[int(m.group(1)) % 10]
         elif g == "reference":
             colors[g] = REFERENCE_COLOR
-        elif g == "no token":
+        elif g == token_label(None):
             colors[g] = NONE_COLOR
         else:
             colors[g] = next(spare, base[0])
@@ -258,7 +222,8 @@ def _free_spot(p, w, h, scale, inside, placed, markers):
 def _short_label(row) -> str:
     """What a point's label says: ``SFT`` for the reference, else its Quark iteration."""
     if row["group"] == "reference":
-        return "SFT" if str(row["token"]) == "none" else f"SFT·t{row['token']}"
+        token = as_token(row["token"])
+        return "SFT" if token is None else f"SFT·t{token}"
     return str(int(row["iteration"]))
 
 

@@ -14,11 +14,11 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from ..compare import compare_tokens
+from ..analysis.pools import assign_by_scope, check_scope, quantile_summary
 from ..checks import check_num_quantiles
+from ..compare import compare_tokens
 from ..errors import QuarkError
 from ..tokens import quantile_token_ids
-from ..quantiles import assign_quantiles, quantile_table
 from ..tldr import as_prompt, title_of
 from .html import comparison_html, fmt_number
 from .figures import png_bytes
@@ -158,8 +158,8 @@ class QuantileExplorer:
     the figure of :func:`quarklab.present.quantile_plots.quantile_comparison` for the chosen K and
     scope. ``reward_label`` names the reward on the axes (e.g. the reward's ``.name``; see
     :func:`quarklab.present.figures.reward_label`); by default the column's name.
-    :meth:`redraw` (what the controls call) keeps the assignment in ``self.assignment`` and the
-    figure in ``self.figure``.
+    :meth:`redraw` (what the controls call) assigns the quantiles once, keeps that assignment in
+    ``self.assignment`` and hands it to the summary and the figure; the figure is kept in ``self.figure``.
     """
 
     def __init__(self, samples: pd.DataFrame, *, num_quantiles: int = 5, scope: str = "local",
@@ -168,9 +168,7 @@ class QuantileExplorer:
             raise QuarkError(f"samples must be a DataFrame, got {type(samples).__name__}")
         if reward_name not in samples.columns:
             raise QuarkError(f"samples have no {reward_name!r} column (columns: {list(samples.columns)})")
-        if scope not in ("local", "global"):
-            raise QuarkError(f"scope must be 'local' or 'global', got {scope!r}")
-        if scope == "local" and "prompt_id" not in samples.columns:
+        if check_scope(scope) == "local" and "prompt_id" not in samples.columns:
             raise QuarkError("local quantiles need a 'prompt_id' column in the samples")
         check_num_quantiles(num_quantiles)
         if len(samples) == 0:
@@ -205,9 +203,16 @@ class QuantileExplorer:
         self.widget = widgets.VBox([widgets.HBox([self.k, self.scope]), self.summary, self.message, self.image])
         self.redraw()
 
-    def summary_table(self, num_quantiles: int, scope: str) -> pd.DataFrame:
-        """Per quantile: count, mean reward, mean length, threshold (see :func:`quarklab.quantile_table`)."""
-        return quantile_table(self._plot_samples, num_quantiles, scope).set_index("quantile")
+    def summary_table(self, num_quantiles: int, scope: str, quantiles: np.ndarray | None = None) -> pd.DataFrame:
+        """Per quantile: count, mean reward, mean length, threshold (as :func:`quarklab.quantile_table`), of the
+        assignment ``quantiles`` (made here for ``num_quantiles`` and ``scope`` when None)."""
+        if quantiles is None:
+            quantiles = self._assign(num_quantiles, scope)
+        return quantile_summary(self._plot_samples, quantiles, num_quantiles, scope).set_index("quantile")
+
+    def _assign(self, num_quantiles: int, scope: str) -> np.ndarray:
+        prompt_ids = self.samples["prompt_id"].to_numpy() if "prompt_id" in self.samples.columns else None
+        return assign_by_scope(self.rewards, prompt_ids, num_quantiles, scope)
 
     def _summary_html(self, table: pd.DataFrame, scope: str) -> str:
         thr = "mean per-prompt min reward" if scope == "local" else "min reward"
@@ -226,18 +231,18 @@ class QuantileExplorer:
                 "border-bottom:1px solid #ddd}</style>")
 
     def redraw(self, *_) -> np.ndarray:
-        """Re-assign quantiles for the current K and scope; update the summary and the figure."""
+        """Assign quantiles once for the current K and scope; update the summary and the figure from them."""
         k, scope = int(self.k.value), str(self.scope.value)
-        groups = self.samples["prompt_id"].to_numpy() if scope == "local" else None
-        self.assignment = assign_quantiles(self.rewards, k, groups)
-        self.summary.value = self._summary_html(self.summary_table(k, scope), scope)
-        self._draw_figure(k, scope)
+        self.assignment = self._assign(k, scope)
+        self.summary.value = self._summary_html(self.summary_table(k, scope, self.assignment), scope)
+        self._draw_figure(k, scope, self.assignment)
         return self.assignment
 
-    def _draw_figure(self, k: int, scope: str) -> None:
+    def _draw_figure(self, k: int, scope: str, quantiles: np.ndarray) -> None:
         old, self.figure = self.figure, None
         try:
-            self.figure = quantile_comparison(self._plot_samples, k, scope=scope, reward_name=self.reward_label)
+            self.figure = quantile_comparison(self._plot_samples, k, scope=scope, reward_name=self.reward_label,
+                                              quantiles=quantiles)
             self.error = None
         except Exception as exc:  # an observer must not raise into the front end
             self.error = exc
