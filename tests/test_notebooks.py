@@ -136,7 +136,7 @@ class _Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def executed(world, tmp_path_factory):
-    """The four notebooks executed by papermill; also papermill's warnings while they ran."""
+    """The five notebooks executed by papermill; also papermill's warnings while they ran."""
     run_dir = tmp_path_factory.mktemp("nb") / "demo"
     warnings = _Records()
     logging.getLogger("papermill").addHandler(warnings)
@@ -152,7 +152,7 @@ def executed(world, tmp_path_factory):
     return run_dir, paths, warnings.messages
 
 
-def test_all_four_notebooks_run_headless_and_record_their_results(executed):
+def test_all_five_notebooks_run_headless_and_record_their_results(executed):
     run_dir, paths, _ = executed
     assert [p.name for p in paths] == NOTEBOOKS
     for p in paths:
