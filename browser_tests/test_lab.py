@@ -1,4 +1,4 @@
-"""The four notebooks in JupyterLab, in a real Chromium, as a person uses them.
+"""The five notebooks in JupyterLab, in a real Chromium, as a person uses them.
 
 For each notebook: open it from a JupyterLab started as the README says, Run All from the menu, wait for
 the kernel, then look: no error output, every figure drawn as an image, every widget drawn. Then, in 01,

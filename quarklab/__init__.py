@@ -28,7 +28,8 @@ from .world import World, WorldSpec, build_world, quarklab_home, tiny_world
 __version__ = "0.1.0"
 
 _SUBMODULES = {"analysis": ".analysis", "compare": ".compare", "config": ".config", "metrics": ".metrics",
-               "notebooks": ".notebooks", "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr",
+               "notebooks": ".notebooks", "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr", "tokens": ".tokens",
+               "files": ".files", "paths": ".paths", "names": ".names",
                "figures": ".present.figures", "quantile_plots": ".present.quantile_plots",
                "run_plots": ".present.run_plots", "seeds": ".seeds", "seed_plots": ".present.seed_plots",
                "widgets": ".present.widgets", "html": ".present.html", "judge": ".judge"}

@@ -34,8 +34,8 @@ LAYERS = [
      "analysis.reward_names", "seeds", "present", "present.figures", "present.html", "present.iteration_grid",
      "present.quantile_plots", "present.run_plots", "present.seed_plots", "present.widgets",
      "judge", "judge.judges", "judge.present", "judge.systems", "judge.winrate"],
-    # 9 the notebooks' runner, the command line, the package's public face
-    ["notebooks", "cli", ""],
+    # 9 what the notebooks' cells call, their parameters and their runner; the command line; the package's face
+    ["notebooks", "notebooks.cells", "notebooks.parameters", "notebooks.runner", "cli", ""],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -1,11 +1,11 @@
-"""The four notebooks: committed clean, parametrized alike, and executed for real by papermill."""
+"""The five notebooks: committed clean, each declaring the parameters it uses and setting up in one call, a note
+before each figure, and executed for real by papermill."""
 
 from __future__ import annotations
 
 import ast
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -18,8 +18,8 @@ import pytest
 
 import quarklab as ql
 from quarklab.config import field_specs
-from quarklab.notebooks import (NOTEBOOKS, SHARED_PARAMETERS, check_parameters, locate, notebook_parameters,
-                                notebooks_dir, parse_value, prepare, project_root, resolve_path, results, run_notebooks)
+from quarklab.notebooks import (NOTEBOOKS, RUN_DIR_LISTS, SHARED_PARAMETERS, notebook_parameters, notebooks_dir,
+                                results, run_notebooks)
 
 SMALL = {"num_quantiles": 3, "num_prompts": 4, "samples_per_prompt": 6, "max_new_tokens": 24, "iterations": 1,
          "prompts_per_iteration": 6, "ks": [2, 3], "extra_config": {"eval_prompts": 6, "eval_max_new_tokens": 24, "max_new_tokens": 24}}
@@ -42,8 +42,22 @@ def _assigned(source: str) -> dict[str, str | None]:
     return out
 
 
+RESOLVED = {"run_dir", "policy", "reference", "reward", "dataset", *RUN_DIR_LISTS}  # read from nb after setup
+
+
+def _setup_call(cell, tree: ast.AST | None = None) -> ast.Call | None:
+    calls = [n for n in ast.walk(tree or ast.parse(cell.source)) if isinstance(n, ast.Call)
+             and ast.unparse(n.func) == "ql.notebooks.setup"]
+    assert len(calls) <= 1
+    return calls[0] if calls else None
+
+
+def _code(book) -> list:
+    return [c for c in book.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_clean_thin_and_shares_the_parameters(name):
+def test_notebook_is_clean_thin_and_declares_only_what_it_uses(name):
     book, params = _parameters_cell(notebooks_dir() / name)
     assert len(params) == 1
     assert book.cells[0].cell_type == "markdown" and "Try" in book.cells[0].source
@@ -53,11 +67,59 @@ def test_notebook_is_clean_thin_and_shares_the_parameters(name):
             if "parameters" not in cell.metadata.get("tags", []):
                 assert len(cell.source.splitlines()) <= 12  # thin: logic lives in the library
     assigned = _assigned(params[0].source)
-    assert set(SHARED_PARAMETERS) <= set(assigned)
+    assert "run_dir" in assigned and "unused" not in params[0].source
     assert all(assigned.values()), assigned  # every parameter is type-annotated
     for line in params[0].source.splitlines():  # every knob has a comment
         if line and not line.startswith((" ", "#", "]", "}")) and "=" in line:
             assert "#" in line, line
+    used = set()  # names read outside the setup call, and nb.<name>
+    config_built = any("nb.config(" in c.source for c in _code(book))
+    for cell in _code(book):
+        tree = ast.parse(cell.source)
+        call = _setup_call(cell, tree)
+        if call is not None:  # run_dir: where nb.record writes; nb.config: built from the config-named parameters
+            used |= {"run_dir"} | {k.arg for k in call.keywords if config_built and k.arg in field_specs()}
+        given = {id(n) for k in (call.keywords if call else []) for n in ast.walk(k.value)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in given:
+                assert node.id not in RESOLVED, f"{name} reads {node.id} as given, not as setup resolved it: nb.{node.id}"
+                used.add(node.id)
+            elif isinstance(node, ast.Attribute) and ast.unparse(node.value) == "nb":
+                used.add(node.attr)
+    assert set(assigned) <= used, f"{name} declares parameters it does not use: {set(assigned) - used}"
+
+
+def test_a_shared_parameter_is_declared_alike_wherever_it_is_declared():
+    annotations: dict[str, set] = {}
+    for name in NOTEBOOKS:
+        for param, annotation in _assigned(_parameters_cell(notebooks_dir() / name)[1][0].source).items():
+            if param in SHARED_PARAMETERS:
+                annotations.setdefault(param, set()).add(annotation)
+    assert set(annotations) == set(SHARED_PARAMETERS)  # each is some notebook's
+    assert all(len(a) == 1 for a in annotations.values()), annotations
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_notebook_imports_quarklab_once_and_carries_no_plumbing(name):
+    sources = [c.source for c in _code(nbformat.read(notebooks_dir() / name, as_version=4))]
+    assert sum(s.count("import quarklab") for s in sources) == 1 and "import quarklab as ql\n" in sources[0]
+    for plumbing in ("ql.runs.", "prepare(", "locate(", "resolve_path(", "check_parameters(", "ql.notebooks.record("):
+        assert not [s for s in sources if plumbing in s], (name, plumbing)
+
+
+SHOWN = ("save_figure(", "comparison_html(", ".widget")  # the cells that draw a figure, a table of completions, a widget
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_figure_has_a_note_on_what_to_look_for_and_what_the_tiny_world_shows(name):
+    book = nbformat.read(notebooks_dir() / name, as_version=4)
+    shown = [i for i, c in enumerate(book.cells) if c.cell_type == "code" and any(s in c.source for s in SHOWN)]
+    assert shown
+    for i in shown:
+        note = book.cells[i - 1]
+        assert note.cell_type == "markdown" and "*Look for*" in note.source, (name, book.cells[i].source)
+        if ".widget" not in book.cells[i].source:  # a figure or a table: what the tiny world can and cannot show
+            assert "*On the tiny world*" in note.source, (name, note.source)
 
 
 CELL_TIMEOUT = 300  # seconds; the slowest cell here (training in 02) takes well under a minute
@@ -74,7 +136,7 @@ class _Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def executed(world, tmp_path_factory):
-    """The four notebooks executed by papermill; also papermill's warnings while they ran."""
+    """The five notebooks executed by papermill; also papermill's warnings while they ran."""
     run_dir = tmp_path_factory.mktemp("nb") / "demo"
     warnings = _Records()
     logging.getLogger("papermill").addHandler(warnings)
@@ -90,7 +152,7 @@ def executed(world, tmp_path_factory):
     return run_dir, paths, warnings.messages
 
 
-def test_all_four_notebooks_run_headless_and_record_their_results(executed):
+def test_all_five_notebooks_run_headless_and_record_their_results(executed):
     run_dir, paths, _ = executed
     assert [p.name for p in paths] == NOTEBOOKS
     for p in paths:
@@ -101,7 +163,7 @@ def test_all_four_notebooks_run_headless_and_record_their_results(executed):
     assert q["num_samples"] == 4 * 6 and sum(q["quantile_count"]) == 24 and len(q["quantile_count"]) == 3
     assert q["quantile_mean_reward"] == sorted(q["quantile_mean_reward"], reverse=True)
     t = got["02_training_iterations"]
-    assert t["iterations"] == 1 and set(t["token_reward"]) == {"0", "1", "2", "none"}
+    assert t["iterations"] == 1 and set(t["token_reward"]) == {"token 0", "token 1", "token 2", "no token"}
     c = got["03_compare_tokens"]
     assert set(c["mean_by_column"]) == {"token 0", "token 1", "token 2", "reference"}
     assert c["policy"].endswith("checkpoints/iter_001")
@@ -119,69 +181,20 @@ def test_all_four_notebooks_run_headless_and_record_their_results(executed):
     assert list(card.columns[:4]) == ["model", "RM", "PPL", "Avg. len"] and (card["source"] == "quoted").sum() == 5
 
 
-def test_a_failing_notebook_names_the_cell_and_exits_non_zero(world, tmp_path):
-    with pytest.raises(ql.QuarkError, match=r"01_quantile_distributions.ipynb failed in cell .*does not exist"):
-        run_notebooks(tmp_path, {"dataset": str(tmp_path / "missing.jsonl")}, progress=False)
-    proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "notebooks", "run", "--run-dir", str(tmp_path),
-                           "-p", "dataset", str(tmp_path / "missing.jsonl"), "--only", NOTEBOOKS[0]],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "failed in cell" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_sweep_runs_the_grid_and_writes_one_summary(world, tmp_path):
-    args = [sys.executable, "-m", "quarklab.cli", "notebooks", "sweep", "-p", "quantile_scope", "local", "global",
-            "--out", str(tmp_path), "--only", NOTEBOOKS[1], "--cell-timeout", str(CELL_TIMEOUT)]
-    takes = notebook_parameters(notebooks_dir() / NOTEBOOKS[1])
-    for name, value in SMALL.items():
-        if name in takes:  # a parameter the notebook does not take is an error
-            args += ["--set", name, json.dumps(value)]
-    proc = subprocess.run(args, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = pd.read_csv(tmp_path / "summary.csv")
-    assert summary["quantile_scope"].tolist() == ["local", "global"]
-    assert summary[["sft_reward", "token0_reward", "token2_reward"]].notna().all().all()
-    for run_dir in summary["run_dir"]:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        assert config["quantile_scope"] == Path(run_dir).name.split("=")[1]
-
-
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_the_cell_after_the_parameters_checks_them(name):
+def test_the_cell_after_the_parameters_sets_the_notebook_up(name):
     book, params = _parameters_cell(notebooks_dir() / name)
     cell = book.cells[book.cells.index(params[0]) + 1]
-    calls = [n for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Call)
-             and ast.unparse(n.func) == "ql.notebooks.check_parameters"]
-    assert len(calls) == 1 and cell.cell_type == "code"
-    checked = {k.arg for k in calls[0].keywords}
-    assigned = set(_assigned(params[0].source))
-    assert checked == set(SHARED_PARAMETERS) | (assigned & set(field_specs()))  # every config-named parameter
+    call = _setup_call(cell)
+    assert call is not None and cell.cell_type == "code"
+    assert [ast.literal_eval(a) for a in call.args] == [Path(name).stem]  # its results: results/<name>.json
+    assert all(ast.unparse(k.value) == k.arg for k in call.keywords)  # each parameter as declared
+    setup_takes = set(field_specs()) | {"run_dir", *RUN_DIR_LISTS}
+    assert {k.arg for k in call.keywords} == set(_assigned(params[0].source)) & setup_takes  # every one it checks
+    assert sum(_setup_call(c) is not None for c in _code(book)) == 1
 
 
-def test_check_parameters_names_the_bad_one():
-    check_parameters(run_dir="runs/x", policy="auto", reference=None, num_quantiles=3, quantile_scope="global",
-                     seed=1, device="cpu", top_p=1.0, temperature=0.7)
-    for bad, message in [({"num_quantiles": 0}, r"num_quantiles must be an integer >= 1, got 0"),
-                         ({"quantile_scope": "per-prompt"}, r"quantile_scope must be one of 'local', 'global'"),
-                         ({"top_p": 0}, r"top_p must be a number in \(0, 1\], got 0"),
-                         ({"seed": "zero"}, r"seed must be an integer >= 0, got 'zero'"),
-                         ({"device": "gpu"}, r"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got 'gpu'"),
-                         ({"run_dir": ""}, r"run_dir must be a folder path"),
-                         ({"num_quantile": 3}, r"'num_quantile' is neither run_dir nor a QuarkConfig field")]:
-        with pytest.raises(ql.QuarkError, match=message):
-            check_parameters(**bad)
-
-
-def test_command_line_values_of_config_fields_are_read_by_the_field_type():
-    assert parse_value("3", "num_quantiles") == 3 and parse_value("0.5", "top_p") == 0.5
-    assert parse_value("local", "quantile_scope") == "local" and parse_value("null", "reference") is None
-    assert parse_value("123", "policy") == "123"  # a folder named 123 stays text
-    assert parse_value("[2, 3]", "ks") == [2, 3] and parse_value("train", "split") == "train"  # others: JSON or text
-    assert parse_value("3", "num_prompts") == 3
-    with pytest.raises(ql.QuarkError, match=r"^-p: num_quantiles must be an integer >= 1, got 'three'$"):
-        parse_value("three", "num_quantiles")
-
-
-def test_a_bad_parameter_stops_in_the_check_cell_before_any_model_loads(tmp_path):
+def test_a_bad_parameter_stops_in_the_setup_cell_before_any_model_loads(tmp_path):
     name = NOTEBOOKS[0]
     with pytest.raises(ql.QuarkError) as info:
         run_notebooks(tmp_path, {"num_quantiles": 0}, notebooks=[name], progress=False)
@@ -193,34 +206,10 @@ def test_a_bad_parameter_stops_in_the_check_cell_before_any_model_loads(tmp_path
     failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.outputs)]
     assert len(failed) == 1
     cell = code[failed[0]]
-    assert "check_parameters(" in cell.source and cell.execution_count == cell_number
+    assert "ql.notebooks.setup(" in cell.source and cell.execution_count == cell_number
     assert "papermill" in str(code[failed[0] - 1].metadata)  # right after the (injected) parameters
     assert all(c.execution_count is None and not c.outputs for c in code[failed[0] + 1:])  # nothing loaded
     assert not (tmp_path / "results").exists() and not (tmp_path / "figures").exists()
-
-
-def test_the_cli_rejects_a_bad_config_parameter_before_running_anything(tmp_path):
-    for args in (["run", "--run-dir", str(tmp_path / "run"), "-p", "quantile_scope", "per-prompt"],
-                 ["sweep", "--out", str(tmp_path / "sweep"), "-p", "num_quantiles", "3", "zero"]):
-        proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "notebooks", *args], capture_output=True,
-                              text=True)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert proc.stderr.startswith("quarklab: error: -p: ")
-        assert "quantile_scope must be one of 'local', 'global', got 'per-prompt'" in proc.stderr or \
-            "num_quantiles must be an integer >= 1, got 'zero'" in proc.stderr
-    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
-
-
-def test_a_cell_past_its_timeout_stops_the_run_with_one_error(tmp_path):
-    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(60)")],
-                                    metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                           "display_name": "Python 3"}})
-    (tmp_path / "src").mkdir()
-    nbformat.write(book, tmp_path / "src" / "slow.ipynb")
-    with pytest.raises(ql.QuarkError, match=r"slow.ipynb: a cell ran past cell_timeout=2"):
-        run_notebooks(tmp_path / "run", notebooks=["slow.ipynb"], source_dir=tmp_path / "src", progress=False,
-                      cell_timeout=2)
-    assert (tmp_path / "run" / "slow.ipynb").exists()  # the partly executed notebook stays
 
 
 # ------------------------------------------------------------------ what a person sees in the executed notebooks
@@ -307,15 +296,6 @@ def test_papermill_help_lists_every_parameter_with_its_type(name):
             assert len(below or line[34:].strip()) > 10, line  # papermill puts help at column 34
 
 
-def test_a_parameter_no_notebook_takes_stops_before_anything_runs(tmp_path):
-    with pytest.raises(ql.QuarkError, match=r"'num_quantile': not a parameter of 01_quantile_distributions.ipynb "
-                                            r"\(they take: .*num_quantiles"):
-        run_notebooks(tmp_path / "run", {"num_quantile": 3}, notebooks=[NOTEBOOKS[0]], progress=False)
-    with pytest.raises(ql.QuarkError, match=r"'ks': not a parameter of 02_training_iterations.ipynb"):
-        ql.notebooks.sweep(tmp_path / "sweep", {"ks": [[2], [3]]}, notebooks=[NOTEBOOKS[1]], progress=False)
-    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
-
-
 # ------------------------------------------------------------------ relative paths: from the project root
 
 def _project(tmp_path: Path) -> Path:
@@ -323,35 +303,6 @@ def _project(tmp_path: Path) -> Path:
     (root / "notebooks").mkdir(parents=True)
     (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     return root
-
-
-def test_relative_paths_mean_the_project_root_from_any_folder_inside_it(tmp_path, monkeypatch):
-    root = _project(tmp_path)
-    (root / "data").mkdir()
-    (root / "data" / "posts.jsonl").write_text('{"prompt": "p"}\n')
-    (root / "runs" / "old" / "checkpoints").mkdir(parents=True)
-    for where in (root, root / "notebooks", root / "runs" / "old" / "checkpoints"):
-        monkeypatch.chdir(where)
-        assert project_root() == root.resolve()
-        assert resolve_path("runs/demo") == root.resolve() / "runs" / "demo"
-        assert resolve_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute: as given
-        assert locate("data/posts.jsonl") == str(root.resolve() / "data" / "posts.jsonl")
-        assert locate("runs/old") == str(root.resolve() / "runs" / "old")
-        assert locate("data/missing.csv") == str(root.resolve() / "data" / "missing.csv")  # named where looked for
-        for as_given in ("tiny-tldr", "auto", "EleutherAI/gpt-j-6b", None):  # names and hub ids stay
-            assert locate(as_given) == as_given
-    monkeypatch.chdir(root / "notebooks")
-    assert prepare("runs/new") == root.resolve() / "runs" / "new" and (root / "runs" / "new").is_dir()
-    assert not (root / "notebooks" / "runs").exists()
-    with pytest.raises(ql.QuarkError, match=re.escape(f"'runs/gone' resolves to {root.resolve() / 'runs' / 'gone'}, "
-                                                      "which does not exist")):
-        resolve_path("runs/gone", must_exist=True)
-    with pytest.raises(ql.QuarkError, match=re.escape(f"of {str(root.resolve() / 'runs' / 'new')!r}, and it has none")):
-        ql.notebooks.policy_source("auto", "runs/new")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    monkeypatch.chdir(outside)
-    assert project_root() == outside.resolve() and resolve_path("runs/demo") == outside.resolve() / "runs" / "demo"
 
 
 def test_notebook_03_opened_from_notebooks_folder_finds_the_projects_run(executed, tmp_path):

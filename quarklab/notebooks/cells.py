@@ -1,0 +1,189 @@
+"""What the notebooks' cells call: one :func:`setup` per notebook, then what it records and shows.
+
+::
+
+    nb = ql.notebooks.setup("01_quantile_distributions", run_dir=run_dir, policy=policy, num_quantiles=num_quantiles)
+    model = ql.load_policy(nb.policy)                    # paths resolved, "auto" read from the run
+    ...
+    nb.record({"num_samples": len(samples)})             # run_dir/results/01_quantile_distributions.json
+
+A run directory is the record of a run: the Quark run itself (config.json, pools, checkpoints,
+metrics.jsonl), the executed notebooks, ``figures/*.png`` and ``results/*.json`` (what each notebook
+measured, for tests and sweeps). Relative paths are read from the project root (:mod:`quarklab.paths`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import QuarkError
+from ..paths import locate, resolve_path
+from ..files import atomic_write_json, atomic_write_text
+from ..runs import eval_files, iteration_of, latest_checkpoint, read_metrics
+from ..tokens import as_token
+from .parameters import check_parameters
+
+# Parameters that list other run directories (relative: from the project root); each must exist.
+RUN_DIR_LISTS = ("extra_run_dirs", "seed_run_dirs")
+_SOURCES = ("reference", "reward", "dataset")  # read by quarklab.paths.locate: a path, a hub id or a name
+
+
+class Notebook:
+    """One notebook's parameters, checked, with their paths resolved; what :func:`setup` returns.
+
+    Each parameter given to :func:`setup` is an attribute (``nb.num_quantiles``), with these resolved:
+    ``run_dir`` an absolute :class:`~pathlib.Path` (created); ``policy`` the latest checkpoint of the run
+    in ``run_dir`` for ``"auto"``, else as :func:`quarklab.paths.locate` reads it (so are ``reference``,
+    ``reward`` and ``dataset``); ``extra_run_dirs`` and ``seed_run_dirs`` lists of existing folders.
+    """
+
+    def __init__(self, name: str, run_dir: Path, parameters: dict[str, Any]):
+        self.name, self.run_dir, self.parameters = name, run_dir, parameters
+
+    def __getattr__(self, key: str) -> Any:
+        parameters = self.__dict__.get("parameters", {})
+        if key in parameters:
+            return parameters[key]
+        raise AttributeError(f"notebook {self.__dict__.get('name')!r} has no parameter {key!r}: setup was "
+                             f"given {', '.join(['run_dir', *parameters])}")
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.parameters.items())
+        return f"<notebook {self.name}: run_dir {self.run_dir}{'; ' + given if given else ''}>"
+
+    def record(self, result: dict[str, Any]) -> Path:
+        """What this notebook measured, to ``run_dir/results/<name>.json`` (see :func:`record`)."""
+        return record(self.run_dir, self.name, result)
+
+    def save_text(self, filename: str, text: str) -> Path:
+        """``text`` to ``run_dir/<filename>`` (written whole or not at all); return the path."""
+        path = self.run_dir / filename
+        atomic_write_text(path, text)
+        return path
+
+    def config(self, preset: str, **overrides: Any):
+        """The :class:`~quarklab.QuarkConfig` of ``preset`` with this notebook's config-named parameters
+        (policy, ..., samples_per_prompt, as resolved here) over it, and ``overrides`` (any other field)."""
+        from ..config import field_specs
+        from ..config import preset as make_preset
+
+        fields = {k: v for k, v in self.parameters.items() if k in field_specs()}
+        both = sorted(set(fields) & set(overrides))
+        if both:
+            raise QuarkError(f"{', '.join(map(repr, both))}: set both as a notebook parameter and among the "
+                             "overrides (extra_config); set it in one place")
+        return make_preset(preset, **fields, **overrides)
+
+
+def setup(name: str, *, run_dir: str | os.PathLike, **parameters: Any) -> Notebook:
+    """A notebook's first call: check its parameters, resolve its paths, create ``run_dir``.
+
+    ``name`` is the notebook's (``"01_quantile_distributions"``: its results go to
+    ``run_dir/results/<name>.json``). ``parameters`` are the notebook's parameters named like a
+    :class:`~quarklab.QuarkConfig` field, checked as the config checks that field, and ``extra_run_dirs``
+    or ``seed_run_dirs``. A bad value is one QuarkError naming the parameter, raised before anything is
+    written or loaded. Relative paths are read from the project root (:func:`quarklab.paths.resolve_path`).
+    """
+    from ..config import field_specs
+
+    for key, value in parameters.items():
+        if key in RUN_DIR_LISTS:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+                raise QuarkError(f"notebook parameter: {key} must be a list of folder paths, got {value!r}")
+        elif key not in field_specs():
+            raise QuarkError(f"setup: {key!r} is neither run_dir, a QuarkConfig field nor one of "
+                             f"{', '.join(RUN_DIR_LISTS)}")
+    check_parameters(run_dir=run_dir, **{k: v for k, v in parameters.items() if k not in RUN_DIR_LISTS})
+    folder = resolve_path(run_dir)
+    resolved = dict(parameters)
+    for key in RUN_DIR_LISTS:
+        if key in parameters:
+            try:
+                resolved[key] = [resolve_path(d, must_exist=True) for d in parameters[key]]
+            except QuarkError as exc:
+                raise QuarkError(f"notebook parameter: {key}: {exc}") from None
+    if "policy" in parameters:
+        resolved["policy"] = policy_source(parameters["policy"], folder)
+    for key in _SOURCES:
+        if key in parameters:
+            resolved[key] = locate(parameters[key])
+    return Notebook(name, prepare(folder), resolved)
+
+
+def prepare(run_dir: str | os.PathLike) -> Path:
+    """The run directory as an absolute Path (relative: under the project root), created if missing
+    (figures and results go inside)."""
+    path = resolve_path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record(run_dir: str | os.PathLike, name: str, result: dict[str, Any]) -> Path:
+    """Write what a notebook measured to ``run_dir/results/<name>.json`` (atomically)."""
+    path = Path(run_dir) / "results" / f"{name}.json"
+    atomic_write_json(path, json.loads(pd.Series(result).to_json()))
+    return path
+
+
+def results(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """Every recorded notebook result of a run directory, by notebook name."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(run_dir, "results").glob("*.json"))}
+
+
+def policy_source(policy: str, run_dir: str | os.PathLike) -> str:
+    """``"auto"``: the latest checkpoint of the run in ``run_dir``; anything else as
+    :func:`quarklab.paths.locate` reads it (``"tiny-tldr"`` and hub ids as given: :func:`quarklab.load_policy`
+    takes them)."""
+    if policy != "auto":
+        return locate(policy)
+    run_dir = resolve_path(run_dir)
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise QuarkError(f"policy='auto' takes the latest checkpoint of {str(run_dir)!r}, and it has none: run "
+                         "02_training_iterations first, or set policy to a Quark checkpoint folder or hub id")
+    return str(latest[1])
+
+
+def example_completions(run_dir: str | os.PathLike, *, prompts: int = 2, tokens=(0, None)) -> pd.DataFrame:
+    """A few greedy evaluation completions per iteration, side by side by token (from ``eval/``)."""
+    frames = []
+    for path in eval_files(run_dir):
+        ev = pd.read_parquet(path)
+        ev = ev[(ev["mode"] == "greedy") & ev["prompt_id"].isin(sorted(ev["prompt_id"].unique())[:prompts])]
+        ev = ev.assign(iteration=iteration_of(path),
+                       column=ev["token"].map(lambda t: "no token" if pd.isna(t) else f"token {int(t)}"))
+        wanted = {"no token" if t is None else f"token {t}" for t in tokens}
+        frames.append(ev[ev["column"].isin(wanted)])
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames).pivot_table(index=["iteration", "prompt_id"], columns="column", values="completion",
+                                          aggfunc="first")
+    return table.reset_index()
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The headline figures of one run dir: SFT and final per-token greedy reward, perplexity, length."""
+    metrics = read_metrics(run_dir)
+    if metrics.empty:
+        return {}
+    ev = metrics[(metrics["kind"] == "eval") & (metrics["mode"] == "greedy")]
+    last = ev[ev["iteration"] == ev["iteration"].max()]
+    out: dict[str, Any] = {"iterations": int(ev["iteration"].max())}
+    sft = ev[ev["iteration"] == 0]
+    if len(sft):
+        out.update(sft_reward=float(sft["reward"].iloc[0]), sft_perplexity=float(sft["perplexity"].iloc[0]),
+                   sft_length=float(sft["length"].iloc[0]))
+    for _, row in last.iterrows():
+        k = as_token(row["token"])
+        key = "none" if k is None else f"token{k}"
+        out.update({f"{key}_reward": row["reward"], f"{key}_perplexity": row["perplexity"],
+                    f"{key}_length": row["length"]})
+    if "order_spearman" in last and last["order_spearman"].notna().any():
+        out["order_spearman"] = float(last["order_spearman"].dropna().iloc[0])
+        out["controllability"] = float(last["controllability"].dropna().iloc[0])
+    return out
