@@ -12,7 +12,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The browser suite (browser_tests/, a few minutes): JupyterLab started as the README says, the four notebooks
+# The browser suite (browser_tests/, a few minutes): JupyterLab started as the README says, the five notebooks
 # opened, run and used in Debian's Chromium through Playwright; screenshots under runs/browser/<timestamp>/.
 test-browser: browser-deps
 	QUARKLAB_BROWSER_REQUIRED=1 $(BIN)/python -m pytest -q -s browser_tests
