@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 # Tests never reach a hub: a hub id must fail at once, not after network time-outs.
@@ -14,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import quarklab as ql  # noqa: E402
+import tables  # noqa: E402
 
 REAL_TLDR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tldr_sample.jsonl"
 
@@ -63,3 +65,14 @@ def tiny_seed_runs(tiny_run, tmp_path_factory) -> list[Path]:
     """:func:`tiny_run` and the same setting under seeds 1 and 2: three runs to average over seeds."""
     root = tmp_path_factory.mktemp("seeds")
     return [tiny_run] + [train_tiny(root / f"seed{s}", TINY_RUN + [f"seed={s}"]) for s in (1, 2)]
+
+
+# Synthetic tables (tests/tables.py) for the analysis, figure and widget tests.
+@pytest.fixture(scope="module")
+def samples() -> pd.DataFrame:
+    return tables.make_samples()
+
+
+@pytest.fixture(scope="module")
+def metrics5(tmp_path_factory) -> pd.DataFrame:
+    return tables.make_metrics(tmp_path_factory.mktemp("run5"), 5)

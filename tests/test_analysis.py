@@ -9,65 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quarklab import analysis, files, runs
+from quarklab import analysis, files
 from quarklab.errors import QuarkError
 from quarklab.metrics import pareto_mask
 from quarklab.quantiles import assign_quantiles, quantile_table
 from quarklab.tokens import sorted_tokens
-
-N_PROMPTS, N_SAMPLES = 12, 16
-
-
-def make_samples() -> pd.DataFrame:
-    """12 prompts x 16 samples; reward = a per-prompt baseline + a length bonus + noise (as the tiny-tldr RM)."""
-    rng = np.random.default_rng(0)
-    offsets = rng.permutation(np.linspace(-1.5, 1.5, N_PROMPTS))
-    rows = []
-    for p in range(N_PROMPTS):
-        prompt = f"SUBREDDIT: r/test\nTITLE: post {p}\nPOST: something happened {p}\nTL;DR:"
-        for s in range(N_SAMPLES):
-            n_tok = int(rng.integers(5, 40))
-            finished = bool(n_tok < 38)
-            rows.append({"prompt_id": 100 + p, "sample": s, "prompt": prompt, "token": None,
-                         "completion": " ".join(["word"] * n_tok), "completion_ids": list(range(n_tok)),
-                         "finished": finished, "num_tokens": n_tok,
-                         "reward": 3.0 + offsets[p] + 0.03 * n_tok + rng.normal(0, 0.2)})
-    return pd.DataFrame(rows)
-
-
-def make_metrics(run_dir, k: int, iterations: int = 3) -> pd.DataFrame:
-    """A run's metrics.jsonl written by the real writer and read back: iteration 0 (reference), then
-    ``iterations`` iterations with tokens 0..k-1 + none (greedy), sampled rows (to be ignored), train rows. No token
-    is written as older runs wrote it, ``"none"``: read back as ``<NA>``, the one form."""
-    runs.record_metrics(run_dir, [{"token": "none", "mode": "greedy", "n": 96, "reward": 3.3, "reward_std": 0.5,
-                                   "perplexity": 1.24, "length": 13.0, "finished": 1.0, "dist1": 0.2, "dist2": 0.5,
-                                   "dist3": 0.6, "model": "reference"}], 0, "eval")
-    for it in range(1, iterations + 1):
-        train = [{"step": s, "rows": 480, "nll": 0.3 - 0.01 * s, "entropy": 0.3, "kl": 0.02 * it + 0.001 * s,
-                  "loss": 0.3, "lr": 1e-3} for s in range(5)]
-        runs.record_metrics(run_dir, train, it, "train")
-        evals = []
-        for mode in ("greedy", "sampled"):
-            for token in [*range(k), "none"]:
-                t = k if token == "none" else token
-                evals.append({"token": token, "mode": mode, "n": 96,
-                              "reward": (3.3 + 0.2 * it - 0.1 * t) if mode == "greedy" else 100.0,
-                              "reward_std": 0.4, "perplexity": 1.25 + 0.02 * it + 0.01 * t, "length": 13 + 3 * it - t,
-                              "finished": 1.0, "dist1": 0.2, "dist2": 0.4, "dist3": 0.5, "model": "policy",
-                              "controllability": -0.3, "order_spearman": -1.0})
-        runs.record_metrics(run_dir, evals, it, "eval")
-    return runs.read_metrics(run_dir)
-
-
-@pytest.fixture(scope="module")
-def samples() -> pd.DataFrame:
-    return make_samples()
-
-
-@pytest.fixture(scope="module")
-def metrics5(tmp_path_factory) -> pd.DataFrame:
-    return make_metrics(tmp_path_factory.mktemp("run5"), 5)
-
+from tables import N_PROMPTS, N_SAMPLES, QUOTED
 
 def test_analysis_needs_no_matplotlib():
     code = "import sys, quarklab.analysis; print('matplotlib' in sys.modules)"
@@ -186,7 +133,6 @@ def test_best_of_n(samples):
 
 # ---------------------------------------------------------------------------- trade-offs
 
-QUOTED = [{"label": "ALT-Quark GPT-J", "reward": 99.0, "perplexity": 0.5, "length": 1.0}]  # dominates everything
 
 
 def test_tradeoff_points(metrics5):

@@ -14,7 +14,7 @@ from matplotlib.container import ErrorbarContainer  # noqa: E402
 from quarklab import files, seeds  # noqa: E402
 from quarklab.config import preset  # noqa: E402
 from quarklab.present import figures, iteration_grid, run_plots, seed_plots  # noqa: E402
-from test_analysis import make_metrics  # noqa: E402
+from tables import make_metrics  # noqa: E402
 
 GIDS = ["reward", "kl", "perplexity", "length", "loss", "control"]
 

@@ -1,6 +1,6 @@
-"""04's trade-off figure (quarklab.present.run_plots.tradeoff_scatter) from a real tiny-world Quark run: measured
-points only on axes scaled to them, labels that do not collide, the model card's quoted rows in a table of their
-own, axes named after the run's reward."""
+"""quarklab.present.run_plots: 02's iteration curves for any K, and 04's trade-off figure from a real tiny-world Quark
+run: measured points only on axes scaled to them, labels that do not collide, the model card's quoted rows in a table
+of their own, axes named after the run's reward."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from quarklab import analysis, files, runs  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.notebooks import notebooks_dir  # noqa: E402
 from quarklab.present import figures, run_plots  # noqa: E402
-from test_analysis import make_metrics  # noqa: E402
+from tables import check_readable, legend_texts, make_metrics, panel  # noqa: E402
 
 
 def quoted_rows() -> list[dict]:
@@ -42,11 +42,6 @@ def drawn(tiny_run):
     points = analysis.tradeoff_points(runs.read_metrics(tiny_run), quoted=quoted_rows())
     fig = run_plots.tradeoff_scatter(points, reward_name=analysis.run_reward_name(tiny_run))
     return points, fig
-
-
-def panel(fig, gid):
-    (ax,) = [ax for ax in fig.axes if ax.get_gid() == gid]
-    return ax
 
 
 def label_boxes(fig, dpi):
@@ -176,3 +171,48 @@ def test_the_figure_saves_into_the_run_dir(drawn, tiny_run):
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[1] > image.shape[0] > 600  # wider than tall, paper size at dpi 120
     assert fig.get_suptitle().startswith("Reward trade-offs of 9 measured points")
+
+
+# ---------------------------------------------------------------------------- iteration curves
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_iteration_curves_any_k(tmp_path, k):
+    metrics = make_metrics(tmp_path, k)
+    assert metrics["token"].dtype == "Int64"  # the one form: "none" (as older runs wrote it) read as <NA>
+    fig = run_plots.iteration_curves(metrics)
+    check_readable(fig, 6)
+    reward = panel(fig, "reward")
+    labels = legend_texts(reward)
+    assert labels == ["reference (SFT)", *[f"token {j}" for j in range(k)], "no token"]
+    for line in reward.lines:
+        if line.get_label().startswith("token"):
+            j = int(line.get_label().split()[1])
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert list(line.get_ydata()) == pytest.approx([3.3 + 0.2 * it - 0.1 * j for it in (1, 2, 3)])
+    ys = np.concatenate([np.asarray(ln.get_ydata(), float) for ln in reward.lines])
+    assert ys.max() < 50  # sampled-mode rows (reward 100) are ignored
+    assert [t.get_text() for t in reward.get_xticklabels() if t.get_text()] and all(
+        float(x).is_integer() for x in reward.get_xticks())
+    (kl,) = [ln for ln in panel(fig, "kl").lines if ln.get_label() == "mean over steps"]
+    assert list(kl.get_ydata()) == pytest.approx([0.02 * it + 0.002 for it in (1, 2, 3)])
+    assert panel(fig, "kl").get_ylabel() == "KL(policy||ref) (nats/token)"
+    assert {"nll", "kl", "entropy"} <= set(legend_texts(panel(fig, "loss")))
+    control = panel(fig, "control")
+    assert control.get_ylim() == pytest.approx((-1.05, 1.05))
+    assert any(ln.get_label().startswith("order_spearman") for ln in control.lines)
+
+
+def test_iteration_curves_before_training(tmp_path, metrics5):
+    only_ref = metrics5[metrics5["iteration"] == 0]
+    only_ref = only_ref.loc[:, only_ref.notna().any() | (only_ref.columns == "token")]  # its token: all <NA>
+    fig = run_plots.iteration_curves(only_ref)
+    check_readable(fig, 6)
+    for gid in ("kl", "loss", "control", "reward"):
+        assert "no training yet" in [t.get_text() for t in panel(fig, gid).texts]
+    ref = [ln for ln in panel(fig, "reward").lines if ln.get_label() == "reference (SFT)"]
+    assert ref and ref[0].get_ydata()[0] == pytest.approx(3.3)
+    with pytest.raises(QuarkError):
+        run_plots.iteration_curves(pd.DataFrame())
+
+
+# trade-offs: tests/test_run_plots.py

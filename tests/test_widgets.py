@@ -172,7 +172,7 @@ def test_explorer_draws_the_figure(samples):
 
 def test_explorer_assigns_once_per_move(samples, monkeypatch):
     """One assignment per slider move or scope switch, handed to the summary and the figure (was four)."""
-    from test_plots import count_assignments
+    from tables import count_assignments
 
     explorer = QuantileExplorer(samples, num_quantiles=5, scope="local")
     calls = count_assignments(monkeypatch)

@@ -1,9 +1,6 @@
-"""Figures (quarklab.present): built from realistic samples and a real metrics.jsonl, checked by reading back
-what was drawn against the tables of quarklab.analysis."""
+"""quarklab.present.quantile_plots: reward distributions, quantiles global vs local, the effect of K and n."""
 
 from __future__ import annotations
-
-import re
 
 import matplotlib
 
@@ -13,84 +10,13 @@ import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
 from quarklab import analysis  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
-from quarklab.present import figures, quantile_plots, run_plots  # noqa: E402
+from quarklab.present import quantile_plots  # noqa: E402
 from quarklab.quantiles import assign_quantiles, quantile_thresholds  # noqa: E402
-from test_analysis import N_PROMPTS, N_SAMPLES, QUOTED, make_metrics, make_samples  # noqa: E402
-from test_analysis import metrics5, samples  # noqa: E402,F401  (the same data fixtures)
+from tables import N_PROMPTS, N_SAMPLES, check_readable, count_assignments, legend_texts, panel, panels  # noqa: E402
 
-UNIT = re.compile(r"\(.+\)")
-
-
-# ---------------------------------------------------------------------------- helpers
-
-def panels(fig: Figure) -> list:
-    """The figure's plotting axes (colour bars left out: only panels carry a gid)."""
-    return [ax for ax in fig.axes if ax.get_gid()]
-
-
-def panel(fig: Figure, gid: str):
-    (ax,) = [ax for ax in fig.axes if ax.get_gid() == gid]
-    return ax
-
-
-def check_readable(fig: Figure, n_panels: int) -> None:
-    """Title, unit-bearing labels on both axes of every panel, a legend wherever several series are labelled."""
-    assert isinstance(fig, Figure)
-    assert fig.get_suptitle().strip()
-    axes = panels(fig)
-    assert len(axes) == n_panels
-    for ax in axes:
-        assert ax.get_title().strip(), ax.get_gid()
-        assert UNIT.search(ax.get_xlabel()), (ax.get_gid(), ax.get_xlabel())
-        assert UNIT.search(ax.get_ylabel()), (ax.get_gid(), ax.get_ylabel())
-        handles, labels = ax.get_legend_handles_labels()
-        if len(handles) > 1:
-            assert ax.get_legend() is not None, ax.get_gid()
-
-
-def legend_texts(ax) -> list[str]:
-    return [t.get_text() for t in ax.get_legend().get_texts()]
-
-
-# ---------------------------------------------------------------------------- basics
-
-def test_palette_is_the_colorblind_palette():
-    import seaborn as sns
-
-    assert figures.palette(5) == list(sns.color_palette("colorblind", 5))
-    assert figures.palette(0) == []
-    with pytest.raises(QuarkError):
-        figures.palette(-1)
-
-
-def test_save_figure_writes_a_png_atomically_and_overwrites(tmp_path, samples):
-    path = figures.save_figure(quantile_plots.reward_distribution(samples), tmp_path, "rewards")
-    assert path == tmp_path / "figures" / "rewards.png"
-    first = path.read_bytes()
-    assert first[:8] == b"\x89PNG\r\n\x1a\n"
-    assert matplotlib.image.imread(path).ndim == 3  # decodes as an image
-
-    again = figures.save_figure(quantile_plots.k_and_n_effect(samples, ks=(2, 3)), tmp_path, "rewards.png")
-    assert again == path
-    assert path.read_bytes() != first and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["rewards.png"]  # no temp file left
-
-    for bad in ("", "../escape", "sub/name", ".hidden"):
-        with pytest.raises(QuarkError):
-            figures.save_figure(Figure(), tmp_path, bad)
-
-
-def test_reward_label_units():
-    assert figures.reward_label() == "reward (tiny-tldr score)"
-    assert figures.reward_label("OpenAssistant RM") == "reward (OpenAssistant RM)"
-    assert figures.reward_label("RM score (logit)") == "RM score (logit)"
-
-
-# ---------------------------------------------------------------------------- samples figures
 
 def test_reward_distribution(samples):
     fig = quantile_plots.reward_distribution(samples, reward_name="toy RM")
@@ -167,24 +93,6 @@ def test_quantile_comparison_one_scope_fits_a_screen(samples):
             assert quantile_plots.quantile_comparison(samples, k, scope=scope).get_size_inches()[1] <= 9.0
 
 
-def count_assignments(monkeypatch) -> list:
-    """Every call of quarklab.quantiles.assign_quantiles from now on, under whatever name a module holds it."""
-    import sys
-
-    from quarklab import quantiles
-
-    original, calls = quantiles.assign_quantiles, []
-
-    def counted(*args, **kwargs):
-        calls.append(args[1] if len(args) > 1 else kwargs["num_quantiles"])
-        return original(*args, **kwargs)
-
-    for name, module in list(sys.modules.items()):
-        if name.startswith("quarklab") and getattr(module, "assign_quantiles", None) is original:
-            monkeypatch.setattr(module, "assign_quantiles", counted)
-    return calls
-
-
 def test_quantile_comparison_assigns_once_per_scope(samples, monkeypatch):
     calls = count_assignments(monkeypatch)
     quantile_plots.quantile_comparison(samples, 4)
@@ -252,46 +160,3 @@ def test_k_and_n_effect(samples):
         quantile_plots.k_and_n_effect(samples, ns=[4, 32])
 
 
-# ---------------------------------------------------------------------------- iteration curves
-
-@pytest.mark.parametrize("k", [3, 5])
-def test_iteration_curves_any_k(tmp_path, k):
-    metrics = make_metrics(tmp_path, k)
-    assert metrics["token"].dtype == "Int64"  # the one form: "none" (as older runs wrote it) read as <NA>
-    fig = run_plots.iteration_curves(metrics)
-    check_readable(fig, 6)
-    reward = panel(fig, "reward")
-    labels = legend_texts(reward)
-    assert labels == ["reference (SFT)", *[f"token {j}" for j in range(k)], "no token"]
-    for line in reward.lines:
-        if line.get_label().startswith("token"):
-            j = int(line.get_label().split()[1])
-            assert list(line.get_xdata()) == [1, 2, 3]
-            assert list(line.get_ydata()) == pytest.approx([3.3 + 0.2 * it - 0.1 * j for it in (1, 2, 3)])
-    ys = np.concatenate([np.asarray(ln.get_ydata(), float) for ln in reward.lines])
-    assert ys.max() < 50  # sampled-mode rows (reward 100) are ignored
-    assert [t.get_text() for t in reward.get_xticklabels() if t.get_text()] and all(
-        float(x).is_integer() for x in reward.get_xticks())
-    (kl,) = [ln for ln in panel(fig, "kl").lines if ln.get_label() == "mean over steps"]
-    assert list(kl.get_ydata()) == pytest.approx([0.02 * it + 0.002 for it in (1, 2, 3)])
-    assert panel(fig, "kl").get_ylabel() == "KL(policy||ref) (nats/token)"
-    assert {"nll", "kl", "entropy"} <= set(legend_texts(panel(fig, "loss")))
-    control = panel(fig, "control")
-    assert control.get_ylim() == pytest.approx((-1.05, 1.05))
-    assert any(ln.get_label().startswith("order_spearman") for ln in control.lines)
-
-
-def test_iteration_curves_before_training(tmp_path, metrics5):
-    only_ref = metrics5[metrics5["iteration"] == 0]
-    only_ref = only_ref.loc[:, only_ref.notna().any() | (only_ref.columns == "token")]  # its token: all <NA>
-    fig = run_plots.iteration_curves(only_ref)
-    check_readable(fig, 6)
-    for gid in ("kl", "loss", "control", "reward"):
-        assert "no training yet" in [t.get_text() for t in panel(fig, gid).texts]
-    ref = [ln for ln in panel(fig, "reward").lines if ln.get_label() == "reference (SFT)"]
-    assert ref and ref[0].get_ydata()[0] == pytest.approx(3.3)
-    with pytest.raises(QuarkError):
-        run_plots.iteration_curves(pd.DataFrame())
-
-
-# trade-offs: tests/test_run_plots.py
