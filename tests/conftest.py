@@ -76,3 +76,33 @@ def samples() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def metrics5(tmp_path_factory) -> pd.DataFrame:
     return tables.make_metrics(tmp_path_factory.mktemp("run5"), 5)
+
+
+# A Quark model of the tiny world (its SFT GPT-J with K quantile tokens added) and what compare_tokens makes of it,
+# for the compare, html and evaluate tests.
+from tables import NEW  # noqa: E402  (max_new_tokens: keep the tests fast)
+
+
+@pytest.fixture(scope="module")
+def prompts(world):
+    return ql.load_prompts("tiny-tldr", "test", limit=3)
+
+
+@pytest.fixture(scope="module")
+def reward():
+    return ql.load_reward("tiny-tldr")
+
+
+@pytest.fixture(scope="module", params=[3, 5])
+def quark(request, world):
+    """(K, policy, tokenizer): a fresh copy of the SFT model with K quantile tokens (the shared sft stays untouched)."""
+    k = request.param
+    policy, tokenizer = ql.load_policy(world.policy), ql.load_tokenizer(world.policy)
+    ql.add_quantile_tokens(policy, tokenizer, k)
+    return k, policy, tokenizer
+
+
+@pytest.fixture(scope="module")
+def greedy_table(quark, sft, prompts, reward):
+    k, policy, tokenizer = quark
+    return ql.compare_tokens(policy, tokenizer, prompts, reward, reference=sft[0], max_new_tokens=NEW)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from quarklab import runs
 
 N_PROMPTS, N_SAMPLES = 12, 16
+NEW = 12  # max_new_tokens of the tests that sample from the tiny world: keep them fast
 QUOTED = [{"label": "ALT-Quark GPT-J", "reward": 99.0, "perplexity": 0.5, "length": 1.0}]  # dominates everything
 
 

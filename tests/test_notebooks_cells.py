@@ -9,7 +9,6 @@ import pytest
 
 import quarklab as ql
 from quarklab.notebooks import Notebook, policy_source, prepare, results, setup
-from quarklab.paths import locate, project_root, resolve_path
 
 
 def _project(tmp_path: Path) -> Path:
@@ -87,32 +86,12 @@ def test_the_config_of_a_notebook_is_its_preset_with_its_parameters_over_it(tmp_
         nb.config("tiny", seed=1)
 
 
-# ------------------------------------------------------------------ relative paths: from the project root
+# ------------------------------------------------------------------ the notebooks' run dir, from the project root
 
-def test_relative_paths_mean_the_project_root_from_any_folder_inside_it(tmp_path, monkeypatch):
+def test_a_relative_run_dir_is_made_under_the_project_root_from_any_folder_inside_it(tmp_path, monkeypatch):
     root = _project(tmp_path)
-    (root / "data").mkdir()
-    (root / "data" / "posts.jsonl").write_text('{"prompt": "p"}\n')
-    (root / "runs" / "old" / "checkpoints").mkdir(parents=True)
-    for where in (root, root / "notebooks", root / "runs" / "old" / "checkpoints"):
-        monkeypatch.chdir(where)
-        assert project_root() == root.resolve()
-        assert resolve_path("runs/demo") == root.resolve() / "runs" / "demo"
-        assert resolve_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute: as given
-        assert locate("data/posts.jsonl") == str(root.resolve() / "data" / "posts.jsonl")
-        assert locate("runs/old") == str(root.resolve() / "runs" / "old")
-        assert locate("data/missing.csv") == str(root.resolve() / "data" / "missing.csv")  # named where looked for
-        for as_given in ("tiny-tldr", "auto", "EleutherAI/gpt-j-6b", None):  # names and hub ids stay
-            assert locate(as_given) == as_given
     monkeypatch.chdir(root / "notebooks")
     assert prepare("runs/new") == root.resolve() / "runs" / "new" and (root / "runs" / "new").is_dir()
     assert not (root / "notebooks" / "runs").exists()
-    with pytest.raises(ql.QuarkError, match=re.escape(f"'runs/gone' resolves to {root.resolve() / 'runs' / 'gone'}, "
-                                                      "which does not exist")):
-        resolve_path("runs/gone", must_exist=True)
     with pytest.raises(ql.QuarkError, match=re.escape(f"of {str(root.resolve() / 'runs' / 'new')!r}, and it has none")):
         policy_source("auto", "runs/new")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    monkeypatch.chdir(outside)
-    assert project_root() == outside.resolve() and resolve_path("runs/demo") == outside.resolve() / "runs" / "demo"

@@ -1,4 +1,4 @@
-"""Several runs of one setting under different seeds (quarklab.seeds, present.seed_plots, notebooks 02 and 04
+"""Several runs of one setting under different seeds (quarklab.seeds, notebooks 02 and 04
 given seed runs): real tiny-world Quark runs under seeds 0, 1, 2; intervals checked by hand."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from quarklab.config import preset  # noqa: E402
 from quarklab.errors import QuarkError  # noqa: E402
 from quarklab.notebooks import results, run_notebooks  # noqa: E402
 from quarklab.analysis import token_mask  # noqa: E402
-from quarklab.present import run_plots, seed_plots  # noqa: E402
+from quarklab.present import run_plots  # noqa: E402
 from quarklab.tokens import as_token  # noqa: E402
 
 
@@ -150,19 +150,6 @@ def test_the_cli_prints_the_table_to_quote(tiny_seed_runs, tmp_path):
     other = other_setting(tiny_seed_runs[0], tmp_path / "k5", num_quantiles=5, seed=3)
     proc = subprocess.run(args[:4] + [str(tiny_seed_runs[0]), str(other)], capture_output=True, text=True)
     assert proc.returncode == 2 and "num_quantiles" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_the_band_figure_draws_a_mean_and_a_band_per_token(tiny_seed_runs):
-    fig = seed_plots.seed_iteration_curves(seeds.seed_curves(tiny_seed_runs), reward_name="tiny-tldr score")
-    assert "mean of 3 seeds" in fig.title() and "t(0.975, n−1)·s/√n" in fig.title()
-    axes = {ax.get_gid(): ax for ax in fig.axes}
-    assert set(axes) == {"reward", "kl", "perplexity", "length", "loss", "control"}
-    reward = axes["reward"]
-    labels = reward.get_legend_handles_labels()[1]
-    assert labels == ["reference (SFT)", "token 0", "token 1", "token 2", "no token"]
-    bands = [c for c in reward.collections if c.get_gid() == "seed_band"]
-    assert len(bands) >= 4  # one per token (and the reference's, where the seeds' references differ)
-    assert fig.png()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_04_points_average_the_seeds_and_keep_a_lone_run(tiny_seed_runs, tmp_path):

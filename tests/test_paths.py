@@ -1,0 +1,43 @@
+"""quarklab.paths: relative paths mean the project root (the folder holding notebooks/ and pyproject.toml) from any
+folder inside it; model, reward and dataset parameters that are local paths are read the same way."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import quarklab as ql
+from quarklab.paths import locate, project_root, resolve_path
+
+
+def _project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return root
+
+
+def test_relative_paths_mean_the_project_root_from_any_folder_inside_it(tmp_path, monkeypatch):
+    root = _project(tmp_path)
+    (root / "data").mkdir()
+    (root / "data" / "posts.jsonl").write_text('{"prompt": "p"}\n')
+    (root / "runs" / "old" / "checkpoints").mkdir(parents=True)
+    for where in (root, root / "notebooks", root / "runs" / "old" / "checkpoints"):
+        monkeypatch.chdir(where)
+        assert project_root() == root.resolve()
+        assert resolve_path("runs/demo") == root.resolve() / "runs" / "demo"
+        assert resolve_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # absolute: as given
+        assert locate("data/posts.jsonl") == str(root.resolve() / "data" / "posts.jsonl")
+        assert locate("runs/old") == str(root.resolve() / "runs" / "old")
+        assert locate("data/missing.csv") == str(root.resolve() / "data" / "missing.csv")  # named where looked for
+        for as_given in ("tiny-tldr", "auto", "EleutherAI/gpt-j-6b", None):  # names and hub ids stay
+            assert locate(as_given) == as_given
+    with pytest.raises(ql.QuarkError, match=re.escape(f"'runs/gone' resolves to {root.resolve() / 'runs' / 'gone'}, "
+                                                      "which does not exist")):
+        resolve_path("runs/gone", must_exist=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    assert project_root() == outside.resolve() and resolve_path("runs/demo") == outside.resolve() / "runs" / "demo"
