@@ -25,7 +25,8 @@ from .settings import BenchSettings
 
 def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: Path) -> dict:
     from quarklab.models import add_quantile_tokens, load_tokenizer
-    from quarklab.train import compute_dtype, train_on_rows
+    from quarklab.precision import compute_dtype
+    from quarklab.train import train_on_rows
 
     from .trl_compare import trl_case
 

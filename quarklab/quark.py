@@ -46,7 +46,7 @@ from .stages import stage
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
 from .world import TINY, tiny_world
-from .train import table_rows, train_on_rows
+from .train import TrainerState, table_rows, train_on_rows
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Session:
     train_prompts: pd.DataFrame
     eval_prompts: pd.DataFrame
     done: int  # iterations whose checkpoint exists
-    trainer_state: dict | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
+    trainer_state: TrainerState | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
     dist: Dist = field(default_factory=Dist)  # this process among the run's processes
 
     @classmethod
@@ -81,7 +81,8 @@ class Session:
             done, folder = latest
             policy, tokenizer = load_policy(folder, dtype=config.dtype, device=device), load_tokenizer(folder)
             control_ids = quantile_token_ids(tokenizer, config.num_quantiles)
-            state = runs.read_trainer_state(run_dir, done) if config.pool_strategy == "quark" else None
+            state = (TrainerState.from_saved(runs.read_trainer_state(run_dir, done))
+                     if config.pool_strategy == "quark" else None)
         else:
             done, source, state = 0, config.policy, None
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
@@ -98,11 +99,11 @@ def check_processes(config: QuarkConfig, dist: Dist) -> None:
     if dist.world > 1 and config.sampler == "vllm":
         raise QuarkError("sampler='vllm' runs in one process (each vLLM engine would take the first GPU): drop "
                          "accelerate launch for it, or sample with sampler='hf'")
-    if dist.engine in ("deepspeed", "fsdp") and (config.lora_rank or config.pool_strategy == "quark"):
+    if dist.has_engine and (config.lora_rank or config.pool_strategy == "quark"):
         what = "LoRA" if config.lora_rank else "pool_strategy='quark' (an optimizer kept across iterations)"
         raise QuarkError(f"{what} is not supported under a {dist.engine} engine: run it with DDP "
                          "(configs/accelerate/ddp.yaml)")
-    if dist.engine not in ("deepspeed", "fsdp"):
+    if not dist.has_engine:
         return
     dtype = resolve_dtype(config.dtype, dist.device)  # the policy's: the engine trains and saves in it
     mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist.accelerator.mixed_precision) \
@@ -306,15 +307,15 @@ def _train(s: Session, it: int, progress: bool) -> None:
         runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
                             it, "train")
         with stage("checkpoint"), runs.atomic_dir(folder) as tmp:
-            s.policy.save_pretrained(tmp, state_dict=state.get("weights"))  # an engine's gathered weights
+            s.policy.save_pretrained(tmp, state_dict=state.weights)  # an engine's gathered weights, or the policy's
             tok.save_pretrained(tmp)
-            runs.atomic_write_json(tmp / runs.TRAINED_BY, state["trained_by"])
+            runs.atomic_write_json(tmp / runs.TRAINED_BY, state.trained_by)
             if c.pool_strategy == "quark":
-                torch.save({k: v for k, v in state.items() if k != "trained_by"}, tmp / runs.TRAINER_STATE)
+                torch.save(state.saved(), tmp / runs.TRAINER_STATE)
         for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
             shutil.rmtree(old)
     s.dist.barrier()
-    if "weights" in state:  # the engine sharded the policy it trained: every process reloads it whole
+    if state.by_engine:  # the engine sharded the policy it trained: every process reloads it whole
         s.policy = load_policy(folder, dtype=c.dtype, device=s.dist.device)
     s.done = it
 

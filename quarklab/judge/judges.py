@@ -95,7 +95,7 @@ class LMJudge:
 
     def judge(self, items):
         from ..models import context_length
-        from ..train import completion_nll
+        from ..scoring import completion_nll
 
         room = context_length(self.model, self.tokenizer) - max(map(len, self.answers.values()))
         prompts = [self.tokenizer(judge_prompt(*item) + "\nPreferred:", add_special_tokens=False)["input_ids"]
@@ -118,7 +118,7 @@ class LMJudge:
         import torch
         import torch.nn.functional as F
 
-        from ..train import build_batch, completion_logits
+        from ..scoring import build_batch, completion_logits
 
         ids = {k: v[0] for k, v in self.answers.items()}
         out = {k: np.zeros(len(prompts)) for k in ids}
