@@ -40,7 +40,7 @@ from .errors import QuarkError, describe
 from .evaluate import every_token, scored_samples, summary_table
 from .models import (add_quantile_tokens, load_policy, load_tokenizer, quantile_token_ids, resolve_device,
                      resolve_dtype, resolve_model)
-from .quantiles import assign_quantiles, select_per_quantile
+from .quantiles import assign_by_scope, select_per_quantile
 from .rewards import load_reward
 from .stages import stage
 from .sampling import SamplingParams, sample
@@ -235,7 +235,7 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         pool = s.dist.gather_rows(pool, prompts)
         if s.dist.is_main:
             pool.insert(0, "iteration", it)
-            pool["quantile"] = _quantiles(c, pool)  # over the whole pool, gathered
+            pool["quantile"] = pool_quantiles(c, pool)  # over the whole pool, gathered
             pool["sampler"] = engine  # who sampled it: "transformers 5.19.0 (cpu)", "vllm 0.32.0 (cuda)"
             runs.write_parquet(runs.pool_path(s.run_dir, it), pool)
         s.dist.barrier()
@@ -271,9 +271,10 @@ def _add_prompt_ids(s: Session) -> None:
             runs.write_parquet(path, pool.assign(prompt_ids=pool["prompt"].map(ids.get)))
 
 
-def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
-    groups = pool["prompt_id"].to_numpy() if c.quantile_scope == "local" else None
-    return assign_quantiles(pool["reward"].to_numpy(), c.num_quantiles, groups)
+def pool_quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
+    """Each pool row's quantile, by the run's ``quantile_scope``."""
+    return assign_by_scope(pool["reward"].to_numpy(), pool["prompt_id"].to_numpy(), c.num_quantiles,
+                           c.quantile_scope)
 
 
 def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataFrame:
@@ -285,7 +286,7 @@ def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataF
                                    config.per_quantile_per_prompt, _seed(config, it, 2), prefer=prefer)
         return pool.iloc[keep].reset_index(drop=True)
     pool = pd.concat([runs.read_pool(run_dir, i) for i in range(1, it + 1)], ignore_index=True)
-    pool["quantile"] = _quantiles(config, pool)  # re-sorted over everything so far, as Quark does
+    pool["quantile"] = pool_quantiles(config, pool)  # re-sorted over everything so far, as Quark does
     if config.max_train_rows and len(pool) > config.max_train_rows:
         rng = np.random.default_rng(_seed(config, it, 2))
         pool = pool.iloc[np.sort(rng.choice(len(pool), config.max_train_rows, replace=False))]
