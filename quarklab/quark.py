@@ -215,20 +215,17 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
     rng = np.random.default_rng(_seed(c, it, 0))
     n = min(c.prompts_per_iteration, len(s.train_prompts))
     prompts = s.train_prompts.iloc[np.sort(rng.choice(len(s.train_prompts), size=n, replace=False))]
-    params = SamplingParams(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p,
-                            top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
-                            seed=s.dist.seed(_seed(c, it, 1)))
+    params = SamplingParams.from_config(c, "explore", seed=s.dist.seed(_seed(c, it, 1)))
     mine = s.dist.shard(prompts)  # all samples of a prompt on one process: local quantiles hold
+    # the first pass explores with the reference, without a token (and never generates one); later ones, the policy
+    # on token 0; quantile tokens are never generated
+    on = dict(suppress=s.control_ids) | ({} if it == 1 else dict(token=0, prefix_token_id=s.control_ids[0]))
     with stage("sample"):
         if c.sampler == "vllm":
-            pool, engine = _sample_vllm(s, it, mine, params)
+            pool, engine = _sample_vllm(s, it, mine, params, on)
         else:
             engine = f"transformers {transformers.__version__} ({s.policy.device.type})"
-            if it == 1:  # the first pass explores with the reference, without a token (and never generates one)
-                pool = sample(s.reference, s.tokenizer, mine, params, suppress=s.control_ids, progress=progress)
-            else:
-                pool = sample(s.policy, s.tokenizer, mine, params, token=0, prefix_token_id=s.control_ids[0],
-                              suppress=s.control_ids, progress=progress)
+            pool = sample(s.reference if it == 1 else s.policy, s.tokenizer, mine, params, progress=progress, **on)
     with stage("score"):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
@@ -241,10 +238,11 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         s.dist.barrier()
 
 
-def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams) -> tuple[pd.DataFrame, str]:
-    """The pool from a vLLM engine, and which engine: iteration 1 from the reference without a token, later
-    ones from the previous iteration's checkpoint on token 0; quantile tokens suppressed; one engine per
-    iteration, stopped as soon as it has sampled (training and evaluation get its memory back)."""
+def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams, on: dict
+                 ) -> tuple[pd.DataFrame, str]:
+    """The pool from a vLLM engine, and which engine: iteration 1 from the reference, later ones from the previous
+    iteration's checkpoint (``on``: the token and the suppressed ids); one engine per iteration, stopped as soon
+    as it has sampled (training and evaluation get its memory back)."""
     from .vllm_backend import VLLMSampler
 
     c = s.config
@@ -252,11 +250,7 @@ def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingPar
     with VLLMSampler(source, tokenizer=runs.checkpoint_path(s.run_dir, it - 1) if it > 1 else None,
                      dtype=str(s.policy.dtype).removeprefix("torch."), seed=params.seed,
                      gpu_memory_utilization=c.vllm_gpu_memory_utilization) as sampler:
-        if it == 1:
-            pool = sampler.sample(prompts, params, suppress=s.control_ids)
-        else:
-            pool = sampler.sample(prompts, params, token=0, prefix_token_id=s.control_ids[0], suppress=s.control_ids)
-        return pool, sampler.engine
+        return sampler.sample(prompts, params, **on), sampler.engine
 
 
 def _add_prompt_ids(s: Session) -> None:
@@ -323,11 +317,9 @@ def _train(s: Session, it: int, progress: bool) -> None:
 
 def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
     c = s.config
-    modes = [SamplingParams(do_sample=False, max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size)]
+    modes = [SamplingParams.from_config(c, "greedy")]
     if c.eval_sampled_n:
-        modes.append(SamplingParams(n=c.eval_sampled_n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                                    max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size,
-                                    seed=_seed(c, it, 4)))
+        modes.append(SamplingParams.from_config(c, "sampled", seed=_seed(c, it, 4)))
     control_ids = s.control_ids if tokens is None else []
     tokens = tokens if tokens is not None else every_token(control_ids)
     summaries, samples = [], []
