@@ -148,7 +148,8 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
                                  state, dist)
     device = dist.device or next(policy.parameters()).device
     amp = compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)  # None: float32
-    model = trainable_model(policy, config, control_ids, seed)  # the policy, or its LoRA adapters
+    torch.manual_seed(seed)  # dropout, and LoRA's initial adapters
+    model = trainable_model(policy, config, control_ids)  # the policy, or its LoRA adapters
     steps, total = schedule_steps(config, len(rows), dist.world)
     batches = micro_batches(rows, config, steps, random.Random(seed), dist.world, dist.rank)
     master = MasterWeights([p for p in model.parameters() if p.requires_grad])
@@ -206,7 +207,8 @@ def train_with_engine(policy, reference, rows: list[dict], config: QuarkConfig, 
         raise QuarkError("an optimizer kept across iterations (pool_strategy='quark') is not supported under a "
                          f"{dist.engine} engine: run it with DDP (configs/accelerate/ddp.yaml)")
     device = dist.device or next(policy.parameters()).device
-    model = trainable_model(policy, config, control_ids, seed)
+    torch.manual_seed(seed)
+    model = trainable_model(policy, config, control_ids)
     steps, total = schedule_steps(config, len(rows), dist.world)
     batches = micro_batches(rows, config, steps, random.Random(seed), dist.world, dist.rank)
     batches = dealt_evenly(batches, config.grad_accum)  # accelerate's accumulate() counts whole accumulations
@@ -246,10 +248,9 @@ def train_with_engine(policy, reference, rows: list[dict], config: QuarkConfig, 
 
 # ------------------------------------------------------------------ the loops' parts
 
-def trainable_model(policy, config: QuarkConfig, control_ids: list[int], seed: int):
-    """Seed torch, then mark what trains: LoRA adapters on ``policy`` (returned, a peft model) when ``lora_rank``,
-    else the top ``trainable_fraction`` of its blocks (``policy`` returned)."""
-    torch.manual_seed(seed)
+def trainable_model(policy, config: QuarkConfig, control_ids: list[int]):
+    """What trains: LoRA adapters on ``policy`` (returned, a peft model) when ``lora_rank``, else the top
+    ``trainable_fraction`` of its blocks (``policy`` returned)."""
     if config.lora_rank:
         return with_lora(policy, config, control_ids)
     set_trainable(policy, config.trainable_fraction)
