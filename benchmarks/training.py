@@ -25,8 +25,9 @@ from .settings import BenchSettings
 
 def bench_training(model, source: str, samples, s: BenchSettings, device, tmp: Path) -> dict:
     from quarklab.models import load_tokenizer
+    from quarklab.precision import compute_dtype
     from quarklab.tokens import add_quantile_tokens
-    from quarklab.train import compute_dtype, train_on_rows
+    from quarklab.train import train_on_rows
 
     from .trl_compare import trl_case
 

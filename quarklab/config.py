@@ -3,24 +3,21 @@
 Where the reference codebases disagree (see the README's algorithm table) the choice is a
 field; defaults follow ALT's Quark baseline for TL;DR unless a preset says otherwise.
 
-Each field carries its documentation and its allowed range in ``metadata`` (see :func:`knob`);
+Each field is a :func:`quarklab.knobs.knob`: its documentation and its allowed range in ``metadata``;
 its type (``int``, ``float``, ``str``, a ``Literal`` of choices, ``... | None``) drives both
 validation (:func:`check_field`) and reading a value from command-line text (:func:`parse_field`).
+The class docstring (``help(QuarkConfig)``) and ``quarklab train --help-config`` (:func:`describe`)
+are written from those docs, section by section (:data:`SECTIONS`).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import numbers
-import re
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
-from functools import cache
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from . import knobs
 from .errors import QuarkError
+from .knobs import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Pattern, Range, knob
 
 QuantileScope = Literal["local", "global"]
 PoolStrategy = Literal["alt", "quark"]
@@ -33,51 +30,12 @@ WarmupShape = Literal["linear", "log"]
 Sampler = Literal["hf", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
-
-@dataclass(frozen=True)
-class Range:
-    """The interval a number must lie in; ``hi=None`` is unbounded above."""
-    lo: float
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, v) -> bool:
-        above = v > self.lo if self.lo_open else v >= self.lo
-        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """Text that must match ``regex`` in full; ``text`` says what that means to a user."""
-    regex: str
-    text: str
-
-    def __contains__(self, v) -> bool:
-        return re.fullmatch(self.regex, v) is not None
-
-    def __str__(self) -> str:
-        return self.text
-
-
-AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
 DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
-
-
-def knob(default: Any, doc: str, rule: Range | Pattern | None = None):
-    """A config field: its default, its documentation and (optionally) the range its value must lie in."""
-    return field(default=default, metadata={"doc": " ".join(doc.split()), "rule": rule})
 
 
 @dataclass
 class QuarkConfig:
-    # --- models and data ---------------------------------------------------------------
+    # --- Models and data ---------------------------------------------------------------
     policy: str = knob("tiny-tldr", """Starting policy: a hub id, a local folder, or "tiny-tldr" (the offline
         world's SFT GPT-J).""")
     reference: str | None = knob(None, """Frozen reference for the KL term, perplexity and iteration 1's samples;
@@ -108,7 +66,7 @@ class QuarkConfig:
     dtype: DType = knob("auto", """Weights and compute dtype: "auto" = bfloat16 on a GPU with it (float16 on
         other GPUs), float32 on CPU.""")
 
-    # --- quantiles and pool ------------------------------------------------------------
+    # --- Quantiles and pool ------------------------------------------------------------
     num_quantiles: int = knob(5, """K, the number of reward quantiles and quantile tokens
         (_QUANTILE_TOKEN_0_ = best).""", AT_LEAST_1)
     quantile_scope: QuantileScope = knob("local", """"local": quantiles within each prompt's own samples (ALT),
@@ -128,11 +86,12 @@ class QuarkConfig:
         one learning-rate schedule over ``iterations * steps_per_iteration`` steps for the whole run.""",
         AT_LEAST_1)
 
-    # --- exploration -------------------------------------------------------------------
+    # --- Iterations --------------------------------------------------------------------
     iterations: int = knob(5, """Quark iterations: sample, score, quantize, train. Iteration 1 samples from the
         reference without a token, later ones from the policy conditioned on token 0.""", AT_LEAST_1)
     prompts_per_iteration: int = knob(128, "Training prompts sampled each iteration (drawn from ``train_split``).",
                                       AT_LEAST_1)
+    # --- Sampling: each iteration's pool (exploration) ----------------------------------
     samples_per_prompt: int = knob(96, "Completions sampled per prompt (ALT: 96).", AT_LEAST_1)
     temperature: float = knob(0.9, "Sampling temperature of exploration (ALT: 0.9); 1 = the model's own distribution.",
                               POSITIVE)
@@ -149,7 +108,7 @@ class QuarkConfig:
         reference and the reward model share the rest). Not used on CPU, where the engine's KV cache is 1 GiB
         unless VLLM_CPU_KVCACHE_SPACE (GiB) says otherwise.""", Range(0, 1, lo_open=True))
 
-    # --- training ----------------------------------------------------------------------
+    # --- Training ----------------------------------------------------------------------
     lr: float = knob(2e-5, """Peak AdamW learning rate, reached after the warmup and decayed linearly to 0 over
         the iteration's optimizer steps (ALT: 2e-5).""", POSITIVE)
     warmup_ratio: float = knob(0.05, """Share of each iteration's optimizer steps spent warming the learning rate
@@ -188,13 +147,14 @@ class QuarkConfig:
         trainable parameters: "auto" = the dtype the policy is loaded in (``dtype``; no autocast for float32),
         "bf16", "fp16" (with a GradScaler), "fp32" (needs float32 weights).""")
 
-    # --- evaluation and run ------------------------------------------------------------
+    # --- Evaluation: prompts and sampling ----------------------------------------------
     eval_prompts: int | None = knob(64, """Evaluation prompts from ``eval_split`` (the first ones, the same every
         iteration); None = the whole split (ALT: all of valid).""", AT_LEAST_1)
     eval_max_new_tokens: int = knob(64, "Cap on an evaluation completion's length, in tokens.", AT_LEAST_1)
     eval_sampled_n: int = knob(0, """Also evaluate sampled generations (n per prompt, at the exploration
         temperature/top-p); 0 = greedy only.""", NON_NEGATIVE)
     eval_batch_size: int = knob(64, "Sequences per generate call during evaluation.", AT_LEAST_1)
+    # --- Evaluation: scores and run ----------------------------------------------------
     perplexity: Perplexity = knob("alt", """Perplexity under the reference, per sample exp(mean token NLL) then the
         mean: "alt" (ALT) scores the completion's text re-tokenized, without EOS; "sampled-ids" scores the
         sampled token ids plus EOS when the completion finished.""")
@@ -264,124 +224,82 @@ BEFORE_FIELD: dict[str, Any] = dict(per_quantile_draw="uniform", adam_beta1=0.9,
                                     loss_vocab="no-quantile-tokens", perplexity="sampled-ids", warmup_shape="linear")
 
 
-# ------------------------------------------------------------------ field specs
+# ------------------------------------------------------------------ field specs (quarklab.knobs, for this class)
 
-@cache
 def field_specs() -> dict[str, tuple[Any, bool, Range | Pattern | None]]:
     """Each field's ``(type, None allowed, rule)``; the type is int, float, str, bool or a Literal."""
-    hints = typing.get_type_hints(QuarkConfig)
-    out = {}
-    for f in fields(QuarkConfig):
-        hint, nullable = hints[f.name], False
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            hint, nullable = next(a for a in typing.get_args(hint) if a is not type(None)), True
-        out[f.name] = (hint, nullable, f.metadata.get("rule"))
-    return out
+    return knobs.specs(QuarkConfig)
 
 
 def expected(name: str) -> str:
     """What a field accepts, in words: "an integer >= 1", "one of 'local', 'global'", ..."""
-    hint, nullable, rule = field_specs()[name]
-    if typing.get_origin(hint) is Literal:
-        words = "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
-    else:
-        words = {int: "an integer", float: "a number", bool: "true or false", str: "non-empty text"}[hint]
-        words = str(rule) if isinstance(rule, Pattern) else f"{words} {rule}" if rule else words
-    return words + (", or None" if nullable else "")
+    return knobs.expected(QuarkConfig, name)
 
 
-def _bad(name: str, value: Any, where: str) -> QuarkError:
-    return QuarkError(f"{where}: {name} must be {expected(name)}, got {value!r}")
-
-
-def check_field(name: str, value: Any, where: str = "config") -> Any:
-    """``value`` if it suits field ``name`` (type, choices, range), else one QuarkError naming the field,
-    what it accepts and the value. Numbers come back as Python int or float."""
-    if name not in field_specs():
-        raise QuarkError(f"{where}: unknown field {name!r}: see quarklab train --help-config")
-    hint, nullable, rule = field_specs()[name]
-    given = value
-    if value is None:
-        if nullable:
-            return None
-        raise _bad(name, value, where)
-    if typing.get_origin(hint) is Literal:
-        ok = isinstance(value, str) and value in typing.get_args(hint)
-    elif hint is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if ok else value
-    elif hint is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        value = int(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str) and value.strip() != ""
-    else:
-        ok = isinstance(value, hint)
-    if not ok or (rule is not None and value not in rule):
-        raise _bad(name, given, where)
-    return value
+def check_field(name: str, value: Any, where: str = "config", called: str | None = None) -> Any:
+    """``value`` if it suits field ``name`` (type, choices, range), else one QuarkError naming the field (or
+    ``called``), what it accepts and the value (:func:`quarklab.knobs.check`)."""
+    return knobs.check(QuarkConfig, name, value, where, called)
 
 
 def parse_field(name: str, raw: str, where: str = "config") -> Any:
-    """Field ``name``'s value from command-line text, read by the field's type, then checked.
-
-    Numbers as numbers (``5``, ``2e-5``), text as is (a JSON-quoted ``"local"`` also works),
-    ``null`` or ``None`` for a field that accepts None.
-    """
-    if name not in field_specs():
-        raise QuarkError(f"{where}: unknown field {name!r}: see quarklab train --help-config")
-    hint, nullable, _ = field_specs()[name]
-    text = raw.strip()
-    try:
-        if nullable and text in ("null", "None"):
-            return None
-        if hint is int:
-            value = int(text)
-        elif hint is float:
-            value = float(text)
-        elif hint is bool:
-            value = {"true": True, "false": False}[text.lower()]
-        else:  # str or a Literal of str
-            value = json.loads(text) if text.startswith('"') else text
-        return check_field(name, value, where)
-    except (ValueError, KeyError):  # QuarkError is a ValueError: name the text as typed
-        raise _bad(name, raw, where) from None
+    """Field ``name``'s value from command-line text, read by the field's type, then checked
+    (:func:`quarklab.knobs.parse`)."""
+    return knobs.parse(QuarkConfig, name, raw, where)
 
 
 # ------------------------------------------------------------------ presets
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, QuarkConfig] = {
     # The offline tiny world on a 2-core CPU, a few minutes end to end.
-    "tiny": dict(policy="tiny-tldr", reward="tiny-tldr", dataset="tiny-tldr", iterations=3,
-                 prompts_per_iteration=96, samples_per_prompt=16, max_new_tokens=48, sample_batch_size=128,
-                 lr=1e-3, batch_size=32, epochs_per_iteration=2, kl_coef=0.05, entropy_coef=0.0,
-                 eval_prompts=96, eval_max_new_tokens=48, eval_batch_size=96),
+    "tiny": QuarkConfig(policy="tiny-tldr", reward="tiny-tldr", dataset="tiny-tldr", iterations=3,
+                        prompts_per_iteration=96, samples_per_prompt=16, max_new_tokens=48, sample_batch_size=128,
+                        lr=1e-3, batch_size=32, epochs_per_iteration=2, kl_coef=0.05, entropy_coef=0.0,
+                        eval_prompts=96, eval_max_new_tokens=48, eval_batch_size=96),
     # The ALT paper's Quark TL;DR run (sauc-abadal/ALT), field by field: docs/alt-parity.md gives each value beside
     # ALT's, with the file it comes from, and says where quarklab differs and why (bf16 rather than fp16 compute,
     # quantile tokens suppressed in sampling, EOS trained only when sampled). GPU, hub access (or a filled hub cache).
-    "tldr-gptj": dict(policy="CarperAI/openai_summarize_tldr_sft", reference=None,
-                      reward="CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin",
-                      reward_base_model="CarperAI/openai_summarize_tldr_sft", reward_template=None,
-                      reward_max_length=550, reward_dtype="float16",
-                      dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
-                      eval_prompts=None, iterations=10, prompts_per_iteration=2048,
-                      num_quantiles=5, quantile_scope="local", pool_strategy="alt", per_quantile_per_prompt=2,
-                      per_quantile_draw="finished-first", samples_per_prompt=96, temperature=0.9, top_p=0.9,
-                      top_k=0, max_new_tokens=64, eval_max_new_tokens=64,
-                      lr=2e-5, warmup_ratio=0.05, warmup_shape="log", adam_beta1=0.8, adam_beta2=0.999,
-                      weight_decay=3e-7, batch_size=8, grad_accum=2, epochs_per_iteration=2, grad_clip=1.0,
-                      kl_coef=0.0, entropy_coef=0.06, loss_vocab="full", trainable_fraction=0.3,
-                      perplexity="alt", sample_batch_size=96, eval_batch_size=64),
+    "tldr-gptj": QuarkConfig(policy="CarperAI/openai_summarize_tldr_sft", reference=None,
+                             reward="CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin",
+                             reward_base_model="CarperAI/openai_summarize_tldr_sft", reward_template=None,
+                             reward_max_length=550, reward_dtype="float16",
+                             dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
+                             eval_prompts=None, iterations=10, prompts_per_iteration=2048,
+                             num_quantiles=5, quantile_scope="local", pool_strategy="alt", per_quantile_per_prompt=2,
+                             per_quantile_draw="finished-first", samples_per_prompt=96, temperature=0.9, top_p=0.9,
+                             top_k=0, max_new_tokens=64, eval_max_new_tokens=64,
+                             lr=2e-5, warmup_ratio=0.05, warmup_shape="log", adam_beta1=0.8, adam_beta2=0.999,
+                             weight_decay=3e-7, batch_size=8, grad_accum=2, epochs_per_iteration=2, grad_clip=1.0,
+                             kl_coef=0.0, entropy_coef=0.06, loss_vocab="full", trainable_fraction=0.3,
+                             perplexity="alt", sample_batch_size=96, eval_batch_size=64),
 }
+"""Ready-made configs by name; :func:`preset` gives a copy, with changes."""
 
 
 def preset(name: str, **changes) -> QuarkConfig:
+    """A copy of preset ``name`` (:data:`PRESETS`) with ``changes`` (field=value) applied and checked."""
     if name not in PRESETS:
         raise QuarkError(f"unknown preset {name!r}: choose from {sorted(PRESETS)}")
-    return QuarkConfig(**{**PRESETS[name], **changes})
+    return PRESETS[name].replace(**changes)
 
 
 def describe() -> str:
-    """Every field with its default, what it accepts and its documentation, for ``quarklab train --help-config``."""
-    return "\n".join(f"{f.name} = {f.default!r}  ({expected(f.name)})\n    {f.metadata['doc']}"
-                     for f in fields(QuarkConfig))
+    """Every field by section, with its default, what it accepts and its documentation, for
+    ``quarklab train --help-config``."""
+    return knobs.describe(QuarkConfig, SECTIONS)
+
+
+SECTIONS: dict[str, str] = {
+    "Models and data": "policy", "Quantiles and pool": "num_quantiles", "Iterations": "iterations",
+    "Sampling: each iteration's pool (exploration)": "samples_per_prompt", "Training": "lr",
+    "Evaluation: prompts and sampling": "eval_prompts", "Evaluation: scores and run": "perplexity"}
+"""The config's sections, each title with its first field, in the order of the fields."""
+
+QuarkConfig.__doc__ = f"""Every knob of a Quark run, one documented field each; :func:`preset` gives ready-made ones.
+
+Build one with keywords (``QuarkConfig(num_quantiles=3)``), from a preset (``preset("tiny", lr=1e-3)``) or
+from ``key=value`` text (:meth:`with_overrides`, as ``quarklab train --set`` does); every field is checked on
+creation. Each field below: its default, what it accepts, then what it does.
+
+{knobs.describe(QuarkConfig, SECTIONS, indent="")}
+"""

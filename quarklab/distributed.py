@@ -28,6 +28,9 @@ import torch
 
 from .errors import QuarkError
 
+ENGINES = ("deepspeed", "fsdp")
+"""The engines that own the optimizer step and the fp32 master weights (and may shard the policy)."""
+
 
 @dataclass
 class Dist:
@@ -89,6 +92,11 @@ class Dist:
         return {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(self.distributed_type, "ddp")
 
     @property
+    def has_engine(self) -> bool:
+        """Whether a DeepSpeed or FSDP engine trains (:data:`ENGINES`)."""
+        return self.engine in ENGINES
+
+    @property
     def distributed_type(self) -> str:
         """accelerate's own name of what runs: "DEEPSPEED", "FSDP", "MULTI_GPU", "MULTI_CPU" or "NO"."""
         if self.accelerator is None:
@@ -141,12 +149,10 @@ class Dist:
         by = ["_token"] * (tokens is not None) + ["_prompt", "sample"]
         return table.loc[keys.sort_values(by, kind="stable").index].reset_index(drop=True)
 
-    def accumulating(self, model, engine: bool, sync: bool):
-        """The context of one micro-batch's forward and backward: accelerate's ``accumulate`` under an engine;
-        under DDP, ``no_sync`` unless ``sync`` (a step's last micro-batch, or gradients that the master weights
-        take after every backward); nothing for one process."""
-        if engine:
-            return self.accelerator.accumulate(model)
+    def accumulating(self, model, sync: bool):
+        """The context of one micro-batch's forward and backward under DDP: ``no_sync`` unless ``sync`` (a step's
+        last micro-batch, or gradients that the master weights take after every backward); nothing for one
+        process. (Under an engine, accelerate's ``accumulate`` is the context.)"""
         if self.world > 1 and not sync:
             return model.no_sync()
         return contextlib.nullcontext()

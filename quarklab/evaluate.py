@@ -17,8 +17,8 @@ from .errors import QuarkError
 from .metrics import distinct_n, distinct_n_per_group, spearman
 from .models import context_length
 from .sampling import SamplingParams, sample
+from .scoring import completion_nll
 from .tokens import token_series
-from .train import completion_nll
 
 PERPLEXITY_MODES = ("alt", "sampled-ids")
 

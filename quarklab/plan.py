@@ -29,7 +29,7 @@ import pandas as pd
 
 from .config import QuarkConfig
 from .errors import QuarkError
-from .train import schedule_steps
+from .schedule import schedule_steps
 
 GB = 1024 ** 3
 ACTIVATION_VALUES_PER_BLOCK = 27  # x B * S * H, see the module docstring

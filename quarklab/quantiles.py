@@ -12,6 +12,9 @@ Local (``groups`` = one id per row, e.g. the prompt id), as ALT: the same rule a
 each group's own samples independently, so every prompt spreads its samples over the
 quantiles however high or low its rewards are compared with other prompts.
 
+:func:`assign_by_scope` takes the scope by name (``"local"`` or ``"global"``, :data:`SCOPES`), as a run's
+``quantile_scope`` gives it: the one place a scope becomes groups.
+
 Rules shared by both:
 
 * Ties: the sort is stable, so equal rewards keep their row order and the earlier row gets
@@ -23,13 +26,18 @@ Rules shared by both:
 
 from __future__ import annotations
 
+import typing
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .checks import check_int, check_num_quantiles
+from .config import QuantileScope
 from .errors import QuarkError, finite_1d
+
+SCOPES: tuple[str, ...] = typing.get_args(QuantileScope)
+"""The quantile scopes: "local" (within each prompt's own samples, ALT) and "global" (over the whole pool, Quark)."""
 
 
 def assign_quantiles(rewards: Sequence[float] | np.ndarray, num_quantiles: int,
@@ -42,6 +50,24 @@ def assign_quantiles(rewards: Sequence[float] | np.ndarray, num_quantiles: int,
     position = _rank_within(codes, np.lexsort((-r, codes)))
     slice_size = np.maximum(np.bincount(codes) // k, 1)[codes]
     return np.minimum(position // slice_size, k - 1)
+
+
+def check_scope(scope) -> str:
+    """``scope`` if it names a quantile scope (:data:`SCOPES`), else one QuarkError naming the valid ones."""
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise QuarkError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got {scope!r}")
+    return scope
+
+
+def assign_by_scope(rewards: Sequence[float] | np.ndarray, prompt_ids: Sequence | np.ndarray | None,
+                    num_quantiles: int, scope: str) -> np.ndarray:
+    """:func:`assign_quantiles` by scope: ``"local"`` within each prompt's own samples (``prompt_ids``, one per
+    row), ``"global"`` over all the rows (``prompt_ids`` unused, may be None)."""
+    if check_scope(scope) == "local":
+        if prompt_ids is None:
+            raise QuarkError("local quantiles need the prompt id of every row (prompt_ids)")
+        return assign_quantiles(rewards, num_quantiles, prompt_ids)
+    return assign_quantiles(rewards, num_quantiles)
 
 
 def quantile_thresholds(rewards: Sequence[float] | np.ndarray, quantiles: Sequence[int] | np.ndarray,
@@ -148,17 +174,19 @@ def _factorize(groups, n: int) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques)
 
 
-def quantile_table(samples, num_quantiles: int, scope: str = "local"):
-    """Per quantile of ``samples`` (columns ``reward``, ``num_tokens``, ``prompt_id``), assigned by ``scope``:
-    count, mean reward, mean length and threshold (the lowest reward in the quantile; for local
-    quantiles the mean over prompts of each prompt's lowest reward in it)."""
+def quantile_table(samples, num_quantiles: int, scope: str = "local", quantiles=None):
+    """Per quantile of ``samples`` (columns ``reward``, ``num_tokens``, ``prompt_id``), assigned by ``scope`` (or the
+    assignment ``quantiles`` made for that scope, one per row): count, mean reward, mean length and threshold (the
+    lowest reward in the quantile; for local quantiles the mean over prompts of each prompt's lowest reward in it)."""
     import pandas as pd
 
-    if scope not in ("local", "global"):
-        raise QuarkError(f"scope must be 'local' or 'global', got {scope!r}")
     rewards = samples["reward"].to_numpy(dtype=np.float64)
     groups = samples["prompt_id"].to_numpy()
-    q = assign_quantiles(rewards, num_quantiles, groups if scope == "local" else None)
+    if quantiles is None:
+        q = assign_by_scope(rewards, groups, num_quantiles, scope)
+    else:
+        check_scope(scope)
+        q = _as_quantiles(quantiles, len(rewards), check_num_quantiles(num_quantiles))
     df = pd.DataFrame({"quantile": q, "reward": rewards, "length": samples["num_tokens"].to_numpy(dtype=np.float64),
                        "group": groups})
     out = df.groupby("quantile").agg(count=("reward", "size"), reward=("reward", "mean"), length=("length", "mean"))

@@ -40,14 +40,14 @@ from .errors import QuarkError
 from .evaluate import every_token, scored_samples, summary_table
 from .hub import resolve_model
 from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
-from .quantiles import assign_quantiles, select_per_quantile
+from .quantiles import assign_by_scope, select_per_quantile
 from .rewards import load_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
 from .names import lookup
-from .train import table_rows, train_on_rows
+from .train import TrainerState, table_rows, train_on_rows
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Session:
     train_prompts: pd.DataFrame
     eval_prompts: pd.DataFrame
     done: int  # iterations whose checkpoint exists
-    trainer_state: dict | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
+    trainer_state: TrainerState | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
     dist: Dist = field(default_factory=Dist)  # this process among the run's processes
 
     @classmethod
@@ -82,7 +82,8 @@ class Session:
             done, folder = latest
             policy, tokenizer = load_policy(folder, dtype=config.dtype, device=device), load_tokenizer(folder)
             control_ids = quantile_token_ids(tokenizer, config.num_quantiles)
-            state = runs.read_trainer_state(run_dir, done) if config.pool_strategy == "quark" else None
+            state = (TrainerState.from_saved(runs.read_trainer_state(run_dir, done))
+                     if config.pool_strategy == "quark" else None)
         else:
             done, source, state = 0, config.policy, None
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
@@ -99,11 +100,11 @@ def check_processes(config: QuarkConfig, dist: Dist) -> None:
     if dist.world > 1 and config.sampler == "vllm":
         raise QuarkError("sampler='vllm' runs in one process (each vLLM engine would take the first GPU): drop "
                          "accelerate launch for it, or sample with sampler='hf'")
-    if dist.engine in ("deepspeed", "fsdp") and (config.lora_rank or config.pool_strategy == "quark"):
+    if dist.has_engine and (config.lora_rank or config.pool_strategy == "quark"):
         what = "LoRA" if config.lora_rank else "pool_strategy='quark' (an optimizer kept across iterations)"
         raise QuarkError(f"{what} is not supported under a {dist.engine} engine: run it with DDP "
                          "(configs/accelerate/ddp.yaml)")
-    if dist.engine not in ("deepspeed", "fsdp"):
+    if not dist.has_engine:
         return
     dtype = resolve_dtype(config.dtype, dist.device)  # the policy's: the engine trains and saves in it
     mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dist.accelerator.mixed_precision) \
@@ -205,36 +206,34 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
     rng = np.random.default_rng(_seed(c, it, 0))
     n = min(c.prompts_per_iteration, len(s.train_prompts))
     prompts = s.train_prompts.iloc[np.sort(rng.choice(len(s.train_prompts), size=n, replace=False))]
-    params = SamplingParams(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p,
-                            top_k=c.top_k, max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size,
-                            seed=s.dist.seed(_seed(c, it, 1)))
+    params = SamplingParams.from_config(c, "explore", seed=s.dist.seed(_seed(c, it, 1)))
     mine = s.dist.shard(prompts)  # all samples of a prompt on one process: local quantiles hold
+    # the first pass explores with the reference, without a token (and never generates one); later ones, the policy
+    # on token 0; quantile tokens are never generated
+    on = dict(suppress=s.control_ids) | ({} if it == 1 else dict(token=0, prefix_token_id=s.control_ids[0]))
     with stage("sample"):
         if c.sampler == "vllm":
-            pool, engine = _sample_vllm(s, it, mine, params)
+            pool, engine = _sample_vllm(s, it, mine, params, on)
         else:
             engine = f"transformers {transformers.__version__} ({s.policy.device.type})"
-            if it == 1:  # the first pass explores with the reference, without a token (and never generates one)
-                pool = sample(s.reference, s.tokenizer, mine, params, suppress=s.control_ids, progress=progress)
-            else:
-                pool = sample(s.policy, s.tokenizer, mine, params, token=0, prefix_token_id=s.control_ids[0],
-                              suppress=s.control_ids, progress=progress)
+            pool = sample(s.reference if it == 1 else s.policy, s.tokenizer, mine, params, progress=progress, **on)
     with stage("score"):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
         pool = s.dist.gather_rows(pool, prompts)
         if s.dist.is_main:
             pool.insert(0, "iteration", it)
-            pool["quantile"] = _quantiles(c, pool)  # over the whole pool, gathered
+            pool["quantile"] = pool_quantiles(c, pool)  # over the whole pool, gathered
             pool["sampler"] = engine  # who sampled it: "transformers 5.19.0 (cpu)", "vllm 0.32.0 (cuda)"
             files.write_parquet(runs.pool_path(s.run_dir, it), pool)
         s.dist.barrier()
 
 
-def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams) -> tuple[pd.DataFrame, str]:
-    """The pool from a vLLM engine, and which engine: iteration 1 from the reference without a token, later
-    ones from the previous iteration's checkpoint on token 0; quantile tokens suppressed; one engine per
-    iteration, stopped as soon as it has sampled (training and evaluation get its memory back)."""
+def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams, on: dict
+                 ) -> tuple[pd.DataFrame, str]:
+    """The pool from a vLLM engine, and which engine: iteration 1 from the reference, later ones from the previous
+    iteration's checkpoint (``on``: the token and the suppressed ids); one engine per iteration, stopped as soon
+    as it has sampled (training and evaluation get its memory back)."""
     from .vllm_backend import VLLMSampler
 
     c = s.config
@@ -242,11 +241,7 @@ def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingPar
     with VLLMSampler(source, tokenizer=runs.checkpoint_path(s.run_dir, it - 1) if it > 1 else None,
                      dtype=str(s.policy.dtype).removeprefix("torch."), seed=params.seed,
                      gpu_memory_utilization=c.vllm_gpu_memory_utilization) as sampler:
-        if it == 1:
-            pool = sampler.sample(prompts, params, suppress=s.control_ids)
-        else:
-            pool = sampler.sample(prompts, params, token=0, prefix_token_id=s.control_ids[0], suppress=s.control_ids)
-        return pool, sampler.engine
+        return sampler.sample(prompts, params, **on), sampler.engine
 
 
 def _add_prompt_ids(s: Session) -> None:
@@ -261,9 +256,10 @@ def _add_prompt_ids(s: Session) -> None:
             files.write_parquet(path, pool.assign(prompt_ids=pool["prompt"].map(ids.get)))
 
 
-def _quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
-    groups = pool["prompt_id"].to_numpy() if c.quantile_scope == "local" else None
-    return assign_quantiles(pool["reward"].to_numpy(), c.num_quantiles, groups)
+def pool_quantiles(c: QuarkConfig, pool: pd.DataFrame) -> np.ndarray:
+    """Each pool row's quantile, by the run's ``quantile_scope``."""
+    return assign_by_scope(pool["reward"].to_numpy(), pool["prompt_id"].to_numpy(), c.num_quantiles,
+                           c.quantile_scope)
 
 
 def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataFrame:
@@ -275,7 +271,7 @@ def training_rows(config: QuarkConfig, run_dir: str | Path, it: int) -> pd.DataF
                                    config.per_quantile_per_prompt, _seed(config, it, 2), prefer=prefer)
         return pool.iloc[keep].reset_index(drop=True)
     pool = pd.concat([runs.read_pool(run_dir, i) for i in range(1, it + 1)], ignore_index=True)
-    pool["quantile"] = _quantiles(config, pool)  # re-sorted over everything so far, as Quark does
+    pool["quantile"] = pool_quantiles(config, pool)  # re-sorted over everything so far, as Quark does
     if config.max_train_rows and len(pool) > config.max_train_rows:
         rng = np.random.default_rng(_seed(config, it, 2))
         pool = pool.iloc[np.sort(rng.choice(len(pool), config.max_train_rows, replace=False))]
@@ -297,26 +293,24 @@ def _train(s: Session, it: int, progress: bool) -> None:
         runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
                             it, "train")
         with stage("checkpoint"), files.atomic_dir(folder) as tmp:
-            s.policy.save_pretrained(tmp, state_dict=state.get("weights"))  # an engine's gathered weights
+            s.policy.save_pretrained(tmp, state_dict=state.weights)  # an engine's gathered weights, or the policy's
             tok.save_pretrained(tmp)
-            files.atomic_write_json(tmp / runs.TRAINED_BY, state["trained_by"])
+            files.atomic_write_json(tmp / runs.TRAINED_BY, state.trained_by)
             if c.pool_strategy == "quark":
-                torch.save({k: v for k, v in state.items() if k != "trained_by"}, tmp / runs.TRAINER_STATE)
+                torch.save(state.saved(), tmp / runs.TRAINER_STATE)
         for old in runs.checkpoints(s.run_dir)[: -c.keep_checkpoints]:
             shutil.rmtree(old)
     s.dist.barrier()
-    if "weights" in state:  # the engine sharded the policy it trained: every process reloads it whole
+    if state.by_engine:  # the engine sharded the policy it trained: every process reloads it whole
         s.policy = load_policy(folder, dtype=c.dtype, device=s.dist.device)
     s.done = it
 
 
 def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
     c = s.config
-    modes = [SamplingParams(do_sample=False, max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size)]
+    modes = [SamplingParams.from_config(c, "greedy")]
     if c.eval_sampled_n:
-        modes.append(SamplingParams(n=c.eval_sampled_n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                                    max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size,
-                                    seed=_seed(c, it, 4)))
+        modes.append(SamplingParams.from_config(c, "sampled", seed=_seed(c, it, 4)))
     control_ids = s.control_ids if tokens is None else []
     tokens = tokens if tokens is not None else every_token(control_ids)
     summaries, samples = [], []

@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .config import QuarkConfig, check_field
 from .errors import QuarkError
 from .models import position_ids_from_mask
 from .tldr import encode_prompt, prompt_budget, prompt_lists
 
+COLUMNS = ["prompt_id", "sample", "prompt", "token", "completion", "completion_ids", "finished",
+           "prompt_ids", "prompt_truncated", "num_tokens"]
+"""The columns of a samples table, as :func:`sample` and :class:`quarklab.vllm_backend.VLLMSampler` return it."""
+
+Purpose = Literal["explore", "greedy", "sampled"]
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``do_sample=False`` is greedy decoding (temperature, top-p, top-k unused)."""
+    """How to sample. ``do_sample=False`` is greedy decoding (temperature, top-p, top-k unused).
+
+    Each field is checked as the config field it comes from (:data:`CONFIG_FIELDS`, the same rules and
+    wording); :meth:`from_config` builds the settings a run samples with."""
 
     n: int = 1
     do_sample: bool = True
@@ -36,14 +47,67 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self):
-        if self.n < 1:
-            raise QuarkError(f"n (samples per prompt) must be at least 1, got {self.n}")
-        if self.max_new_tokens < 1:
-            raise QuarkError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.do_sample and not (self.temperature > 0):
-            raise QuarkError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise QuarkError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name, (field_name, called) in CONFIG_FIELDS.items():
+            if name != "temperature" or self.do_sample:  # greedy decoding has no temperature
+                check_field(field_name, getattr(self, name), where="sampling", called=called)
+
+    @classmethod
+    def from_config(cls, config: QuarkConfig, purpose: Purpose = "explore", seed: int = 0) -> "SamplingParams":
+        """The settings a run samples with: ``"explore"``, an iteration's pool (``samples_per_prompt`` per prompt at
+        the exploration ``temperature``, ``top_p`` and ``top_k``, ``max_new_tokens``, ``sample_batch_size``);
+        ``"greedy"`` and ``"sampled"``, its evaluation (greedy, or ``eval_sampled_n`` per prompt at the
+        exploration settings; ``eval_max_new_tokens``, ``eval_batch_size``)."""
+        c = config
+        if purpose == "explore":
+            return cls(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                       max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size, seed=seed)
+        if purpose == "greedy":
+            return cls(do_sample=False, max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=seed)
+        if purpose == "sampled":
+            return cls(n=c.eval_sampled_n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                       max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=seed)
+        raise QuarkError(f"purpose must be one of 'explore', 'greedy', 'sampled', got {purpose!r}")
+
+
+CONFIG_FIELDS: dict[str, tuple[str, str]] = {
+    "n": ("samples_per_prompt", "n (samples per prompt)"), "temperature": ("temperature", "temperature"),
+    "top_p": ("top_p", "top_p"), "top_k": ("top_k", "top_k"), "max_new_tokens": ("max_new_tokens", "max_new_tokens"),
+    "batch_size": ("sample_batch_size", "batch_size (sequences per generate call)"), "seed": ("seed", "seed")}
+"""Each :class:`SamplingParams` field checked as a :class:`~quarklab.config.QuarkConfig` field: ``(config field,
+name in the message)``."""
+
+
+@dataclass
+class EncodedPrompts:
+    """Prompts as every sampler encodes them: their texts and ids, and each text's token ids, cut to fit the
+    context with room for the completion, and whether it was cut (:func:`quarklab.tldr.encode_prompt`)."""
+
+    texts: list[str]
+    ids: list
+    encoded: list[tuple[list[int], bool]]
+
+
+def encode_prompts(tokenizer, prompts, model, max_new_tokens: int) -> EncodedPrompts:
+    """``prompts`` (strings or a table with ``prompt`` and ``prompt_id``) encoded for ``model`` (anything
+    :func:`quarklab.tldr.prompt_budget` reads: a model, or a vLLM sampler), each distinct text once."""
+    texts, pids = prompt_lists(prompts)
+    budget = prompt_budget(model, max_new_tokens)
+    seen: dict[str, tuple[list[int], bool]] = {}
+    return EncodedPrompts(texts, pids, [seen.get(t) or seen.setdefault(t, encode_prompt(tokenizer, t, budget))
+                                        for t in texts])
+
+
+def samples_table(prompts: EncodedPrompts, completions: list[list[tuple[list[int], bool]]], token: int | None,
+                  tokenizer) -> pd.DataFrame:
+    """The samples table (:data:`COLUMNS`): ``completions[i]`` holds prompt ``i``'s samples in order, each as
+    ``(ids without EOS, finished)``; the text is decoded with ``tokenizer``."""
+    rows = [(prompts.ids[i], s, prompts.texts[i], token, ids, finished, *prompts.encoded[i])
+            for i, samples in enumerate(completions) for s, (ids, finished) in enumerate(samples)]
+    df = pd.DataFrame(rows, columns=["prompt_id", "sample", "prompt", "token", "completion_ids", "finished",
+                                     "prompt_ids", "prompt_truncated"])
+    df.insert(4, "completion", tokenizer.batch_decode(df["completion_ids"].tolist(), skip_special_tokens=True))
+    df["num_tokens"] = df["completion_ids"].map(len).astype(np.int64)
+    return df
 
 
 def cache_field(model) -> str:
@@ -71,18 +135,16 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     from .progress import tqdm
 
     params = replace(params or SamplingParams(), **overrides)
-    texts, pids = prompt_lists(prompts)
+    enc = encode_prompts(tokenizer, prompts, model, params.max_new_tokens)
+    encoded = enc.encoded
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    budget = prompt_budget(model, params.max_new_tokens)
-    seen: dict[str, tuple[list[int], bool]] = {}
-    encoded = [seen.get(t) or seen.setdefault(t, encode_prompt(tokenizer, t, budget)) for t in texts]
     prefix = [] if prefix_token_id is None else [prefix_token_id]
 
     # distinct prompts, longest first: batches of similar length carry little padding. Each prompt is
     # run through the model once and its KV cache repeated for its n samples (the prefill of a TL;DR
     # post costs far more than the few dozen tokens generated after it).
-    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i][0]), i))
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0]), i))
     per_batch = max(1, params.batch_size // params.n)
     batches = [order[b:b + per_batch] for b in range(0, len(order), per_batch)]
     device = next(model.parameters()).device
@@ -120,15 +182,11 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
                 for s in range(params.n):
                     out_ids[(i, s)] = rows_out[r * params.n + s]
 
-    rows = []
-    for i in range(len(texts)):
-        for s in range(params.n):
-            row = out_ids[(i, s)]
-            finished = eos in row
-            ids = row[: row.index(eos)] if finished else row
-            rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][0], encoded[i][1]))
-    df = pd.DataFrame(rows, columns=["prompt_id", "sample", "prompt", "token", "completion_ids", "finished",
-                                     "prompt_ids", "prompt_truncated"])
-    df.insert(4, "completion", tokenizer.batch_decode(df["completion_ids"].tolist(), skip_special_tokens=True))
-    df["num_tokens"] = df["completion_ids"].map(len).astype(np.int64)
-    return df
+    completions = [[(before_eos(row, eos), eos in row) for row in (out_ids[(i, s)] for s in range(params.n))]
+                   for i in range(len(encoded))]
+    return samples_table(enc, completions, token, tokenizer)
+
+
+def before_eos(ids: list[int], eos: int) -> list[int]:
+    """``ids`` up to their first EOS (all of them without one)."""
+    return ids[: ids.index(eos)] if eos in ids else ids

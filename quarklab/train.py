@@ -1,88 +1,35 @@
-"""The Quark training step: completion-only NLL + beta * KL(to the frozen reference) - alpha * entropy.
+"""One Quark iteration's training: completion-only NLL + beta * KL(to the frozen reference) - alpha * entropy.
 
-A training row is ``[quantile token; prompt] -> completion``. Batches put each prompt
-left-padded and each completion right-padded, so the completion block starts at the same
-column in every row and only its logits are computed (``logits_to_keep``). The reference
-sees the same tensor with the quantile token masked out (attention mask 0, positions
-recounted): exactly the prompt without the token, in one layout. NLL and entropy take the
-softmax over the whole vocabulary, quantile tokens included (Quark, ALT; ``loss_vocab``
-can drop them); KL compares the models without the quantile tokens, as Quark does.
+:func:`train_on_rows` reads top to bottom as the algorithm: the rows dealt into micro-batches
+(:mod:`quarklab.schedule`), each laid out as ``[quantile token; prompt] -> completion``
+(:mod:`quarklab.scoring`); for each, the reference's logits (no gradient), the policy's, :func:`quark_loss`,
+backward; every ``grad_accum`` micro-batches one AdamW step on the fp32 master weights
+(:mod:`quarklab.precision`) and one step of the learning-rate schedule. NLL and entropy take the softmax
+over the whole vocabulary, quantile tokens included (Quark, ALT; ``loss_vocab`` can drop them); KL compares
+the models without the quantile tokens, as Quark does. The reference sees the prompt without the token.
 
-Half-precision weights train on fp32 master copies of the trainable parameters and compute in
-their own dtype (bf16, or fp16 with a GradScaler); float32 weights may compute under autocast:
-see :func:`train_on_rows`.
+Under a DeepSpeed or FSDP engine, :func:`train_with_engine` runs the same loop beside it, the engine owning
+the optimizer step and the master weights. Both return the log and a :class:`TrainerState`.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from .config import QuarkConfig
+from .distributed import ENGINES, Dist
 from .errors import QuarkError
-from .models import position_ids_from_mask
+from .precision import MasterWeights, autocast_context, compute_dtype
+from .progress import tqdm
+from .schedule import dealt_evenly, lr_schedule, micro_batches, schedule_steps
+from .scoring import Batch, build_batch, completion_logits
 from .stages import stage
 from .trainable import set_trainable, with_lora
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor       # (B, P + C): [pad..., token, prompt | completion, eos, pad...]
-    attention_mask: torch.Tensor  # (B, P + C)
-    labels: torch.Tensor          # (B, C): completion ids (+ eos when finished), -100 on padding
-    token_col: torch.Tensor       # (B,) column of each row's first real token (its quantile token, if any)
-    has_token: bool
-
-    def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
-                     self.token_col.to(device), self.has_token)
-
-
-def build_batch(prompts: list[list[int]], completions: list[list[int]], finished: list[bool],
-                prefix_ids: list[int] | None, pad_id: int, eos_id: int) -> Batch:
-    """Lay out rows for a forward pass; ``prefix_ids`` gives each row's quantile token id (or None)."""
-    heads = [([t] if prefix_ids is not None else []) + p for p, t in
-             zip(prompts, prefix_ids if prefix_ids is not None else [None] * len(prompts))]
-    tails = [c + ([eos_id] if f else []) for c, f in zip(completions, finished)]
-    if any(not t for t in tails):
-        raise QuarkError("a completion with no tokens and no EOS cannot be scored")
-    P, C = max(map(len, heads)), max(map(len, tails))
-    ids = torch.full((len(heads), P + C), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full((len(heads), C), -100, dtype=torch.long)
-    for r, (h, t) in enumerate(zip(heads, tails)):
-        ids[r, P - len(h):P] = torch.tensor(h)
-        ids[r, P:P + len(t)] = torch.tensor(t)
-        mask[r, P - len(h):P + len(t)] = 1
-        labels[r, :len(t)] = torch.tensor(t)
-    token_col = torch.tensor([P - len(h) for h in heads])  # column of each row's first real token
-    return Batch(ids, mask, labels, token_col, prefix_ids is not None)
-
-
-def table_rows(table) -> list[dict]:
-    """Training rows from a pool-like table (``prompt_ids``, ``completion_ids``, ``finished``, ``quantile``)."""
-    return [{"prompt_ids": list(p), "completion_ids": list(c), "finished": bool(f), "quantile": int(q)}
-            for p, c, f, q in zip(table["prompt_ids"], table["completion_ids"], table["finished"], table["quantile"])]
-
-
-def completion_logits(model, batch: Batch, *, without_token: bool = False, pad_id: int = 0) -> torch.Tensor:
-    """Logits predicting each completion position, (B, C, V). ``without_token`` hides the prefix token."""
-    ids, mask = batch.input_ids, batch.attention_mask
-    if without_token and batch.has_token:
-        rows = torch.arange(ids.shape[0], device=ids.device)
-        ids, mask = ids.clone(), mask.clone()
-        ids[rows, batch.token_col] = pad_id
-        mask[rows, batch.token_col] = 0
-    C = batch.labels.shape[1]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                logits_to_keep=C + 1, use_cache=False)
-    return out.logits[:, :-1]
 
 
 def kept_vocab(policy_vocab: int, ref_vocab: int | None, control_ids: list[int], device) -> torch.Tensor:
@@ -129,128 +76,10 @@ def quark_loss(policy_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Te
     return loss, stats
 
 
-def completion_nll(model, prompts: list[list[int]], completions: list[list[int]], finished: list[bool],
-                   pad_id: int, eos_id: int, batch_size: int = 32, prefix_ids: list[int] | None = None
-                   ) -> np.ndarray:
-    """Per-row mean token NLL of the completion (+ EOS when finished) given the prompt."""
-    device = next(model.parameters()).device
-    out = np.zeros(len(prompts))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            batch = build_batch([prompts[i] for i in idx], [completions[i] for i in idx],
-                                [finished[i] for i in idx],
-                                None if prefix_ids is None else [prefix_ids[i] for i in idx], pad_id, eos_id).to(device)
-            logp = F.log_softmax(completion_logits(model, batch).float(), dim=-1)
-            mask = batch.labels != -100
-            tok = -logp.gather(-1, batch.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-            out[idx] = (tok.sum(1) / mask.sum(1)).cpu().numpy()
-    return out
-
-
-HALF = (torch.bfloat16, torch.float16)
-
-
-def compute_dtype(weights: torch.dtype, precision: str) -> torch.dtype | None:
-    """The dtype training computes in (None = float32). Half-precision weights compute in their own dtype
-    (``precision`` "auto" or that dtype); float32 weights compute under autocast when ``precision`` names
-    "bf16" or "fp16", in float32 for "auto" and "fp32"."""
-    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, "auto": None}[precision]
-    if weights in HALF:
-        if precision != "auto" and named != weights:
-            raise QuarkError(f"precision={precision!r} does not fit a policy loaded in {weights}: half-precision "
-                             "weights compute in their own dtype; set precision='auto' (or dtype='float32' to "
-                             "compute under autocast)")
-        return weights
-    return named
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-class MasterWeights:
-    """fp32 master copies of half-precision trainable parameters, as DeepSpeed and mixed-precision training keep.
-
-    The model computes in its own dtype; after each backward :meth:`collect` moves the half-precision gradients
-    into the masters' fp32 gradients (accumulating there), the optimizer steps the masters, and :meth:`publish`
-    writes them back, rounded, into the model. Updates far below bf16's resolution (lr 2e-5 on weights near
-    0.02) accumulate in the masters instead of rounding away at every step. Float32 parameters are their own
-    masters.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter], copy: bool = True):
-        self.params = params
-        self.copies = copy and any(p.dtype in HALF for p in params)
-        self.masters = [torch.nn.Parameter(p.detach().float()) for p in params] if self.copies else params
-
-    def collect(self) -> None:
-        if self.copies:
-            for m, p in zip(self.masters, self.params):
-                if p.grad is not None:
-                    m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
-                    p.grad = None
-
-    @torch.no_grad()
-    def publish(self) -> None:
-        if self.copies:
-            for m, p in zip(self.masters, self.params):
-                p.copy_(m)
-
-
-def schedule_steps(config: QuarkConfig, num_rows: int, world: int = 1) -> tuple[int, int]:
-    """``(steps, total)``: optimizer steps this iteration takes and steps in the whole learning-rate schedule.
-
-    Without ``steps_per_iteration``, ``epochs_per_iteration`` passes over the rows, in a schedule of their
-    own (ALT: a fresh optimizer each iteration); with it, that many steps, in one schedule over the run
-    (``iterations * steps_per_iteration``, Quark) when the pool strategy is "quark". One step takes
-    ``grad_accum`` micro-batches of ``batch_size`` rows on each of ``world`` processes."""
-    if config.steps_per_iteration is None:
-        steps = max(1, math.ceil(math.ceil(num_rows / config.batch_size) * config.epochs_per_iteration
-                                 / (config.grad_accum * world)))
-        return steps, steps
-    steps = config.steps_per_iteration
-    return steps, steps * config.iterations if config.pool_strategy == "quark" else steps
-
-
-def lr_schedule(opt, config: QuarkConfig, total: int):
-    """Warmup over ``warmup = max(1, int(warmup_ratio * total))`` steps from lr 0, then linear decay to 0 at
-    ``total``: "linear" warmup is transformers' ``get_linear_schedule_with_warmup``; "log" is DeepSpeed's
-    ``WarmupDecayLR`` default (ALT's run): ``lr * ln(t + 1) / ln(warmup)`` at step ``t < warmup``."""
-    warmup = min(max(1, int(config.warmup_ratio * total)), total - 1)  # one step alone trains at full lr
-    if config.warmup_shape == "linear" or warmup < 2:
-        return get_linear_schedule_with_warmup(opt, warmup, total)
-
-    def factor(t: int) -> float:
-        return math.log(t + 1) / math.log(warmup) if t < warmup else max(0.0, (total - t) / (total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def micro_batches(rows: list[dict], config: QuarkConfig, steps: int, rng: random.Random, world: int = 1,
-                  rank: int = 0) -> list[list[dict]]:
-    """Process ``rank``'s micro-batches for ``steps`` optimizer steps: the rows reshuffled on every pass and
-    dealt to the ``world`` processes in turn; when they do not divide evenly, the first are dealt again, so
-    that every process takes as many (as a DistributedSampler does)."""
-    per_step = config.grad_accum * world
-    if config.steps_per_iteration is None:
-        passes = config.epochs_per_iteration
-    else:
-        passes = math.ceil(steps * per_step * config.batch_size / len(rows))
-    out = []
-    for _ in range(passes):
-        order = list(range(len(rows)))
-        rng.shuffle(order)
-        out += [[rows[i] for i in order[b:b + config.batch_size]] for b in range(0, len(order), config.batch_size)]
-    out = out if config.steps_per_iteration is None else out[: steps * per_step]
-    return dealt_evenly(out, world)[rank::world]
-
-
-def dealt_evenly(items: list, n: int) -> list:
-    """``items`` followed by its first items again (cyclically) up to a multiple of ``n``."""
-    return items + [items[i % len(items)] for i in range(-len(items) % n)]
-
+def table_rows(table) -> list[dict]:
+    """Training rows from a pool-like table (``prompt_ids``, ``completion_ids``, ``finished``, ``quantile``)."""
+    return [{"prompt_ids": list(p), "completion_ids": list(c), "finished": bool(f), "quantile": int(q)}
+            for p, c, f, q in zip(table["prompt_ids"], table["completion_ids"], table["finished"], table["quantile"])]
 
 def check_rows(rows: list[dict], control_ids: list[int]) -> None:
     """One clear error for a completion holding a quantile token: sampling must suppress them."""
@@ -262,122 +91,228 @@ def check_rows(rows: list[dict], control_ids: list[int]) -> None:
                              "generated a quantile token (sampling must suppress them: pass suppress=control_ids)")
 
 
+@dataclass
+class TrainerState:
+    """What one iteration's training hands on.
+
+    ``optimizer``, ``scheduler`` and ``scaler`` are the state dicts of AdamW, the learning-rate schedule and the
+    GradScaler: passed back to :func:`train_on_rows`, they continue a schedule that spans iterations
+    (pool_strategy "quark"), and a checkpoint's ``trainer_state.pt`` holds them (:meth:`saved`). An engine owns
+    its optimizer: after :func:`train_with_engine` they are None and ``weights`` holds the trained weights,
+    gathered (on the main process; the engine sharded the policy, so every process reloads it from the
+    checkpoint saved from them). ``trained_by`` says what trained (:meth:`quarklab.distributed.Dist.describe`).
+    """
+
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    scaler: dict | None = None
+    weights: dict | None = None
+    trained_by: dict = field(default_factory=dict)
+
+    @property
+    def by_engine(self) -> bool:
+        """Whether a DeepSpeed or FSDP engine trained (and left the policy sharded: reload it)."""
+        return self.trained_by.get("engine") in ENGINES
+
+    def saved(self) -> dict:
+        """What a checkpoint's ``trainer_state.pt`` holds: the optimizer, schedule and scaler state dicts."""
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainerState":
+        """The state :meth:`saved` wrote, read back (``quarklab.runs.read_trainer_state``)."""
+        return cls(saved["optimizer"], saved["scheduler"], saved["scaler"])
+
+
 def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, control_ids: list[int], pad_id: int,
-                  eos_id: int, seed: int, progress: bool = False, state: dict | None = None, dist=None
-                  ) -> tuple[list[dict], dict]:
+                  eos_id: int, seed: int, progress: bool = False, state: TrainerState | None = None,
+                  dist: Dist | None = None) -> tuple[list[dict], TrainerState]:
     """One Quark iteration's optimisation over ``rows`` (prompt_ids, completion_ids, finished, quantile).
 
-    AdamW (``lr``, betas, ``weight_decay``) on fp32 master weights (:class:`MasterWeights`), compute in the
-    dtype of :func:`compute_dtype` (fp16 with a GradScaler), gradient clipping and accumulation, and
-    the warmup and linear decay of :func:`lr_schedule` over the steps of :func:`schedule_steps` (the
-    learning rate is 0 on the first optimizer step, which only primes AdamW's moments; a single step trains
-    at full lr). ``state`` (optimizer, schedule and scaler, as returned) continues a schedule that spans
-    iterations; None starts one.
-
-    ``dist`` (:class:`quarklab.distributed.Dist`) trains data-parallel: each process takes its share of the
-    micro-batches (:func:`micro_batches`) through accelerate's DDP wrapper, which averages the gradients
-    before they reach the masters, so every process takes the same steps. Under a DeepSpeed or FSDP
-    engine the engine owns the optimizer step and the fp32 masters (accelerate's ``accumulate`` /
-    ``backward`` idiom); the trained weights are then returned, gathered, as ``state["weights"]`` (on the
-    main process) and ``policy`` is left to the engine: reload it from the checkpoint they are saved to.
-    ``state["trained_by"]`` says what trained (:meth:`quarklab.distributed.Dist.describe`).
+    AdamW (``lr``, betas, ``weight_decay``) on fp32 master weights (:class:`~quarklab.precision.MasterWeights`),
+    compute in the dtype of :func:`~quarklab.precision.compute_dtype` (fp16 with a GradScaler), gradient
+    clipping and accumulation, and the warmup and linear decay of :func:`~quarklab.schedule.lr_schedule` over
+    the steps of :func:`~quarklab.schedule.schedule_steps` (lr is 0 on the first step, which only primes AdamW's
+    moments; a single step trains at full lr). ``state`` continues a schedule that spans iterations; None
+    starts one. ``dist`` (:class:`~quarklab.distributed.Dist`) trains data-parallel: each process takes its
+    share of the micro-batches through accelerate's DDP wrapper, which averages the gradients before they
+    reach the masters; under a DeepSpeed or FSDP engine :func:`train_with_engine` trains instead.
 
     Returns one stats dict per optimizer step (loss, nll, entropy, kl, and the lr that step used; the mean
-    over processes) and the state to continue from. The policy keeps the dtype it came in (checkpoints
-    are saved in it).
+    over processes) and the :class:`TrainerState` to continue from. The policy keeps its dtype.
     """
-    from .distributed import Dist
-    from .progress import tqdm
-
     dist = dist or Dist()
-    engine = dist.engine in ("deepspeed", "fsdp")
     check_rows(rows, control_ids)
+    if dist.has_engine:
+        return train_with_engine(policy, reference, rows, config, control_ids, pad_id, eos_id, seed, progress,
+                                 state, dist)
     device = dist.device or next(policy.parameters()).device
-    amp = None if engine else compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    if config.lora_rank:
-        model = with_lora(policy, config, control_ids)
-    else:
-        model = policy
-        set_trainable(policy, config.trainable_fraction)
-    master = MasterWeights([p for p in model.parameters() if p.requires_grad], copy=not engine)
+    amp = compute_dtype(policy.get_input_embeddings().weight.dtype, config.precision)  # None: float32
+    torch.manual_seed(seed)  # dropout, and LoRA's initial adapters
+    model = trainable_model(policy, config, control_ids)  # the policy, or its LoRA adapters
     steps, total = schedule_steps(config, len(rows), dist.world)
-    batches = micro_batches(rows, config, steps, rng, dist.world, dist.rank)
-    if engine:  # accelerate's accumulate() counts micro-batches: whole accumulations only
-        batches = dealt_evenly(batches, config.grad_accum)
-    use_ref = reference is not None and config.kl_coef > 0
-    keep = kept_vocab(policy.get_output_embeddings().weight.shape[0],
-                      reference.get_output_embeddings().weight.shape[0] if use_ref else None, control_ids, device)
-    opt = torch.optim.AdamW(master.masters, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                            weight_decay=config.weight_decay)
+    batches = micro_batches(rows, config, steps, random.Random(seed), dist.world, dist.rank)
+    master = MasterWeights([p for p in model.parameters() if p.requires_grad])
+    reference, keep = kl_reference(policy, reference, config, control_ids, device)
+    opt = adamw(master.masters, config)
     sched = lr_schedule(opt, config, total)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-    if config.gradient_checkpointing:
-        policy.activation_checkpointing_enable()
-    policy.train()
-    trained = model  # what the forward runs through: the model, or accelerate's wrapper of it
-    if engine:
-        trained, opt = dist.prepare_engine(model, opt, config)
-    elif dist.world > 1:
-        trained = dist.accelerator.prepare_model(model)  # DDP
+    if state is not None:  # one optimizer and schedule for the whole run (pool_strategy "quark")
+        opt.load_state_dict(state.optimizer)
+        sched.load_state_dict(state.scheduler)
+        scaler.load_state_dict(state.scaler)
+    start_training(policy, config)
+    trained = dist.accelerator.prepare_model(model) if dist.world > 1 else model  # DDP: gradients averaged
     trained_by = dist.describe(trained)
     log, acc = [], []
     bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
     for m, chunk in enumerate(batches):
-        batch = build_batch([r["prompt_ids"] for r in chunk], [r["completion_ids"] for r in chunk],
-                            [r["finished"] for r in chunk], [control_ids[r["quantile"]] for r in chunk],
-                            pad_id, eos_id).to(device)
+        batch = rows_batch(chunk, control_ids, pad_id, eos_id).to(device)
         boundary = len(acc) + 1 == config.grad_accum or m == len(batches) - 1  # a last partial one still counts
-        ref_logits = None
-        if use_ref:
-            with stage("train.reference"), autocast_context(device, amp), torch.no_grad():
-                # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
-                ref_logits = completion_logits(reference, batch, without_token=True, pad_id=pad_id)
-        with stage("train.policy"), dist.accumulating(trained, engine, sync=boundary or master.copies):
+        ref_logits = reference_logits(reference, batch, device, amp, pad_id)
+        with stage("train.policy"), dist.accumulating(trained, sync=boundary or master.copies):
             with autocast_context(device, amp):
                 logits = completion_logits(trained, batch)
-            loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, kl_coef=config.kl_coef,
-                                     kl_direction=config.kl_direction, entropy_coef=config.entropy_coef,
-                                     loss_vocab=config.loss_vocab)
-            if engine:
-                dist.accelerator.backward(loss)
-            else:
-                scaler.scale(loss / config.grad_accum).backward()
-                master.collect()
+            loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, **loss_terms(config))
+            scaler.scale(loss / config.grad_accum).backward()
+            master.collect()  # the half-precision gradients into the fp32 masters'
         acc.append(stats)
         if boundary:
             with stage("train.optimizer"):
-                if engine:
-                    dist.accelerator.clip_grad_norm_(trained.parameters(), config.grad_clip)
-                    opt.step()
-                else:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(master.masters, config.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(master.masters, config.grad_clip)
+                scaler.step(opt)
+                scaler.update()
                 opt.zero_grad(set_to_none=True)
-                master.publish()
-            log.append({k: float(np.mean([a[k] for a in acc])) for k in acc[0]} | {"lr": sched.get_last_lr()[0]})
+                master.publish()  # the stepped masters, rounded, into the model
+            log.append(step_stats(acc, sched))
             sched.step()
             acc = []
             bar.update(1)
     bar.close()
+    log = mean_over_processes(log, dist)
+    new = TrainerState(opt.state_dict(), sched.state_dict(), scaler.state_dict(), trained_by=trained_by)
+    end_training(policy, model, config, dist)
+    return log, new
+
+
+def train_with_engine(policy, reference, rows: list[dict], config: QuarkConfig, control_ids: list[int], pad_id: int,
+                      eos_id: int, seed: int, progress: bool, state: TrainerState | None, dist: Dist
+                      ) -> tuple[list[dict], TrainerState]:
+    """:func:`train_on_rows` under a DeepSpeed or FSDP engine (accelerate's ``accumulate`` / ``backward`` idiom):
+    the engine owns the optimizer step, the gradient accumulation and clipping, and the fp32 masters of
+    half-precision weights. The trained weights come back gathered, as the state's ``weights`` (on the main
+    process), and ``policy`` is left to the engine: reload it from the checkpoint they are saved to."""
+    if state is not None:
+        raise QuarkError("an optimizer kept across iterations (pool_strategy='quark') is not supported under a "
+                         f"{dist.engine} engine: run it with DDP (configs/accelerate/ddp.yaml)")
+    device = dist.device or next(policy.parameters()).device
+    torch.manual_seed(seed)
+    model = trainable_model(policy, config, control_ids)
+    steps, total = schedule_steps(config, len(rows), dist.world)
+    batches = micro_batches(rows, config, steps, random.Random(seed), dist.world, dist.rank)
+    batches = dealt_evenly(batches, config.grad_accum)  # accelerate's accumulate() counts whole accumulations
+    reference, keep = kl_reference(policy, reference, config, control_ids, device)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], config)
+    sched = lr_schedule(opt, config, total)
+    start_training(policy, config)
+    trained, opt = dist.prepare_engine(model, opt, config)
+    trained_by = dist.describe(trained)
+    log, acc = [], []
+    bar = tqdm(total=steps, desc="training", disable=not progress, leave=False)
+    for m, chunk in enumerate(batches):
+        batch = rows_batch(chunk, control_ids, pad_id, eos_id).to(device)
+        boundary = len(acc) + 1 == config.grad_accum or m == len(batches) - 1
+        ref_logits = reference_logits(reference, batch, device, None, pad_id)
+        with stage("train.policy"), dist.accelerator.accumulate(trained):
+            with autocast_context(device, None):
+                logits = completion_logits(trained, batch)
+            loss, stats = quark_loss(logits, batch.labels, keep, ref_logits=ref_logits, **loss_terms(config))
+            dist.accelerator.backward(loss)
+        acc.append(stats)
+        if boundary:
+            with stage("train.optimizer"):
+                dist.accelerator.clip_grad_norm_(trained.parameters(), config.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            log.append(step_stats(acc, sched))
+            sched.step()
+            acc = []
+            bar.update(1)
+    bar.close()
+    log = mean_over_processes(log, dist)
+    new = TrainerState(weights=dist.accelerator.get_state_dict(trained), trained_by=trained_by)
+    end_training(policy, model, config, dist)
+    return log, new
+
+
+# ------------------------------------------------------------------ the loops' parts
+
+def trainable_model(policy, config: QuarkConfig, control_ids: list[int]):
+    """What trains: LoRA adapters on ``policy`` (returned, a peft model) when ``lora_rank``, else the top
+    ``trainable_fraction`` of its blocks (``policy`` returned)."""
+    if config.lora_rank:
+        return with_lora(policy, config, control_ids)
+    set_trainable(policy, config.trainable_fraction)
+    return policy
+
+
+def kl_reference(policy, reference, config: QuarkConfig, control_ids: list[int], device
+                 ) -> tuple[object | None, torch.Tensor]:
+    """``(reference, keep)``: the reference when the KL term needs it (else None), and :func:`kept_vocab`."""
+    if reference is None or config.kl_coef <= 0:
+        reference = None
+    ref_vocab = reference.get_output_embeddings().weight.shape[0] if reference is not None else None
+    return reference, kept_vocab(policy.get_output_embeddings().weight.shape[0], ref_vocab, control_ids, device)
+
+
+def adamw(params, config: QuarkConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                             weight_decay=config.weight_decay)
+
+
+def rows_batch(rows: list[dict], control_ids: list[int], pad_id: int, eos_id: int) -> Batch:
+    """Training rows as one :class:`~quarklab.scoring.Batch`, each prompt after its quantile's token."""
+    return build_batch([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+                       [r["finished"] for r in rows], [control_ids[r["quantile"]] for r in rows], pad_id, eos_id)
+
+
+def reference_logits(reference, batch: Batch, device, amp, pad_id: int) -> torch.Tensor | None:
+    """The reference's completion logits, without the quantile token and without gradient (None: no reference)."""
+    if reference is None:
+        return None
+    with stage("train.reference"), autocast_context(device, amp), torch.no_grad():
+        # no_grad, not inference_mode: its tensors could not enter the loss's graph uncopied
+        return completion_logits(reference, batch, without_token=True, pad_id=pad_id)
+
+
+def loss_terms(config: QuarkConfig) -> dict:
+    """:func:`quark_loss`'s settings from the config."""
+    return dict(kl_coef=config.kl_coef, kl_direction=config.kl_direction, entropy_coef=config.entropy_coef,
+                loss_vocab=config.loss_vocab)
+
+
+def step_stats(micro: list[dict], sched) -> dict:
+    """One optimizer step's log entry: the mean of its micro-batches' stats, and the lr the step used."""
+    return {k: float(np.mean([a[k] for a in micro])) for k in micro[0]} | {"lr": sched.get_last_lr()[0]}
+
+
+def mean_over_processes(log: list[dict], dist: Dist) -> list[dict]:
     logs = dist.gather(log)
-    log = [{k: float(np.mean([entry[i][k] for entry in logs])) for k in log[i]} for i in range(len(log))]
-    if engine:
-        new_state = {"weights": dist.accelerator.get_state_dict(trained)}
-    else:
-        new_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
-    new_state["trained_by"] = trained_by
+    return [{k: float(np.mean([entry[i][k] for entry in logs])) for k in log[i]} for i in range(len(log))]
+
+
+def start_training(policy, config: QuarkConfig) -> None:
+    if config.gradient_checkpointing:
+        policy.activation_checkpointing_enable()
+    policy.train()
+
+
+def end_training(policy, model, config: QuarkConfig, dist: Dist) -> None:
+    """Merge LoRA adapters into ``policy``, let go of accelerate's wrappers, and leave ``policy`` for sampling."""
     if config.lora_rank:
         model.merge_and_unload()
     dist.release()
     policy.eval()
     if config.gradient_checkpointing:
         policy.activation_checkpointing_disable()
-    return log, new_state

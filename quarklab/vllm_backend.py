@@ -27,16 +27,11 @@ import importlib.util
 import os
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 import torch
 
 from .errors import QuarkError, describe, first_line
-from .sampling import SamplingParams
-from .tldr import encode_prompt, prompt_budget, prompt_lists
-
-COLUMNS = ["prompt_id", "sample", "prompt", "token", "completion", "completion_ids", "finished",
-           "prompt_ids", "prompt_truncated", "num_tokens"]
+from .sampling import SamplingParams, before_eos, encode_prompts, samples_table
 
 CPU_KV_CACHE_BYTES = 2**30
 """The KV cache of an engine on CPU unless the user sizes it (``VLLM_CPU_KVCACHE_SPACE`` in GiB, or
@@ -170,27 +165,14 @@ class VLLMSampler:
         if self.llm is None:
             raise QuarkError("this VLLMSampler is closed: its engine was stopped; create a new one to sample")
         params = replace(params or SamplingParams(), **overrides)
-        texts, pids = prompt_lists(prompts)
-        budget = prompt_budget(self, params.max_new_tokens)
-        seen: dict[str, tuple[list[int], bool]] = {}
-        encoded = [seen.get(t) or seen.setdefault(t, encode_prompt(self.tokenizer, t, budget)) for t in texts]
-        inputs = [{"prompt_token_ids": ([prefix_token_id] if prefix_token_id is not None else []) + ids}
-                  for ids, _ in encoded]
+        enc = encode_prompts(self.tokenizer, prompts, self, params.max_new_tokens)
+        prefix = [] if prefix_token_id is None else [prefix_token_id]
+        inputs = [{"prompt_token_ids": prefix + ids} for ids, _ in enc.encoded]
         outputs = self.llm.generate(inputs, self._sampling_params(params, suppress, params.seed), use_tqdm=False)
         eos = self.tokenizer.eos_token_id
-        rows = []
-        for i, out in enumerate(outputs):
-            for s, comp in enumerate(sorted(out.outputs, key=lambda c: c.index)):
-                ids = list(comp.token_ids)
-                finished = comp.finish_reason == "stop"
-                if eos in ids:
-                    ids = ids[: ids.index(eos)]
-                rows.append((pids[i], s, texts[i], token, ids, finished, encoded[i][0], encoded[i][1]))
-        df = pd.DataFrame(rows, columns=["prompt_id", "sample", "prompt", "token", "completion_ids", "finished",
-                                         "prompt_ids", "prompt_truncated"])
-        df.insert(4, "completion", self.tokenizer.batch_decode(df["completion_ids"].tolist(),
-                                                               skip_special_tokens=True))
-        df["num_tokens"] = df["completion_ids"].map(len).astype(np.int64)
-        return df[COLUMNS]
+        completions = [[(before_eos(list(c.token_ids), eos), c.finish_reason == "stop")
+                        for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        return samples_table(enc, completions, token, self.tokenizer)
 
     __call__ = sample
+

@@ -71,23 +71,17 @@ def test_prompt_quantile_counts(samples):
 
 
 def test_counts_and_summary_read_an_assignment_made_once(samples):
-    """counts_by_prompt and quantile_summary draw on a given assignment: the same tables as assigning by scope."""
+    """counts_by_prompt and quantile_table draw on a given assignment: the same tables as assigning by scope."""
     from quarklab.analysis import pools
+    from quarklab.quantiles import assign_by_scope
 
     k = 4
     r, pid = samples["reward"].to_numpy(), samples["prompt_id"].to_numpy()
     for scope in ("global", "local"):
-        q = pools.assign_by_scope(r, pid, k, scope)
-        np.testing.assert_array_equal(q, assign_quantiles(r, k, pid if scope == "local" else None))
+        q = assign_by_scope(r, pid, k, scope)
         pd.testing.assert_frame_equal(analysis.counts_by_prompt(samples, q, k),
                                       analysis.prompt_quantile_counts(samples, k, scope))
-        pd.testing.assert_frame_equal(analysis.quantile_summary(samples, q, k, scope),
-                                      quantile_table(samples, k, scope))
-    np.testing.assert_array_equal(pools.assign_by_scope(r, None, k, "global"), assign_quantiles(r, k))
-    with pytest.raises(QuarkError, match="prompt id"):
-        pools.assign_by_scope(r, None, k, "local")
-    with pytest.raises(QuarkError, match="scope must be one of 'local', 'global', got 'pool'"):
-        pools.check_scope("pool")
+        pd.testing.assert_frame_equal(quantile_table(samples, k, scope, quantiles=q), quantile_table(samples, k, scope))
     with pytest.raises(QuarkError, match="quantiles must be one int in 0..3"):
         pools.check_assignment(np.full(len(r), 4), len(r), k)
 

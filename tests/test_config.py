@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 
 import quarklab as ql
-from quarklab.config import QuarkConfig, check_field, describe, parse_field, preset
+from quarklab.config import SECTIONS, QuarkConfig, check_field, describe, expected, parse_field, preset
 
 
 def test_every_field_is_documented_with_what_it_accepts():
@@ -140,3 +140,31 @@ def test_cli_set_errors_are_one_line_naming_the_field(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "quarklab: error: --set: top_p must be a number in (0, 1], got '0'"
     assert not (tmp_path / "run").exists()  # nothing written for a bad config
+
+
+def test_the_class_docstring_holds_every_field_with_its_doc_by_section():
+    doc = " ".join(QuarkConfig.__doc__.split())  # the docs are wrapped there: compare with whitespace collapsed
+    for f in fields(QuarkConfig):
+        assert f"{f.name} = {f.default!r} ({' '.join(expected(f.name).split())})" in doc, f.name
+        assert f.metadata["doc"] in doc, f.name
+    titles = [doc.index(f"{t} {'-' * len(t)}") for t in SECTIONS]  # each title, underlined
+    assert titles == sorted(titles)  # in the fields' order
+    sampling = describe().split("\nSampling: each iteration's pool (exploration)\n")[1].split("\nTraining\n")[0]
+    for name in ("samples_per_prompt", "temperature", "top_p", "top_k", "max_new_tokens", "sample_batch_size",
+                 "sampler", "vllm_gpu_memory_utilization"):
+        assert f"\n{name} = " in sampling, name
+
+
+def test_presets_are_configs_and_preset_gives_a_changed_copy():
+    assert all(isinstance(c, QuarkConfig) for c in ql.PRESETS.values())
+    tiny = preset("tiny", lr=0.5)
+    assert tiny.lr == 0.5 and ql.PRESETS["tiny"].lr == 1e-3 and tiny.iterations == ql.PRESETS["tiny"].iterations
+    tiny.iterations = 99  # a copy: the preset itself is untouched
+    assert preset("tiny").iterations == 3
+    with pytest.raises(ql.QuarkError, match="unknown field"):
+        preset("tiny", bogus=1)
+
+
+def test_check_field_names_a_value_by_the_name_it_was_given_under():
+    with pytest.raises(ql.QuarkError, match=r"^sampling: n \(samples per prompt\) must be an integer >= 1, got 0$"):
+        check_field("samples_per_prompt", 0, where="sampling", called="n (samples per prompt)")

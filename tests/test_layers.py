@@ -15,16 +15,17 @@ PACKAGE = Path(quarklab.__file__).parent
 LAYERS = [
     # 0 the ground: errors, the name registry, progress bars and stage marks
     ["errors", "names", "progress", "stages"],
-    # 1 checks, settings, files, the process group
-    ["checks", "config", "files", "distributed"],
+    # 1 checks, settings (the field machinery and QuarkConfig), files, the process group
+    ["checks", "knobs", "config", "files", "distributed"],
     # 2 tokens, metrics and quantiles on plain arrays; the run directory
     ["tokens", "metrics", "quantiles", "runs"],
     # 3 where models come from, and loading them
     ["hub", "models"],
     # 4 prompts: the TL;DR layout, prompt sources
     ["tldr", "data"],
-    # 5 the core of Quark: rewards, sampling, scoring, training, evaluation
-    ["reward_models", "rewards", "trainable", "train", "sampling", "vllm_backend", "evaluate"],
+    # 5 the core of Quark: rewards, sampling, scoring, training (its precision and schedule), evaluation
+    ["reward_models", "rewards", "sampling", "vllm_backend", "scoring", "trainable", "precision", "schedule", "train",
+     "evaluate"],
     # 6 the offline tiny world, above the core it is built with (it registers "tiny-tldr" in names)
     ["world", "world.build", "world.reward", "world.synth"],
     # 7 what runs Quark and what plans it; the stand-ins; where relative paths point

@@ -243,3 +243,19 @@ def test_property_local_quantiles_over_random_group_layouts(seed):
         # a group's quantiles depend on its own rows only, not on how other groups interleave with it
         regrouped = np.concatenate([np.flatnonzero(ids == g) for g in rng.permutation(np.unique(ids))])
         assert assign_quantiles(rewards[regrouped], k, ids[regrouped]).tolist() == q[regrouped].tolist()
+
+
+def test_assign_by_scope_is_local_per_prompt_or_global_and_names_the_valid_scopes():
+    from quarklab.quantiles import SCOPES, assign_by_scope
+
+    rewards = np.array([0.5, 0.9, 0.1, 0.7, 0.3, 0.8, 0.2, 0.4])
+    prompts = np.array(["a", "b", "a", "b", "a", "b", "a", "b"])
+    assert SCOPES == ("local", "global")
+    assert assign_by_scope(rewards, prompts, 2, "local").tolist() == assign_quantiles(rewards, 2, prompts).tolist()
+    assert assign_by_scope(rewards, prompts, 2, "global").tolist() == assign_quantiles(rewards, 2).tolist()
+    assert assign_by_scope(rewards, None, 2, "global").tolist() == assign_quantiles(rewards, 2).tolist()
+    for bad in ("per-prompt", None, "Local"):
+        with pytest.raises(QuarkError, match=r"scope must be one of 'local', 'global', got "):
+            assign_by_scope(rewards, prompts, 2, bad)
+    with pytest.raises(QuarkError, match="prompt_ids"):
+        assign_by_scope(rewards, None, 2, "local")

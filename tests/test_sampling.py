@@ -71,3 +71,47 @@ def test_bad_sampling_parameters_are_clear_errors(sft):
         ql.sample(model, tokenizer, ["x"], top_p=0)
     with pytest.raises(ql.QuarkError, match="lower max_new_tokens"):
         ql.sample(model, tokenizer, ["x" * 3000 + "\nTL;DR:"], max_new_tokens=510)
+
+
+def test_sampling_params_from_config_and_checked_as_the_config_fields_they_come_from():
+    from quarklab.config import preset
+    from quarklab.sampling import SamplingParams
+
+    c = preset("tiny", top_k=5, eval_sampled_n=3)
+    assert SamplingParams.from_config(c, seed=7) == SamplingParams(
+        n=16, do_sample=True, temperature=0.9, top_p=0.9, top_k=5, max_new_tokens=48, batch_size=128, seed=7)
+    assert SamplingParams.from_config(c, "greedy") == SamplingParams(do_sample=False, max_new_tokens=48,
+                                                                     batch_size=96)
+    assert SamplingParams.from_config(c, "sampled", seed=4) == SamplingParams(
+        n=3, temperature=0.9, top_p=0.9, top_k=5, max_new_tokens=48, batch_size=96, seed=4)
+    with pytest.raises(ql.QuarkError, match="purpose must be one of 'explore', 'greedy', 'sampled'"):
+        SamplingParams.from_config(c, "train")
+    # the config's rules and wording, under the name the value has here
+    with pytest.raises(ql.QuarkError, match=r"^sampling: top_p must be a number in \(0, 1\], got 1.5$"):
+        SamplingParams(top_p=1.5)
+    with pytest.raises(ql.QuarkError, match=r"^sampling: temperature must be a number > 0, got 0$"):
+        SamplingParams(temperature=0)
+    assert SamplingParams(do_sample=False, temperature=0).temperature == 0  # greedy decoding has none
+    with pytest.raises(ql.QuarkError, match=r"batch_size \(sequences per generate call\) must be an integer >= 1"):
+        SamplingParams(batch_size=0)
+    with pytest.raises(ql.QuarkError, match="max_new_tokens must be an integer >= 1"):
+        SamplingParams(max_new_tokens=2.5)
+
+
+def test_the_samples_table_is_assembled_from_encoded_prompts_and_completions(sft):
+    """The one table path both samplers (transformers and vLLM) share: rows in prompt order, then sample."""
+    from quarklab.sampling import COLUMNS, before_eos, encode_prompts, samples_table
+
+    model, tokenizer = sft
+    prompts = ql.load_prompts("tiny-tldr", "test", limit=2)
+    enc = encode_prompts(tokenizer, prompts, model, 16)
+    assert enc.texts == prompts["prompt"].tolist() and enc.ids == prompts["prompt_id"].tolist()
+    assert enc.encoded == [encode_prompt(tokenizer, t, prompt_budget(model, 16)) for t in enc.texts]
+    eos = tokenizer.eos_token_id
+    assert before_eos([5, 6, eos, 7], eos) == [5, 6] and before_eos([5, 6], eos) == [5, 6]
+    table = samples_table(enc, [[([5, 6], True)], [([7], False)]], 2, tokenizer)
+    assert list(table.columns) == COLUMNS
+    assert table["prompt_id"].tolist() == enc.ids and table["sample"].tolist() == [0, 0]
+    assert table["token"].tolist() == [2, 2] and table["finished"].tolist() == [True, False]
+    assert table["num_tokens"].tolist() == [2, 1] and table["completion"][1] == tokenizer.decode([7])
+    assert table["prompt_ids"].tolist() == [e[0] for e in enc.encoded]

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 import quarklab as ql
 from quarklab.config import preset
+from quarklab.scoring import build_batch, completion_logits
 from quarklab.tokens import add_quantile_tokens, quantile_token
-from quarklab.train import build_batch, completion_logits, kept_vocab, quark_loss, train_on_rows
+from quarklab.train import kept_vocab, quark_loss, train_on_rows
 from quarklab.trainable import set_trainable
 
 
@@ -217,7 +218,7 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_trains_the_same(mode
 def test_micro_batches_are_dealt_evenly_to_processes_and_cover_every_one(world):
     import random
 
-    from quarklab.train import micro_batches, schedule_steps
+    from quarklab.schedule import micro_batches, schedule_steps
 
     rows = [{"id": i} for i in range(70)]  # 5 micro-batches of 16 per epoch
     config = preset("tiny").replace(batch_size=16, grad_accum=1, epochs_per_iteration=1)
@@ -228,3 +229,26 @@ def test_micro_batches_are_dealt_evenly_to_processes_and_cover_every_one(world):
     assert {len(s) for s in shares} == {steps}  # every process takes as many: DDP's collectives pair up
     dealt = [b for i in range(steps) for s in shares for b in s[i:i + 1]]
     assert dealt[:5] == one and dealt[5:] == one[: len(dealt) - 5]  # one process's batches, the first again
+
+
+def test_a_trainer_state_continues_the_schedule_across_iterations(models, rows, tmp_path):
+    """pool_strategy "quark": the optimizer, schedule and scaler of one call go on in the next, through the file a
+    checkpoint holds, as if the steps had run in one call."""
+    from quarklab import runs
+    from quarklab.train import TrainerState
+
+    policy, _, tok, ids = models
+    config = preset("tiny", lr=1e-3, batch_size=2, pool_strategy="quark", steps_per_iteration=2, iterations=2,
+                    warmup_ratio=0.25, kl_coef=0.0)
+    once, _ = train_on_rows(copy.deepcopy(policy), None, rows, config.replace(steps_per_iteration=4, iterations=1),
+                            ids, tok.pad_token_id, tok.eos_token_id, seed=0)
+    model = copy.deepcopy(policy)
+    first, state = train_on_rows(model, None, rows, config, ids, tok.pad_token_id, tok.eos_token_id, seed=0)
+    assert isinstance(state, TrainerState) and not state.by_engine and state.weights is None
+    assert state.trained_by["engine"] == "none" and state.trained_by["processes"] == 1
+    assert list(state.saved()) == ["optimizer", "scheduler", "scaler"]
+    torch.save(state.saved(), tmp_path / runs.TRAINER_STATE)
+    again = TrainerState.from_saved(torch.load(tmp_path / runs.TRAINER_STATE, weights_only=True))
+    second, _ = train_on_rows(model, None, rows, config, ids, tok.pad_token_id, tok.eos_token_id, seed=1, state=again)
+    assert [e["lr"] for e in first + second] == pytest.approx([e["lr"] for e in once])
+    assert [e["lr"] for e in first + second] == pytest.approx([0.0, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])

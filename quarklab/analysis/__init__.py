@@ -19,15 +19,14 @@ from __future__ import annotations
 from .cards import card_tables, model_card_table
 from .inputs import check_frame, check_samples
 from .metric_rows import eval_rows, token_mask, train_rows
-from .pools import (SCOPES, best_of_n, counts_by_prompt, default_ns, prompt_quantile_counts, quantile_contrast,
-                    quantile_summary)
+from .pools import SHOWN_SCOPES, best_of_n, counts_by_prompt, default_ns, prompt_quantile_counts, quantile_contrast
 from .reward_names import reward_name, run_reward_name
 from .tradeoffs import (POINT_COLUMNS, QUOTED_CAPTION, check_points, pareto_front, quoted_frame, quoted_points,
                         tradeoff_points)
 
 __all__ = [
-    "check_frame", "check_samples", "eval_rows", "train_rows", "token_mask", "SCOPES", "prompt_quantile_counts",
-    "counts_by_prompt", "quantile_summary", "quantile_contrast", "default_ns", "best_of_n", "POINT_COLUMNS",
+    "check_frame", "check_samples", "eval_rows", "train_rows", "token_mask", "SHOWN_SCOPES", "prompt_quantile_counts",
+    "counts_by_prompt", "quantile_contrast", "default_ns", "best_of_n", "POINT_COLUMNS",
     "QUOTED_CAPTION", "tradeoff_points", "quoted_points", "quoted_frame", "check_points", "pareto_front",
     "model_card_table", "card_tables", "reward_name", "run_reward_name",
 ]

@@ -16,35 +16,13 @@ import pandas as pd
 
 from ..checks import check_int, check_int_list, check_num_quantiles
 from ..errors import QuarkError
-from ..quantiles import assign_quantiles
+from ..quantiles import assign_by_scope, check_scope
 from .inputs import check_samples
 
-SCOPES = ("global", "local")  # the order figures and tables show them in: Quark's global first, then ALT's local
+SHOWN_SCOPES = ("global", "local")  # the order figures and tables show them in: Quark's global first, then ALT's local
 
 
 # ---------------------------------------------------------------------------- scope → groups
-# MERGE: helper A adds quarklab.quantiles.check_scope and quarklab.quantiles.assign_by_scope with these signatures
-# and this message. Once merged, delete these two and import them from ..quantiles here (pools re-exports them to
-# present.quantile_plots and present.widgets): this is the one place in analysis, present and seeds where a scope
-# becomes groups.
-
-def check_scope(scope) -> str:
-    """``scope`` if it names a quantile scope (``"local"`` or ``"global"``), else one QuarkError naming both."""
-    if not isinstance(scope, str) or scope not in SCOPES:
-        raise QuarkError(f"scope must be one of 'local', 'global', got {scope!r}")
-    return scope
-
-
-def assign_by_scope(rewards, prompt_ids, num_quantiles: int, scope: str) -> np.ndarray:
-    """:func:`quarklab.assign_quantiles` by scope: ``"local"`` within each prompt's own samples (``prompt_ids``, one
-    per row), ``"global"`` over all the rows (``prompt_ids`` unused, may be None)."""
-    if check_scope(scope) == "local":
-        if prompt_ids is None:
-            raise QuarkError("local quantiles need the prompt id of every row (prompt_ids)")
-        return assign_quantiles(rewards, num_quantiles, prompt_ids)
-    return assign_quantiles(rewards, num_quantiles)
-
-# ---------------------------------------------------------------------------- (end of the MERGE block)
 
 
 def check_assignment(quantiles, num_rows: int, num_quantiles: int) -> np.ndarray:
@@ -77,28 +55,6 @@ def prompt_quantile_counts(samples: pd.DataFrame, num_quantiles: int, scope: str
     return counts_by_prompt(df, q, k)
 
 
-def quantile_summary(samples: pd.DataFrame, quantiles, num_quantiles: int, scope: str) -> pd.DataFrame:
-    """Per quantile of the assignment ``quantiles`` (one per row of ``samples``: columns ``reward``, ``num_tokens``,
-    ``prompt_id``), made for ``scope``: count, mean reward, mean length and threshold (the lowest reward in the
-    quantile; for local quantiles the mean over prompts of each prompt's lowest reward in it).
-
-    MERGE: :func:`quarklab.quantiles.quantile_table` computes the same after assigning by itself; it could become
-    ``quantile_summary(samples, assign_by_scope(...), K, scope)`` with this function moved beside it.
-    """
-    check_scope(scope)
-    k = check_num_quantiles(num_quantiles)
-    rewards = samples["reward"].to_numpy(dtype=np.float64)
-    groups = samples["prompt_id"].to_numpy()
-    df = pd.DataFrame({"quantile": quantiles, "reward": rewards,
-                       "length": samples["num_tokens"].to_numpy(dtype=np.float64), "group": groups})
-    out = df.groupby("quantile").agg(count=("reward", "size"), reward=("reward", "mean"), length=("length", "mean"))
-    out["threshold"] = (df.groupby(["quantile", "group"])["reward"].min().groupby(level=0).mean()
-                        if scope == "local" else df.groupby("quantile")["reward"].min())
-    out = out.reindex(range(k))
-    out["count"] = out["count"].fillna(0).astype(np.int64)
-    return out.reset_index()
-
-
 def _top_bottom(r: np.ndarray, q: np.ndarray, k: int) -> tuple[float, float]:
     """(mean reward of quantile 0, of quantile k-1); NaN for an empty quantile."""
     top = r[q == 0].mean() if (q == 0).any() else np.nan
@@ -116,7 +72,7 @@ def quantile_contrast(samples: pd.DataFrame, ks: Sequence[int] = (2, 3, 5, 7)) -
     ks = check_int_list(ks, "ks", 1)
     r, pid = df["reward"].to_numpy(), df["prompt_id"].to_numpy()
     rows = []
-    for scope in SCOPES:
+    for scope in SHOWN_SCOPES:
         for k in ks:
             top, bottom = _top_bottom(r, assign_by_scope(r, pid, k, scope), k)
             rows.append({"scope": scope, "K": k, "top": top, "bottom": bottom, "contrast": top - bottom})

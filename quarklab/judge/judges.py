@@ -96,7 +96,7 @@ class LMJudge:
 
     def judge(self, items):
         from ..models import context_length
-        from ..train import completion_nll
+        from ..scoring import completion_nll
 
         room = context_length(self.model, self.tokenizer) - max(map(len, self.answers.values()))
         prompts = [self.tokenizer(judge_prompt(*item) + "\nPreferred:", add_special_tokens=False)["input_ids"]
@@ -115,11 +115,11 @@ class LMJudge:
 
     def _next_token_logp(self, prompts: list[list[int]]) -> dict[str, np.ndarray]:
         """log p(answer | prompt) of each one-token answer, from the log-softmax at each prompt's last position:
-        the batches and layout of :func:`~quarklab.train.completion_nll`, one forward pass for both answers."""
+        the batches and layout of :func:`~quarklab.scoring.completion_nll`, one forward pass for both answers."""
         import torch
         import torch.nn.functional as F
 
-        from ..train import build_batch, completion_logits
+        from ..scoring import build_batch, completion_logits
 
         ids = {k: v[0] for k, v in self.answers.items()}
         out = {k: np.zeros(len(prompts)) for k in ids}

@@ -16,11 +16,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..analysis.inputs import check_samples
-from ..analysis.pools import (SCOPES, assign_by_scope, best_of_n, check_assignment, check_scope, counts_by_prompt,
-                              quantile_contrast)
+from ..analysis.pools import SHOWN_SCOPES, best_of_n, check_assignment, counts_by_prompt, quantile_contrast
 from ..checks import check_num_quantiles
 from ..errors import QuarkError
-from ..quantiles import quantile_thresholds
+from ..quantiles import assign_by_scope, check_scope, quantile_thresholds
 from .figures import (COUNT_LABEL, LENGTH_LABEL, QUANTILE_LABEL, SAMPLES_LABEL, new_figure, palette, pick_prompts,
                       reward_label, reward_unit)
 
@@ -194,7 +193,7 @@ def quantile_comparison(samples: pd.DataFrame, num_quantiles: int, *, scope: str
     already made for these samples, K and scope (the explorer's), drawn as it is.
     """
     k = check_num_quantiles(num_quantiles)
-    scopes = list(SCOPES) if scope is None else [check_scope(scope)]
+    scopes = list(SHOWN_SCOPES) if scope is None else [check_scope(scope)]
     df = check_samples(samples, need_length=True)
     r = df["reward"].to_numpy()
     lengths = df["num_tokens"].to_numpy(dtype=float)
@@ -257,7 +256,7 @@ def k_and_n_effect(samples: pd.DataFrame, *, ks: Sequence[int] = (2, 3, 5, 7), n
 
     fig = new_figure(13, 4.8)
     ax_k, ax_n = fig.subplots(1, 2)
-    for i, scope in enumerate(SCOPES):
+    for i, scope in enumerate(SHOWN_SCOPES):
         part = contrast[contrast["scope"] == scope]
         (line,) = ax_k.plot(part["K"].tolist(), part["contrast"].tolist(), marker="o", color=colors[i],
                             linestyle="-" if i == 0 else "--",

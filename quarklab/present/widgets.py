@@ -14,10 +14,10 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from ..analysis.pools import assign_by_scope, check_scope, quantile_summary
 from ..checks import check_num_quantiles
 from ..compare import compare_tokens
 from ..errors import QuarkError
+from ..quantiles import assign_by_scope, check_scope, quantile_table
 from ..tokens import quantile_token_ids
 from ..tldr import as_prompt, title_of
 from .html import comparison_html, fmt_number
@@ -208,7 +208,7 @@ class QuantileExplorer:
         assignment ``quantiles`` (made here for ``num_quantiles`` and ``scope`` when None)."""
         if quantiles is None:
             quantiles = self._assign(num_quantiles, scope)
-        return quantile_summary(self._plot_samples, quantiles, num_quantiles, scope).set_index("quantile")
+        return quantile_table(self._plot_samples, num_quantiles, scope, quantiles=quantiles).set_index("quantile")
 
     def _assign(self, num_quantiles: int, scope: str) -> np.ndarray:
         prompt_ids = self.samples["prompt_id"].to_numpy() if "prompt_id" in self.samples.columns else None
