@@ -24,7 +24,7 @@ LAYERS = [
     # 4 prompts: the TL;DR layout, prompt sources
     ["tldr", "data"],
     # 5 the core of Quark: rewards, sampling, scoring, training (its precision and schedule), evaluation
-    ["reward_models", "rewards", "sampling", "vllm_backend", "scoring", "trainable", "precision", "schedule", "train",
+    ["value_head_files", "reward_models", "rewards", "sampling", "vllm_backend", "scoring", "trainable", "precision", "schedule", "train",
      "evaluate"],
     # 6 the offline tiny world, above the core it is built with (it registers "tiny-tldr" in names)
     ["world", "world.build", "world.reward", "world.synth"],

@@ -20,6 +20,7 @@ from quarklab import files, runs
 from quarklab.config import QuarkConfig, preset
 from quarklab.quark import final_table, run, training_rows
 from quarklab.tldr import encode_prompt, format_prompt, parse, prompt_budget
+from quarklab.tokens import sorted_tokens
 
 SMALL = ["iterations=2", "prompts_per_iteration=6", "samples_per_prompt=10", "max_new_tokens=24",
          "eval_prompts=8", "eval_max_new_tokens=24", "epochs_per_iteration=1", "batch_size=16"]
@@ -64,8 +65,8 @@ def test_run_directory_holds_config_pools_checkpoint_and_metrics(small_run):
     train = m[m["kind"] == "train"]
     assert set(train["iteration"]) == {1, 2} and train[["loss", "nll", "kl", "entropy"]].notna().all().all()
     ev = _eval_table(small_run)
-    assert ev[ev["iteration"] == 0]["token"].tolist() == ["none"]
-    assert sorted(ev[ev["iteration"] == 2]["token"].astype(str)) == ["0", "1", "2", "3", "4", "none"]
+    assert str(ev["token"].dtype) == "Int64" and ev[ev["iteration"] == 0]["token"].isna().tolist() == [True]
+    assert sorted_tokens(ev[ev["iteration"] == 2]["token"]) == [0, 1, 2, 3, 4, None]
     assert ev[["reward", "perplexity", "length", "dist1", "dist2", "dist3"]].notna().all().all()
     assert (ev["perplexity"] >= 1).all() and ev[ev["iteration"] == 2]["controllability"].notna().all()
     assert len(training_rows(config, small_run, 2)) == 6 * 5 * 2  # ALT: 2 per quantile per prompt

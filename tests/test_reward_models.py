@@ -15,7 +15,8 @@ from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadM
 
 from quarklab.errors import QuarkError
 from quarklab.config import QuarkConfig
-from quarklab.reward_models import CARPER_TEMPLATE, ValueHeadReward, format_texts, guess_kind, save_value_head_model
+from quarklab.reward_models import CARPER_TEMPLATE, ValueHeadReward, format_texts, guess_kind
+from quarklab.value_head_files import save_value_head_model
 from quarklab.rewards import CheckedReward, load_reward
 
 EOS = "<|endoftext|>"
@@ -124,7 +125,7 @@ def test_classifier_empty_completion_scores_a_lone_eos(classifier, tokenizer):
     (dict(score="bogus"), "unknown score"),
     (dict(template="{title} {completion}"), "bad reward template"),
     (dict(template="{post.upper} {completion}"), "bad reward template"),
-    (dict(max_length=65), r"from 1 to the model's context \(64 tokens\)"),
+    (dict(max_length=65), r"max_length \(at most the model's context\) must be an integer from 1 to 64"),
 ])
 def test_classifier_bad_options(classifier, kwargs, match):
     with pytest.raises(QuarkError, match=match):

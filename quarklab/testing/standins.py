@@ -81,7 +81,8 @@ def carper_reward_model(path: str | os.PathLike | None = None, *, base_model: st
     posts' pairs (fit) and on as many valid posts' pairs (held out). Deterministic from ``seed``.
     """
     from ..models import load_policy
-    from ..reward_models import BACKBONE_PREFIX, V_HEAD_KEY, ValueHeadReward
+    from ..reward_models import ValueHeadReward
+    from ..value_head_files import BACKBONE_PREFIX, V_HEAD_KEY
     from ..world.reward import TinyTLDRReward
 
     world = world or tiny_world(progress=False)
