@@ -7,23 +7,16 @@ The public API, as notebooks use it (``import quarklab as ql``)::
     prompts = ql.load_prompts("tiny-tldr", "test")   # or a .jsonl/.csv/.parquet file, or a hub dataset id
     reward = ql.load_reward("tiny-tldr")             # or a classifier, a value-head RM, any callable
     samples = ql.sample(policy, tokenizer, prompts, n=4)
+
+``import quarklab`` is light: every name and submodule below loads on first use (torch, transformers and
+matplotlib only when something needs them), so ``quarklab --help`` answers at once. The one thing importing quarklab
+does is register the offline world under the name ``"tiny-tldr"`` (:mod:`quarklab.names`).
 """
 
 import importlib
 
-from .config import PRESETS, QuarkConfig, preset
-from .data import load_prompts
 from .errors import QuarkError
-from .evaluate import evaluate
-from .hub import resolve_model
-from .models import load_policy, load_tokenizer, position_ids_from_mask, resolve_device
-from .quantiles import assign_quantiles, quantile_table, select_per_quantile
-from .quark import final_table
-from .quark import run as run_quark
-from .rewards import CheckedReward, RewardFn, load_reward
-from .sampling import SamplingParams, sample
-from .tokens import add_quantile_tokens, quantile_token
-from .world import World, WorldSpec, build_world, quarklab_home, tiny_world
+from .world import World, WorldSpec, build_world, quarklab_home, tiny_world  # registers "tiny-tldr"
 
 __version__ = "0.1.0"
 
@@ -33,20 +26,35 @@ _SUBMODULES = {"analysis": ".analysis", "compare": ".compare", "config": ".confi
                "figures": ".present.figures", "quantile_plots": ".present.quantile_plots",
                "run_plots": ".present.run_plots", "seeds": ".seeds", "seed_plots": ".present.seed_plots",
                "widgets": ".present.widgets", "html": ".present.html", "judge": ".judge"}
-_LAZY = {"compare_tokens": ".compare", "comparison_html": ".present.html"}
+_NAMES = {  # public name -> (module, its name there)
+    "PRESETS": (".config", "PRESETS"), "QuarkConfig": (".config", "QuarkConfig"), "preset": (".config", "preset"),
+    "load_prompts": (".data", "load_prompts"), "evaluate": (".evaluation", "evaluate"),
+    "resolve_model": (".hub", "resolve_model"), "load_policy": (".models", "load_policy"),
+    "load_tokenizer": (".models", "load_tokenizer"), "position_ids_from_mask": (".models", "position_ids_from_mask"),
+    "resolve_device": (".models", "resolve_device"), "assign_quantiles": (".quantiles", "assign_quantiles"),
+    "quantile_table": (".quantiles", "quantile_table"), "select_per_quantile": (".quantiles", "select_per_quantile"),
+    "final_table": (".quark", "final_table"), "run_quark": (".quark", "run"),
+    "CheckedReward": (".rewards", "CheckedReward"), "RewardFn": (".rewards", "RewardFn"),
+    "load_reward": (".rewards", "load_reward"), "SamplingParams": (".sampling", "SamplingParams"),
+    "sample": (".sampling", "sample"), "add_quantile_tokens": (".tokens", "add_quantile_tokens"),
+    "quantile_token": (".tokens", "quantile_token"), "compare_tokens": (".compare", "compare_tokens"),
+    "comparison_html": (".present.html", "comparison_html"),
+}
 
 
-def __getattr__(name):  # heavy or optional modules (matplotlib, ipywidgets) load on first use
+def __getattr__(name):  # everything but the world loads on first use
     if name in _SUBMODULES:
         return importlib.import_module(_SUBMODULES[name], __name__)
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    if name in _NAMES:
+        module, attr = _NAMES[name]
+        value = getattr(importlib.import_module(module, __name__), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'quarklab' has no attribute {name!r}")
 
-__all__ = [
-    "PRESETS", "QuarkConfig", "add_quantile_tokens", "assign_quantiles", "compare_tokens", "comparison_html",
-    "evaluate", "final_table", "preset", "quantile_table", "quantile_token", "resolve_model", "run_quark",
-    "select_per_quantile", "CheckedReward", "QuarkError", "RewardFn", "SamplingParams", "World", "WorldSpec", "build_world",
-    "load_policy", "load_prompts", "load_reward", "load_tokenizer", "position_ids_from_mask",
-    "quarklab_home", "resolve_device", "sample", "tiny_world",
-]
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_NAMES))
+
+
+__all__ = ["QuarkError", "World", "WorldSpec", "build_world", "quarklab_home", "tiny_world", *sorted(_NAMES)]

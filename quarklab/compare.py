@@ -41,7 +41,7 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     ``num_quantiles`` is None) and one unconditioned completion: from ``reference`` (column
     ``"reference"``) or, without a reference, from the policy itself (column
     ``"policy, no token"``). Perplexity is under ``reference`` (the policy when there is none),
-    given the prompt without a token, computed as ``perplexity`` says (see :mod:`quarklab.evaluate`;
+    given the prompt without a token, computed as ``perplexity`` says (see :mod:`quarklab.evaluation`;
     "alt" re-tokenizes each completion's text with the reference's tokenizer). ``do_sample=False`` is greedy decoding; sampling is seeded,
     so the same arguments give the same table.
 
@@ -52,7 +52,7 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     ``"reference"``), ``completion``, ``reward``, ``perplexity``, ``length`` (tokens),
     ``finished`` (ended with EOS).
     """
-    from .evaluate import reference_perplexity
+    from .evaluation import reference_perplexity
 
     if not callable(reward):
         raise QuarkError(f"reward must be a callable reward(prompts, completions), got {type(reward).__name__}")

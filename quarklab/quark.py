@@ -37,7 +37,7 @@ from .config import QuarkConfig
 from .data import load_prompts
 from .distributed import Dist
 from .errors import QuarkError
-from .evaluate import every_token, scored_samples, summary_table
+from .evaluation import every_token, scored_samples, summary_table
 from .hub import resolve_model
 from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
 from .quantiles import assign_by_scope, select_per_quantile

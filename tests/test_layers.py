@@ -25,7 +25,7 @@ LAYERS = [
     ["tldr", "data"],
     # 5 the core of Quark: rewards, sampling, scoring, training (its precision and schedule), evaluation
     ["value_head_files", "reward_models", "rewards", "sampling", "vllm_backend", "scoring", "trainable", "precision", "schedule", "train",
-     "evaluate"],
+     "evaluation"],
     # 6 the offline tiny world, above the core it is built with (it registers "tiny-tldr" in names)
     ["world", "world.build", "world.reward", "world.synth"],
     # 7 what runs Quark and what plans it; the stand-ins; where relative paths point

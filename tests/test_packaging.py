@@ -1,4 +1,4 @@
-"""Set-up: conda and pip list the same dependencies; the command lists its subcommands."""
+"""Set-up: conda and pip list the same dependencies, torch keeps its floor, every import is declared."""
 
 from __future__ import annotations
 
@@ -61,18 +61,3 @@ def test_every_package_the_library_imports_is_declared():
     third_party = {m for m in imported - set(sys.stdlib_module_names) - {"quarklab"} if m in mapping}
     missing = {m for m in third_party if not {d.lower() for d in mapping[m]} & declared} - optional
     assert not missing, f"imported by quarklab/ but not declared in pyproject.toml: {sorted(missing)}"
-
-
-def test_the_quarklab_command_lists_its_subcommands():
-    out = subprocess.run([sys.executable, "-m", "quarklab.cli", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for sub in ("world", "train", "seeds", "notebooks", "plan", "judge", "bench"):
-        assert re.search(rf"^\s+{sub}\s", out, re.MULTILINE)
-        subprocess.run([sys.executable, "-m", "quarklab.cli", sub, "--help"], capture_output=True, check=True)
-
-
-def test_bad_input_on_the_command_line_is_one_line_not_a_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-c", "import quarklab.cli as c, sys; "
-                          "sys.exit(c.main(['world', 'build', '--seed', 'x']))"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "invalid int value" in out.stderr and "Traceback" not in out.stderr

@@ -25,8 +25,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import QuarkError
 from ..files import atomic_dir, atomic_write_json
 
@@ -131,6 +129,8 @@ def _build_lock(root: Path):
 
 
 def _build(spec: WorldSpec, root: Path, progress: bool) -> World:
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         # transformers' save_pretrained writes weights on rank 0 only: this rank would leave a world without a model
         raise QuarkError(f"the tiny world {str(root)!r} is not built yet and this is process "
@@ -186,6 +186,8 @@ def _train_tokenizer(spec: WorldSpec, texts: list[str]):
 
 def _train_sft(spec: WorldSpec, tokenizer, rows: list[dict], progress: bool):
     """Supervised fine-tuning from scratch on ``prompt + " " + label + EOS``, loss on every token."""
+    import torch
+
     from ..progress import tqdm
     from transformers import GPTJConfig, GPTJForCausalLM
 

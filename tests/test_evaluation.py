@@ -1,4 +1,4 @@
-"""quarklab.evaluate: perplexity under the reference, scored from the samples' own prompt ids, or as ALT scores it."""
+"""quarklab.evaluation: perplexity under the reference, scored from the samples' own prompt ids, or as ALT scores it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tables import NEW
 
 
 def test_perplexity_is_scored_given_the_samples_prompt_ids(sft, prompts):
-    from quarklab.evaluate import reference_perplexity
+    from quarklab.evaluation import reference_perplexity
 
     model, tokenizer = sft
     samples = ql.sample(model, tokenizer, prompts, do_sample=False, max_new_tokens=NEW)
@@ -27,7 +27,7 @@ def test_perplexity_as_alt_scores_the_retokenized_text_without_eos(sft, prompts)
     """ALT's alt/perplexity.py: the completion's text tokenized again, no EOS, exp(mean NLL) per sample."""
     import torch
 
-    from quarklab.evaluate import reference_perplexity
+    from quarklab.evaluation import reference_perplexity
 
     model, tokenizer = sft
     samples = ql.sample(model, tokenizer, prompts, do_sample=False, max_new_tokens=NEW)

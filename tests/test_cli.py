@@ -1,0 +1,33 @@
+"""quarklab.cli: the quarklab command lists its subcommands and answers --help at once (importing quarklab loads
+neither torch nor pandas); bad input is one line, never a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_importing_quarklab_and_asking_for_help_loads_no_heavy_library():
+    code = ("import sys, contextlib, io, quarklab, quarklab.cli as c\n"
+            "for argv in (['--help'], ['train', '--help'], ['notebooks', 'run', '--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        c.main(argv)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_the_quarklab_command_lists_its_subcommands():
+    out = subprocess.run([sys.executable, "-m", "quarklab.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for sub in ("world", "train", "seeds", "notebooks", "plan", "judge", "bench"):
+        assert re.search(rf"^\s+{sub}\s", out, re.MULTILINE)
+        subprocess.run([sys.executable, "-m", "quarklab.cli", sub, "--help"], capture_output=True, check=True)
+
+
+def test_bad_input_on_the_command_line_is_one_line_not_a_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-c", "import quarklab.cli as c, sys; "
+                          "sys.exit(c.main(['world', 'build', '--seed', 'x']))"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid int value" in out.stderr and "Traceback" not in out.stderr
