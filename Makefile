@@ -10,7 +10,7 @@ demo: $(STAMP)
 	$(BIN)/quarklab notebooks run --run-dir runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The browser suite (browser_tests/, a few minutes): JupyterLab started as the README says, the five notebooks
 # opened, run and used in Debian's Chromium through Playwright; screenshots under runs/browser/<timestamp>/.

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -223,8 +224,12 @@ def zero2_stage(config, workdir: Path, device: torch.device) -> dict:
             "samples_per_prompt": config.samples_per_prompt, "max_new_tokens": config.max_new_tokens,
             "sample_batch_size": config.sample_batch_size, "batch_size": config.batch_size, "eval_prompts": 2,
             "eval_max_new_tokens": 8, "eval_batch_size": 8}
+    with socket.socket() as sock:  # a free port: nothing else on the machine may hold accelerate's default
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "zero2.yaml"), "--num_processes", "1", "-m", "quarklab.cli",
+           str(ROOT / "configs" / "accelerate" / "zero2.yaml"), "--num_processes", "1", "--main_process_port",
+           str(port), "-m", "quarklab.cli",
            "train", "--preset", "tldr-gptj", "--run-dir", str(run_dir)]
     cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     t0 = time.perf_counter()

@@ -13,6 +13,11 @@ import pytest
 # Tests never reach a hub: a hub id must fail at once, not after network time-outs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Under pytest-xdist (make test: a worker per core, each test file's tests in one worker) each worker and every
+# process it starts computes on one thread: two workers of two threads each on two cores wait on each other at every
+# op. Launches take a free port each (tests/launching.py), so two workers' process groups never meet.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import quarklab as ql  # noqa: E402
 import tables  # noqa: E402

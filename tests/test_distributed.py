@@ -4,7 +4,6 @@ writes, identical weights on every process, kill -9 and --resume."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -21,20 +20,19 @@ import quarklab as ql
 from quarklab import runs
 from quarklab.errors import QuarkError
 
+from launching import CONFIGS, ENV, launch_head
+
 HERE = Path(__file__).resolve().parent
 SMALL = ["iterations=2", "prompts_per_iteration=7", "samples_per_prompt=10", "max_new_tokens=24",
          "eval_prompts=9", "eval_max_new_tokens=24", "epochs_per_iteration=1", "batch_size=16"]
 ROOT = HERE.parent
-CONFIGS = ROOT / "configs" / "accelerate"
 
 
 def _launch(args: list[str], processes: int = 2, config: str = "ddp") -> subprocess.Popen:
     """``accelerate launch`` of ``args`` with a shipped config (``processes`` 2), as the README runs it (on a
     machine without GPUs the processes use gloo on CPU), or plain python (1)."""
-    head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-            "--num_processes", "2"] if processes == 2 else [sys.executable]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(head + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    head = launch_head(config) if processes == 2 else [sys.executable]
+    return subprocess.Popen(head + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 # FSDP on CPU processes needs a test-only override of accelerate (tests/fsdp_cpu.py says why)
@@ -168,11 +166,9 @@ def test_each_engine_really_runs_and_leaves_a_run_like_one_process(engine_runs, 
 
 def test_a_deepspeed_launch_of_one_process_still_trains_with_deepspeed(world, tmp_path):
     """``--num_processes 1`` (one GPU with ZeRO offload, say) is no reason to drop the engine the config names."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "zero2.yaml"),
-           "--num_processes", "1", "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"),
-           *[a for s in [*SMALL, "iterations=1"] for a in ("--set", s)]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    cmd = [*launch_head("zero2", 1), "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir",
+           str(tmp_path / "run"), *[a for s in [*SMALL, "iterations=1"] for a in ("--set", s)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained_by = runs.read_trained_by(tmp_path / "run", 1)
     assert (trained_by["engine"], trained_by["zero_stage"], trained_by["processes"]) == ("deepspeed", 2, 1)

@@ -153,3 +153,18 @@ def test_the_layer_checks_catch_what_they_claim(tmp_path, monkeypatch):
         except AssertionError:
             continue
         raise AssertionError(f"{check.__name__} passed on a planted fault")
+
+
+def test_every_module_has_a_test_file_named_after_it():
+    """quarklab/a/b.py is tested in tests/test_b.py, test_a_b.py or (for a subpackage) test_a.py."""
+    tests = {p.stem for p in Path(__file__).parent.glob("test_*.py")}
+    missing = []
+    for name, path in modules().items():
+        if not name or path.name == "__init__.py":
+            continue
+        parts = name.split(".")
+        candidates = {f"test_{parts[-1]}"} | ({f"test_{parts[0]}_{parts[-1]}", f"test_{parts[0]}"}
+                                              if len(parts) > 1 else set())
+        if not candidates & tests:
+            missing.append(f"quarklab.{name} (write {sorted(candidates)[0]}.py)")
+    assert not missing, "modules without a test file named after them:\n" + "\n".join(missing)

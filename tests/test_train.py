@@ -214,23 +214,6 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_trains_the_same(mode
     assert not results[True][2].is_activation_checkpointing  # switched off again for sampling
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_micro_batches_are_dealt_evenly_to_processes_and_cover_every_one(world):
-    import random
-
-    from quarklab.schedule import micro_batches, schedule_steps
-
-    rows = [{"id": i} for i in range(70)]  # 5 micro-batches of 16 per epoch
-    config = preset("tiny").replace(batch_size=16, grad_accum=1, epochs_per_iteration=1)
-    one = micro_batches(rows, config, schedule_steps(config, 70)[0], random.Random(0))
-    steps = schedule_steps(config, 70, world)[0]
-    shares = [micro_batches(rows, config, steps, random.Random(0), world, r) for r in range(world)]
-    assert len(one) == 5 and steps == math.ceil(5 / world)
-    assert {len(s) for s in shares} == {steps}  # every process takes as many: DDP's collectives pair up
-    dealt = [b for i in range(steps) for s in shares for b in s[i:i + 1]]
-    assert dealt[:5] == one and dealt[5:] == one[: len(dealt) - 5]  # one process's batches, the first again
-
-
 def test_a_trainer_state_continues_the_schedule_across_iterations(models, rows, tmp_path):
     """pool_strategy "quark": the optimizer, schedule and scaler of one call go on in the next, through the file a
     checkpoint holds, as if the steps had run in one call."""

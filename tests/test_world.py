@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 import quarklab as ql
 from quarklab.world.reward import content_stems
 
+from launching import ENV, launch_head
+
 LAYOUT = re.compile(r"^SUBREDDIT: r/\w+\nTITLE: [^\n]+\nPOST: .+\nTL;DR:$", re.DOTALL)
 SMALL = dict(n_train=200, n_valid=20, n_test=20, vocab_size=400, n_embd=32, n_layer=1, n_head=2,
              sft_steps=4, sft_batch_size=8)
@@ -129,8 +131,6 @@ def test_two_processes_asking_for_a_new_world_build_it_once(tmp_path):
 
 def test_a_non_main_process_of_a_launch_refuses_to_build_a_world_it_could_not_save(tmp_path):
     """transformers writes weights on rank 0 only: rank 1 building would leave a world.json over no model."""
-    import os
-
     script = tmp_path / "rank1_builds.py"
     script.write_text(
         "import sys, torch.distributed as d\nfrom accelerate import Accelerator\nfrom quarklab.errors import QuarkError\n"
@@ -138,10 +138,8 @@ def test_a_non_main_process_of_a_launch_refuses_to_build_a_world_it_could_not_sa
         "if acc.process_index == 1:\n"
         f"    try:\n        build_world(WorldSpec(**{SMALL!r}), home=sys.argv[1], progress=False)\n"
         "    except QuarkError as exc:\n        print('REFUSED', exc)\n")
-    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                           "--num_processes", "2", str(script), str(tmp_path / "home")], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([*launch_head("ddp"), str(script), str(tmp_path / "home")], capture_output=True,
+                          text=True, timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "REFUSED" in proc.stdout and "is process 1 of a distributed launch" in proc.stdout
     assert not list((tmp_path / "home").glob("*/world.json"))

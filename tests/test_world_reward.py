@@ -1,4 +1,4 @@
-"""The offline TL;DR reward and the checks every reward goes through."""
+"""quarklab.world.reward: the offline TL;DR reward ("tiny-tldr"), deterministic, from the text alone."""
 
 from __future__ import annotations
 
@@ -44,28 +44,3 @@ def test_reward_is_deterministic_and_works_on_free_text(reward):
     a = reward([PROMPT, "just some text about cats"], ["forgot birthday", "cats"])
     b = ql.load_reward("tiny-tldr")([PROMPT, "just some text about cats"], ["forgot birthday", "cats"])
     assert np.array_equal(a, b) and a.dtype == np.float64
-
-
-def test_a_python_callable_is_a_reward():
-    r = ql.load_reward(lambda prompts, completions: [len(c) for c in completions])
-    assert r(["p", "q"], ["ab", "abcd"]).tolist() == [2.0, 4.0]
-
-
-@pytest.mark.parametrize("fn, message", [
-    (lambda p, c: [float("nan")] * len(c), "non-finite"),
-    (lambda p, c: [1.0, float("inf")][: len(c)], "non-finite"),
-    (lambda p, c: [1.0], "returned 1 values for 2"),
-    (lambda p, c: ["a", "b"], "not a list of numbers"),
-])
-def test_a_bad_reward_gives_one_clear_error(fn, message):
-    with pytest.raises(ql.QuarkError, match=message):
-        ql.load_reward(fn)(["p", "q"], ["a", "b"])
-
-
-def test_mismatched_inputs_and_unknown_kinds_are_errors():
-    with pytest.raises(ql.QuarkError, match="2 prompts but 1 completions"):
-        ql.load_reward("tiny-tldr")(["a", "b"], ["c"])
-    with pytest.raises(ql.QuarkError, match="unknown reward kind"):
-        ql.load_reward("tiny-tldr", kind="magic")
-    with pytest.raises(ql.QuarkError, match="does not exist"):
-        ql.load_reward("./no/such/reward-model")
