@@ -1,10 +1,11 @@
-"""Synthetic tables the analysis, figure and widget tests share: realistic samples (12 prompts x 16 samples) and a
+"""What several test files share: a folder laid out as a quarklab project; realistic samples (12 prompts x 16 samples) and a
 metrics.jsonl written by the real writer and read back; the figure checks they all apply; a counter of quantile
 assignments. Not a test module: imported by the test files."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,3 +107,11 @@ def check_readable(fig: Figure, n_panels: int) -> None:
 
 def legend_texts(ax) -> list[str]:
     return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def project_folder(tmp_path: Path) -> Path:
+    """A folder laid out as a quarklab project (``notebooks/`` beside ``pyproject.toml``): its project root."""
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return root

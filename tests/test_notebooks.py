@@ -20,6 +20,7 @@ import quarklab as ql
 from quarklab.config import field_specs
 from quarklab.notebooks import (NOTEBOOKS, RUN_DIR_LISTS, SHARED_PARAMETERS, notebook_parameters, notebooks_dir,
                                 results, run_notebooks)
+from tables import project_folder
 
 SMALL = {"num_quantiles": 3, "num_prompts": 4, "samples_per_prompt": 6, "max_new_tokens": 24, "iterations": 1,
          "prompts_per_iteration": 6, "ks": [2, 3], "extra_config": {"eval_prompts": 6, "eval_max_new_tokens": 24, "max_new_tokens": 24}}
@@ -298,19 +299,12 @@ def test_papermill_help_lists_every_parameter_with_its_type(name):
 
 # ------------------------------------------------------------------ relative paths: from the project root
 
-def _project(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    (root / "notebooks").mkdir(parents=True)
-    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    return root
-
-
 def test_notebook_03_opened_from_notebooks_folder_finds_the_projects_run(executed, tmp_path):
     """As JupyterLab runs it: the kernel in notebooks/, run_dir left at its default "runs/demo"."""
     import papermill as pm
 
     run_dir, _, _ = executed
-    root = _project(tmp_path)
+    root = project_folder(tmp_path)
     shutil.copytree(run_dir, root / "runs" / "demo")
     shutil.copy(notebooks_dir() / NOTEBOOKS[2], root / "notebooks")
     out = tmp_path / "out.ipynb"

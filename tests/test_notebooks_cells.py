@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 import quarklab as ql
 from quarklab.notebooks import Notebook, policy_source, prepare, results, setup
-
-
-def _project(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    (root / "notebooks").mkdir(parents=True)
-    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    return root
+from tables import project_folder
 
 
 def test_setup_checks_every_parameter_and_names_the_bad_one_before_writing_anything(tmp_path, monkeypatch):
-    monkeypatch.chdir(_project(tmp_path))
+    monkeypatch.chdir(project_folder(tmp_path))
     good = dict(run_dir="runs/x", policy="tiny-tldr", reward="tiny-tldr", num_quantiles=3, quantile_scope="local",
                 seed=0, device="cpu", top_p=0.9, seed_run_dirs=[])
     assert isinstance(setup("01_x", **good), Notebook)
@@ -41,7 +34,7 @@ def test_setup_checks_every_parameter_and_names_the_bad_one_before_writing_anyth
 
 
 def test_setup_reads_relative_paths_from_the_project_root(tmp_path, monkeypatch):
-    root = _project(tmp_path).resolve()
+    root = project_folder(tmp_path).resolve()
     (root / "data").mkdir()
     (root / "data" / "posts.jsonl").write_text('{"prompt": "p"}\n')
     (root / "runs" / "demo" / "checkpoints" / "iter_002").mkdir(parents=True)
@@ -89,7 +82,7 @@ def test_the_config_of_a_notebook_is_its_preset_with_its_parameters_over_it(tmp_
 # ------------------------------------------------------------------ the notebooks' run dir, from the project root
 
 def test_a_relative_run_dir_is_made_under_the_project_root_from_any_folder_inside_it(tmp_path, monkeypatch):
-    root = _project(tmp_path)
+    root = project_folder(tmp_path)
     monkeypatch.chdir(root / "notebooks")
     assert prepare("runs/new") == root.resolve() / "runs" / "new" and (root / "runs" / "new").is_dir()
     assert not (root / "notebooks" / "runs").exists()

@@ -4,23 +4,16 @@ folder inside it; model, reward and dataset parameters that are local paths are 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 import quarklab as ql
 from quarklab.paths import locate, project_root, resolve_path
-
-
-def _project(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    (root / "notebooks").mkdir(parents=True)
-    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    return root
+from tables import project_folder
 
 
 def test_relative_paths_mean_the_project_root_from_any_folder_inside_it(tmp_path, monkeypatch):
-    root = _project(tmp_path)
+    root = project_folder(tmp_path)
     (root / "data").mkdir()
     (root / "data" / "posts.jsonl").write_text('{"prompt": "p"}\n')
     (root / "runs" / "old" / "checkpoints").mkdir(parents=True)
