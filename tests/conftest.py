@@ -20,7 +20,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 import quarklab as ql  # noqa: E402
-import tables  # noqa: E402
 
 REAL_TLDR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tldr_sample.jsonl"
 
@@ -75,17 +74,20 @@ def tiny_seed_runs(tiny_run, tmp_path_factory) -> list[Path]:
 # Synthetic tables (tests/tables.py) for the analysis, figure and widget tests.
 @pytest.fixture(scope="module")
 def samples() -> pd.DataFrame:
-    return tables.make_samples()
+    from tables import make_samples  # tests/ is on the path under pytest; vllm_tests imports this module too
+
+    return make_samples()
 
 
 @pytest.fixture(scope="module")
 def metrics5(tmp_path_factory) -> pd.DataFrame:
-    return tables.make_metrics(tmp_path_factory.mktemp("run5"), 5)
+    from tables import make_metrics
+
+    return make_metrics(tmp_path_factory.mktemp("run5"), 5)
 
 
 # A Quark model of the tiny world (its SFT GPT-J with K quantile tokens added) and what compare_tokens makes of it,
 # for the compare, html and evaluate tests.
-from tables import NEW  # noqa: E402  (max_new_tokens: keep the tests fast)
 
 
 @pytest.fixture(scope="module")
@@ -110,4 +112,6 @@ def quark(request, world):
 @pytest.fixture(scope="module")
 def greedy_table(quark, sft, prompts, reward):
     k, policy, tokenizer = quark
+    from tables import NEW  # max_new_tokens: keep the tests fast
+
     return ql.compare_tokens(policy, tokenizer, prompts, reward, reference=sft[0], max_new_tokens=NEW)
