@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from . import __version__
 from .errors import QuarkError
 
 
@@ -58,15 +59,19 @@ def _train(args) -> None:
     if args.resume:
         if args.set or args.preset_given:
             raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
-        metrics = run(None, args.resume, resume=True)
+        run_dir = args.resume
+        metrics = run(None, run_dir, resume=True)
     else:
         if not args.run_dir:
             raise QuarkError("quarklab train needs --run-dir DIR (or --resume RUN_DIR)")
-        metrics = run(preset(args.preset).with_overrides(args.set), args.run_dir)
+        run_dir = args.run_dir
+        metrics = run(preset(args.preset).with_overrides(args.set), run_dir)
     if int(os.environ.get("RANK", "0")):  # under accelerate launch, the main process prints the table
         return
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print(final_table(metrics).to_string(index=False))
+    print(f"run: {os.path.abspath(run_dir)} (config.json, metrics.jsonl, checkpoints/, pool/, eval/; "
+          "quarklab train --resume continues it)")
 
 
 def _seeds(args) -> None:
@@ -135,6 +140,7 @@ def _judge(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, notebooks.")
+    parser.add_argument("--version", action="version", version=f"quarklab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     world = sub.add_parser("world", help="build or locate the offline tiny TL;DR world")

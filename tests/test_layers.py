@@ -85,8 +85,9 @@ def graph() -> tuple[dict[str, set[str]], list[str]]:
             assert target in known, f"{path}:{line} imports quarklab.{target}, which does not exist"
             if target != name:
                 edges[name].add(target)
-                private += [f"quarklab.{name} (line {line}) imports {n} from quarklab.{target}"
-                            for n in names if n.startswith("_")]
+                where = f"quarklab.{target}" if target else "quarklab"
+                private += [f"quarklab.{name} (line {line}) imports {n} from {where}" for n in names
+                            if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))]  # not dunders
     return edges, private
 
 
