@@ -185,10 +185,7 @@ def train_on_rows(policy, reference, rows: list[dict], config: QuarkConfig, cont
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 master.publish()  # the stepped masters, rounded, into the model
-            log.append(step_stats(acc, sched))
-            sched.step()
-            acc = []
-            bar.update(1)
+            close_step(log, acc, sched, bar)
     bar.close()
     log = mean_over_processes(log, dist)
     new = TrainerState(opt.state_dict(), sched.state_dict(), scaler.state_dict(), trained_by=trained_by)
@@ -235,10 +232,7 @@ def train_with_engine(policy, reference, rows: list[dict], config: QuarkConfig, 
                 dist.accelerator.clip_grad_norm_(trained.parameters(), config.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            log.append(step_stats(acc, sched))
-            sched.step()
-            acc = []
-            bar.update(1)
+            close_step(log, acc, sched, bar)
     bar.close()
     log = mean_over_processes(log, dist)
     new = TrainerState(weights=dist.accelerator.get_state_dict(trained), trained_by=trained_by)
@@ -295,6 +289,15 @@ def loss_terms(config: QuarkConfig) -> dict:
 def step_stats(micro: list[dict], sched) -> dict:
     """One optimizer step's log entry: the mean of its micro-batches' stats, and the lr the step used."""
     return {k: float(np.mean([a[k] for a in micro])) for k in micro[0]} | {"lr": sched.get_last_lr()[0]}
+
+
+def close_step(log: list[dict], micro: list[dict], sched, bar) -> None:
+    """After an optimizer step, in both loops: its log entry, the schedule moved on, its micro-batches' stats
+    cleared, the bar advanced."""
+    log.append(step_stats(micro, sched))
+    sched.step()
+    micro.clear()
+    bar.update(1)
 
 
 def mean_over_processes(log: list[dict], dist: Dist) -> list[dict]:
