@@ -129,13 +129,47 @@ def _plan(args) -> None:
 def _judge(args) -> None:
     from .judge import make_judge, win_rate
 
-    if args.judge == "http" and not args.model:
+    if args.judge == "http" and not args.judge_model:
         raise QuarkError("--judge http needs --model (the endpoint's model name, e.g. gpt-4o)")
-    judge = make_judge(args.judge, args.model, base_url=args.base_url, api_key_env=args.api_key_env or None)
+    judge = make_judge(args.judge, args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env or None)
     result = win_rate(args.a, args.b, judge, out=args.out, limit=args.limit, bootstrap_seed=args.seed,
                       progress=True)
     print(result)
     print(f"summary: {result.json_path}\nper-pair records: {result.records_path}")
+
+
+def _eval(args) -> None:
+    from .paths import locate, resolve_path
+    from .protocols import default_out, evaluate_policy, resolve_target, write_result
+
+    policy = locate(args.policy)
+    result = evaluate_policy(policy, args.protocol, iteration=args.iteration, reward=locate(args.reward),
+                             reference=locate(args.reference), dataset=locate(args.dataset), prompts=args.prompts,
+                             device=args.device, seed=args.seed, progress=True)
+    out = write_result(result, resolve_path(args.out) if args.out
+                       else default_out(resolve_target(policy, args.iteration), args.protocol))
+    print(result)
+    print(f"samples, summary and table: {out}")
+    if args.against:
+        from .judge import make_judge, win_rate
+
+        judge = make_judge(args.judge, args.judge_model, base_url=args.base_url,
+                           api_key_env=args.api_key_env or None)
+        print(win_rate(f"file:{out / 'samples.parquet'}", args.against, judge, out=out, bootstrap_seed=args.seed,
+                       progress=True))
+
+
+def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None:
+    parser.add_argument("--judge", choices=["rm", "lm", "http"], default="rm",
+                        help="rm: a reward model (default tiny-tldr); lm: a local causal LM comparing log p(' A') "
+                             "and log p(' B'); http: an OpenAI-compatible chat endpoint")
+    parser.add_argument(model_flag, dest="judge_model",
+                        help="the judge's model: a reward or causal LM (folder or hub id), or the endpoint's "
+                             "model name (needed for http)")
+    parser.add_argument("--base-url", default="https://api.openai.com/v1", help="http: the endpoint's base URL")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
+                        help="http: the environment variable holding the API key (read, never written); '' for "
+                             "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,18 +241,33 @@ def build_parser() -> argparse.ArgumentParser:
                      "mode=greedy|sampled,sample=N], RUN_DIR:reference, or file:PATH (.jsonl/.csv/.parquet with "
                      "prompt and completion); relative paths from the project root")
     jdg.add_argument("--b", required=True, metavar="SPEC", help="system B, written like --a")
-    jdg.add_argument("--judge", choices=["rm", "lm", "http"], default="rm",
-                     help="rm: a reward model (default tiny-tldr); lm: a local causal LM comparing log p(' A') and "
-                          "log p(' B'); http: an OpenAI-compatible chat endpoint")
-    jdg.add_argument("--model", help="the judge's model: a reward or causal LM (folder or hub id), or the endpoint's "
-                                     "model name (needed for http)")
-    jdg.add_argument("--base-url", default="https://api.openai.com/v1", help="http: the endpoint's base URL")
-    jdg.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
-                     help="http: the environment variable holding the API key (read, never written); '' for none")
+    _add_judge_options(jdg, "--model")
     jdg.add_argument("--limit", type=int, help="judge at most this many prompts")
     jdg.add_argument("--seed", type=int, default=0, help="seed of the bootstrap interval (default 0)")
     jdg.add_argument("--out", help="run directory for judge/cache.jsonl and the results (default: system A's run)")
     jdg.set_defaults(func=_judge)
+    evl = sub.add_parser("eval", help="evaluate a run, a checkpoint or a hub model under a named protocol "
+                         "(alt-card: the ALT-Quark card's table): RM, PPL, Avg. len with 95 %% intervals")
+    evl.add_argument("policy", metavar="POLICY", help="a run directory (its last checkpoint), a checkpoint folder "
+                     "or a hub id such as sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr; relative paths from the "
+                     "project root")
+    evl.add_argument("--protocol", default="alt-card", choices=["alt-card", "run"],
+                     help="alt-card (default): the card's protocol; run: the run's own evaluation settings")
+    evl.add_argument("--iteration", type=int, help="a run's checkpoint to evaluate (default: the last; 0: the "
+                     "run's reference, the SFT model)")
+    evl.add_argument("--reward", help="the reward (default: the run's, else the protocol's)")
+    evl.add_argument("--reference", help="the perplexity reference (default: the run's, else the protocol's)")
+    evl.add_argument("--dataset", help="the prompts (default: the run's, else the protocol's)")
+    evl.add_argument("--prompts", type=int, help="only the first N prompts of the split (default: the "
+                     "protocol's; alt-card: all)")
+    evl.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    evl.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals (default 0)")
+    evl.add_argument("--out", help="folder for samples.parquet, summary.json and table.md (default: "
+                     "RUN/evals/<protocol>-iter_NNN, or evals/<model>-<protocol>)")
+    evl.add_argument("--against", metavar="SPEC", help="also judge these completions against system SPEC "
+                     "(written as quarklab judge's --b), win rate with its 95 %% interval")
+    _add_judge_options(evl, "--judge-model")
+    evl.set_defaults(func=_eval)
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
     bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention); vLLM is measured "

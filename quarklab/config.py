@@ -28,6 +28,7 @@ LossVocab = Literal["full", "no-quantile-tokens"]
 Perplexity = Literal["alt", "sampled-ids"]
 WarmupShape = Literal["linear", "log"]
 Sampler = Literal["hf", "vllm"]
+FinalProtocol = Literal["alt-card"]  # quarklab.protocols.PROTOCOLS
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 
 DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
@@ -65,6 +66,9 @@ class QuarkConfig:
         "mps".""", DEVICE)
     dtype: DType = knob("auto", """Weights and compute dtype: "auto" = bfloat16 on a GPU with it (float16 on
         other GPUs), float32 on CPU.""")
+    reference_dtype: DType | None = knob(None, """The reference model's dtype (perplexity, KL, iteration 1's samples);
+        None = ``dtype``. "float32" keeps an fp32 perplexity reference beside half-precision training, as ALT
+        loads its perplexity model.""")
 
     # --- Quantiles and pool ------------------------------------------------------------
     num_quantiles: int = knob(5, """K, the number of reward quantiles and quantile tokens
@@ -158,6 +162,9 @@ class QuarkConfig:
     perplexity: Perplexity = knob("alt", """Perplexity under the reference, per sample exp(mean token NLL) then the
         mean: "alt" (ALT) scores the completion's text re-tokenized, without EOS; "sampled-ids" scores the
         sampled token ids plus EOS when the completion finished.""")
+    final_protocol: FinalProtocol | None = knob(None, """After the last iteration, evaluate its checkpoint and the reference
+        under this named protocol (``quarklab eval``; "alt-card" = the ALT-Quark model card's table) into
+        ``RUN/evals/``; None = no such evaluation.""")
     keep_checkpoints: int = knob(1, "How many iteration checkpoints to keep (the latest ones).", AT_LEAST_1)
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""Evaluation metrics: dist-n diversity, Spearman rank correlation, and Pareto fronts.
+"""Evaluation metrics: dist-n diversity, Spearman rank correlation, Pareto fronts, and the bootstrap interval of a mean.
 
 dist-n follows Quark's ``len(set(ngrams)) / len(ngrams)`` over word tokens: words are
 ``text.split()`` (any whitespace, case kept), n-grams never cross the boundary between two
@@ -15,6 +15,25 @@ import pandas as pd
 
 from .checks import check_int
 from .errors import QuarkError, finite_1d
+
+
+LEVEL = 0.95
+"""The level of every bootstrap interval quarklab reports."""
+
+
+def bootstrap_interval(scores, *, seed: int = 0, n_boot: int = 2000, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``scores`` (one per prompt), resampling prompts with
+    ``numpy.random.default_rng(seed)``; (nan, nan) for no scores."""
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 1 or not np.isfinite(x).all():
+        raise QuarkError("bootstrap_interval needs a 1-D list of finite scores")
+    if n_boot < 1 or not 0 < level < 1:
+        raise QuarkError(f"bootstrap needs n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    means = x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

@@ -75,7 +75,8 @@ class Session:
             from .vllm_backend import require_vllm
             require_vllm()
         device = dist.device or resolve_device(config.device)
-        reference = load_policy(config.reference or config.policy, dtype=config.dtype, device=device)
+        reference = load_policy(config.reference or config.policy, dtype=config.reference_dtype or config.dtype,
+                                device=device)
         reference.requires_grad_(False)
         latest = runs.latest_checkpoint(run_dir)
         if latest:
@@ -194,7 +195,26 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
             if not dist.decide(lambda: runs.has_metrics(run_dir, it, "eval")):
                 with stage("evaluate"):
                     _evaluate(s, it, s.policy, None, "policy", progress)
+        if config.final_protocol:
+            device = s.dist.device or resolve_device(config.device)
+            del s  # the run's models leave memory before the protocol loads its own
+            with stage("evaluate"):
+                final_evaluation(config, run_dir, device, dist, progress)
         return runs.read_metrics(run_dir)
+
+
+def final_evaluation(config: QuarkConfig, run_dir: Path, device, dist: Dist, progress: bool) -> None:
+    """The last iteration's checkpoint and the reference under ``config.final_protocol``, into ``RUN/evals/``
+    (on the main process; each written once, so a resumed run does not redo them)."""
+    from .protocols import default_out, evaluate_policy, resolve_target, write_result
+
+    if dist.is_main:
+        for it in (0, config.iterations):
+            out = default_out(resolve_target(run_dir, it), config.final_protocol)
+            if not (out / "summary.json").is_file():
+                write_result(evaluate_policy(run_dir, config.final_protocol, iteration=it, device=str(device),
+                                             progress=progress), out)
+    dist.barrier()
 
 
 def _seed(config: QuarkConfig, iteration: int, stage: int) -> int:

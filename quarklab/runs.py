@@ -31,6 +31,19 @@ from .tokens import token_series
 CONFIG = "config.json"
 
 
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run directory: its ``config.json`` is a run's settings (a model folder's config.json,
+    with ``model_type``, is not); a config.json that does not parse counts, so reading it names the damage."""
+    file = Path(path) / CONFIG
+    if not file.is_file():
+        return False
+    try:
+        d = json.loads(file.read_bytes())
+    except ValueError:
+        return True
+    return isinstance(d, dict) and "model_type" not in d
+
+
 def read_config(run_dir: str | os.PathLike) -> QuarkConfig:
     """The run's settings (``config.json``), fields added since the run filled with their defaults; one QuarkError
     when the file is missing (not a run directory) or damaged (nothing in the run is changed)."""

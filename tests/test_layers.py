@@ -29,7 +29,7 @@ LAYERS = [
     # 6 the offline tiny world, above the core it is built with (it registers "tiny-tldr" in names)
     ["world", "world.build", "world.reward", "world.synth"],
     # 7 what runs Quark and what plans it; the stand-ins; where relative paths point
-    ["quark", "plan", "compare", "testing", "testing.standins", "paths"],
+    ["quark", "protocols", "plan", "compare", "testing", "testing.standins", "paths"],
     # 8 reading runs: analysis, seeds, figures, the judge
     ["analysis", "analysis.inputs", "analysis.metric_rows", "analysis.pools", "analysis.tradeoffs", "analysis.cards",
      "analysis.reward_names", "seeds", "present", "present.figures", "present.html", "present.iteration_grid",

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from quarklab import files, runs
+from quarklab.config import QuarkConfig
 
 TINIER = ["iterations=1", "prompts_per_iteration=4", "samples_per_prompt=5", "max_new_tokens=16",
           "eval_prompts=4", "eval_max_new_tokens=16", "epochs_per_iteration=1", "batch_size=16"]
@@ -206,3 +207,13 @@ def test_atomic_writes_and_checkpoint_folders_follow_the_umask(mask, sft, tmp_pa
     assert "checkpoints/iter_001/model.safetensors" in modes and "results/summary.json" in modes
     want = {name: (0o777 if (tmp_path / name).is_dir() else 0o666) & ~mask for name in modes if name != "."}
     assert {k: v for k, v in modes.items() if k != "."} == want
+
+
+def test_a_run_directory_is_told_from_a_model_folder(tmp_path, sft):
+    run, model = tmp_path / "run", tmp_path / "model"
+    runs.write_config(run, QuarkConfig())
+    sft[0].save_pretrained(model)  # a config.json too, the model's
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text("{not json")
+    assert runs.is_run_dir(run) and not runs.is_run_dir(model) and not runs.is_run_dir(tmp_path)
+    assert runs.is_run_dir(tmp_path / "damaged")  # reading it says what is wrong

@@ -28,10 +28,10 @@ import pandas as pd
 
 from ..errors import QuarkError
 from ..files import atomic_write_json, read_jsonl, write_jsonl, write_parquet
+from ..metrics import LEVEL, bootstrap_interval
 from .judges import VERDICTS
 from .systems import System, file_slug, load_system, pair_systems
 
-LEVEL = 0.95
 
 
 def _key(judge_id: str, prompt: str, shown_a: str, shown_b: str) -> str:
@@ -110,21 +110,6 @@ def outcomes(records: pd.DataFrame) -> pd.DataFrame:
                        first.map({"a": "win", "b": "loss", "tie": "tie"})))
     score = pd.Series(outcome).map({"win": 1.0, "tie": 0.5, "loss": 0.0}).to_numpy()
     return records.assign(outcome=outcome, score=score, consistent=consistent.to_numpy())
-
-
-def bootstrap_interval(scores, *, seed: int = 0, n_boot: int = 2000, level: float = LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``scores`` (one per prompt), resampling prompts with
-    ``numpy.random.default_rng(seed)``; (nan, nan) for no scores."""
-    x = np.asarray(scores, dtype=np.float64)
-    if x.ndim != 1 or not np.isfinite(x).all():
-        raise QuarkError("bootstrap_interval needs a 1-D list of finite scores")
-    if n_boot < 1 or not 0 < level < 1:
-        raise QuarkError(f"bootstrap needs n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    means = x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def summarize(records: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000) -> dict:
