@@ -278,7 +278,8 @@ PRESETS: dict[str, QuarkConfig] = {
                              lr=2e-5, warmup_ratio=0.05, warmup_shape="log", adam_beta1=0.8, adam_beta2=0.999,
                              weight_decay=3e-7, batch_size=8, grad_accum=2, epochs_per_iteration=2, grad_clip=1.0,
                              kl_coef=0.0, entropy_coef=0.06, loss_vocab="full", trainable_fraction=0.3,
-                             perplexity="alt", sample_batch_size=96, eval_batch_size=64),
+                             perplexity="alt", sample_batch_size=96, eval_batch_size=64, reference_dtype="float32",
+                             final_protocol="alt-card"),
 }
 """Ready-made configs by name; :func:`preset` gives a copy, with changes."""
 
