@@ -25,7 +25,8 @@ _SUBMODULES = {"analysis": ".analysis", "compare": ".compare", "config": ".confi
                "files": ".files", "paths": ".paths", "names": ".names",
                "figures": ".present.figures", "quantile_plots": ".present.quantile_plots",
                "run_plots": ".present.run_plots", "seeds": ".seeds", "seed_plots": ".present.seed_plots",
-               "widgets": ".present.widgets", "html": ".present.html", "judge": ".judge"}
+               "widgets": ".present.widgets", "html": ".present.html", "judge": ".judge",
+               "protocols": ".protocols"}
 _NAMES = {  # public name -> (module, its name there)
     "PRESETS": (".config", "PRESETS"), "QuarkConfig": (".config", "QuarkConfig"), "preset": (".config", "preset"),
     "load_prompts": (".data", "load_prompts"), "evaluate": (".evaluation", "evaluate"),
@@ -38,7 +39,7 @@ _NAMES = {  # public name -> (module, its name there)
     "load_reward": (".rewards", "load_reward"), "SamplingParams": (".sampling", "SamplingParams"),
     "sample": (".sampling", "sample"), "add_quantile_tokens": (".tokens", "add_quantile_tokens"),
     "quantile_token": (".tokens", "quantile_token"), "compare_tokens": (".compare", "compare_tokens"),
-    "comparison_html": (".present.html", "comparison_html"),
+    "comparison_html": (".present.html", "comparison_html"), "evaluate_policy": (".protocols", "evaluate_policy"),
 }
 
 

@@ -147,7 +147,7 @@ def _eval(args) -> None:
                              reference=locate(args.reference), dataset=locate(args.dataset), prompts=args.prompts,
                              device=args.device, seed=args.seed, progress=True)
     out = write_result(result, resolve_path(args.out) if args.out
-                       else default_out(resolve_target(policy, args.iteration), args.protocol))
+                       else default_out(resolve_target(policy, args.iteration), args.protocol, args.prompts))
     print(result)
     print(f"samples, summary and table: {out}")
     if args.against:

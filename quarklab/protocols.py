@@ -181,12 +181,8 @@ class ProtocolResult:
     used: dict
 
     def table(self) -> pd.DataFrame:
-        """The row a paper prints: RM, PPL, Avg. len with their intervals, the share cut, the prompts."""
-        s = self.summary.iloc[0]
-        cell = lambda m: f"{s[m]:.2f} [{s[m + '_low']:.2f}, {s[m + '_high']:.2f}]"  # noqa: E731
-        return pd.DataFrame([{"model": s["model"], "token": s["conditioning"], "RM": cell("reward"),
-                              "PPL": cell("perplexity"), "Avg. len": cell("length"), "cut": f"{s['cut']:.2f}",
-                              "prompts": int(s["prompts"])}])
+        """The row a paper prints (:func:`card_table`)."""
+        return card_table(self.summary)
 
     def __str__(self) -> str:
         u = self.used
@@ -280,13 +276,31 @@ def write_result(result: ProtocolResult, out: str | os.PathLike) -> Path:
     return out
 
 
-def default_out(target: Target, protocol: str) -> Path:
+def default_out(target: Target, protocol: str, prompts: int | None = None) -> Path:
     """Where :func:`write_result` goes by default: ``RUN/evals/<protocol>-iter_NNN`` for a run, else
-    ``evals/<model slug>-<protocol>`` in the working directory."""
+    ``evals/<model slug>-<protocol>`` in the working directory; ``-nN`` after the protocol when only the first
+    ``prompts`` were evaluated."""
+    name = protocol if prompts is None else f"{protocol}-n{prompts}"
     if target.run is not None:
-        return target.run / "evals" / f"{protocol}-iter_{target.iteration:03d}"
+        return target.run / "evals" / f"{name}-iter_{target.iteration:03d}"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", target.label).strip("-")
-    return Path("evals") / f"{slug}-{protocol}"
+    return Path("evals") / f"{slug}-{name}"
+
+
+def run_under_protocol(run_dir: str | os.PathLike, protocol: str = "alt-card", *, prompts: int | None = None,
+                       device: str = "auto", progress: bool = False) -> pd.DataFrame:
+    """The run's reference (iteration 0) and last checkpoint under ``protocol``, one :func:`summarize` row each
+    (with ``iteration``): read from ``RUN/evals/`` where an earlier evaluation wrote them (``quarklab eval``, a
+    run's ``final_protocol``), else evaluated and written there first."""
+    last = resolve_target(run_dir).iteration
+    rows = []
+    for it in (0, last):
+        out = default_out(resolve_target(run_dir, it), protocol, prompts)
+        if not (out / "summary.json").is_file():
+            write_result(evaluate_policy(run_dir, protocol, iteration=it, prompts=prompts, device=device,
+                                         progress=progress), out)
+        rows.append({**json.loads((out / "summary.json").read_text())["summary"], "iteration": it})
+    return pd.DataFrame(rows)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -294,3 +308,14 @@ def markdown(table: pd.DataFrame) -> str:
     cells = [list(map(str, table.columns))] + [[str(v) for v in row] for row in table.itertuples(index=False)]
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     return "\n".join([lines[0], "| " + " | ".join("---" for _ in table.columns) + " |", *lines[1:]]) + "\n"
+
+
+def card_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarize` rows as a paper prints them: ``model``, ``token``, ``RM``, ``PPL``, ``Avg. len`` (2 decimals,
+    each with its 95 % interval), ``cut`` (share stopped at the token limit), ``prompts``."""
+    def cell(r, m):
+        return f"{r[m]:.2f} [{r[m + '_low']:.2f}, {r[m + '_high']:.2f}]"
+
+    return pd.DataFrame([{"model": r["model"], "token": r["conditioning"], "RM": cell(r, "reward"),
+                          "PPL": cell(r, "perplexity"), "Avg. len": cell(r, "length"), "cut": f"{r['cut']:.2f}",
+                          "prompts": int(r["prompts"])} for _, r in rows.iterrows()])

@@ -206,14 +206,10 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
 def final_evaluation(config: QuarkConfig, run_dir: Path, device, dist: Dist, progress: bool) -> None:
     """The last iteration's checkpoint and the reference under ``config.final_protocol``, into ``RUN/evals/``
     (on the main process; each written once, so a resumed run does not redo them)."""
-    from .protocols import default_out, evaluate_policy, resolve_target, write_result
+    from .protocols import run_under_protocol
 
     if dist.is_main:
-        for it in (0, config.iterations):
-            out = default_out(resolve_target(run_dir, it), config.final_protocol)
-            if not (out / "summary.json").is_file():
-                write_result(evaluate_policy(run_dir, config.final_protocol, iteration=it, device=str(device),
-                                             progress=progress), out)
+        run_under_protocol(run_dir, config.final_protocol, device=str(device), progress=progress)
     dist.barrier()
 
 

@@ -172,7 +172,7 @@ def test_all_five_notebooks_run_headless_and_record_their_results(executed):
     w = got["05_win_rates"]  # token 0 after iteration 1 against the reference, on the 6 eval prompts, RM judge
     assert (w["system_a"], w["system_b"], w["judge"]) == ("demo-it1-token0", "demo-reference", "rm:tiny-tldr")
     assert w["prompts"] == 6 == w["wins"] + w["losses"] + w["ties"] + w["malformed"] and w["malformed"] == 0
-    assert w["ci_low"] <= w["win_rate"] <= w["ci_high"] and w["quoted"] == 0
+    assert w["ci_low"] <= w["win_rate"] <= w["ci_high"] and w["quoted"] == 4  # the ALT card's four win rates
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
     assert figures == ["01_effect_of_k_and_n.png", "01_quantiles_global_vs_local.png", "01_reward_distribution.png",
                        "02_iterations.png", "04_tradeoffs.png", "05_win_rates.png"]
@@ -180,6 +180,14 @@ def test_all_five_notebooks_run_headless_and_record_their_results(executed):
     assert "token 0" in (run_dir / "03_compare_tokens.html").read_text()
     card = pd.read_csv(run_dir / "04_model_card.csv")
     assert list(card.columns[:4]) == ["model", "RM", "PPL", "Avg. len"] and (card["source"] == "quoted").sum() == 5
+    protocol = got["04_tradeoffs"]  # the reference and iteration 1 under the card's protocol, on 100 test prompts
+    assert protocol["protocol"] == "alt-card" and [r["token"] for r in protocol["protocol_rows"]] == \
+        ["none", "_QUANTILE_TOKEN_0_"] and {r["prompts"] for r in protocol["protocol_rows"]} == {100}
+    shown = "".join(o.get("data", {}).get("text/html", "") for c in nbformat.read(paths[3], as_version=4).cells
+                    if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Measured here under the alt-card protocol" in shown and "Quoted, not measured: the ALT-Quark model card" in shown
+    assert shown.index("Measured here under the alt-card protocol") < shown.rindex("Quoted, not measured")
+    assert pd.read_csv(run_dir / "04_protocol_card.csv")["prompts"].tolist() == [100, 100]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

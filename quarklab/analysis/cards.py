@@ -1,5 +1,6 @@
 """Trade-off points (:func:`.tradeoffs.tradeoff_points`) as a model card: one table to save, two to show (the measured
-rows and, apart under their caption, the quoted ones)."""
+rows and, apart under their caption, the quoted ones); and a run measured under a named protocol
+(:func:`quarklab.protocols.run_under_protocol`) as the card's table, with its intervals."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ def card_tables(points: pd.DataFrame, *, reward_name: str = "tiny-tldr score") -
                       .set_properties(subset=["model"], **{"text-align": "left"})
                       .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))
     return tuple(styles)
+
+
+def protocol_table(rows: pd.DataFrame, protocol: str, *, reward_name: str = "tiny-tldr score"):
+    """:func:`quarklab.protocols.card_table` as a captioned table (a pandas Styler, for a notebook): what was
+    measured here under ``protocol``, to read beside the quoted card, never on the same axes."""
+    caption = (f"Measured here under the {protocol} protocol (the card's: test split, greedy, 128 new tokens, stripped "
+               f"prompts, perplexity under the reference in float32): RM = {reward_name}, Avg. len in tokens, "
+               "[95 % bootstrap intervals over prompts].")
+    from ..protocols import card_table
+
+    return (card_table(rows).style.hide(axis="index").set_caption(caption)
+            .set_properties(subset=["model"], **{"text-align": "left"})
+            .set_table_styles([{"selector": "caption", "props": "caption-side: top; text-align: left"}]))

@@ -18,9 +18,11 @@ from .metric_rows import eval_rows, token_mask
 
 POINT_COLUMNS = ["label", "group", "iteration", "token", "reward", "perplexity", "length", "quoted", "run"]
 
-QUOTED_CAPTION = ("Quoted, not measured: the ALT model card's figures for GPT-J 6B on the real TL;DR data, scored by "
-                  "another reward model (the CarperAI RM). Another reward on another scale: not comparable to the "
-                  "measured points, so never drawn on their axes.")
+CARD_SOURCE = "the ALT-Quark model card, huggingface.co/sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr"
+"""Where the quoted ALT figures come from."""
+QUOTED_CAPTION = (f"Quoted, not measured: {CARD_SOURCE} (GPT-J 6B on the whole real TL;DR test set, scored by "
+                  "CarperAI's reward model). Another reward on another scale: not comparable to the measured points, so "
+                  "never drawn on their axes.")
 
 
 def tradeoff_points(metrics: pd.DataFrame, *, quoted=None, label_prefix: str = "") -> pd.DataFrame:
