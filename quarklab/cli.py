@@ -151,12 +151,15 @@ def _eval(args) -> None:
     print(result)
     print(f"samples, summary and table: {out}")
     if args.against:
-        from .judge import make_judge, win_rate
+        from dataclasses import replace
+
+        from .judge import load_system, make_judge, win_rate
+        from .judge.systems import file_slug
 
         judge = make_judge(args.judge, args.judge_model, base_url=args.base_url,
                            api_key_env=args.api_key_env or None)
-        print(win_rate(f"file:{out / 'samples.parquet'}", args.against, judge, out=out, bootstrap_seed=args.seed,
-                       progress=True))
+        ours = replace(load_system(f"file:{out / 'samples.parquet'}"), label=file_slug(result.summary["model"][0]))
+        print(win_rate(ours, args.against, judge, out=out, bootstrap_seed=args.seed, progress=True))
 
 
 def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None:

@@ -236,3 +236,15 @@ def test_run_reward_name_reads_config_json_and_refuses_mixed_rewards(tmp_path):
     (tmp_path / "b" / "config.json").write_text(json.dumps({"seed": 0, "reward": 5}))
     with pytest.raises(QuarkError, match="config.json.*is damaged.*reward"):
         analysis.run_reward_name(tmp_path / "b")
+
+
+def test_protocol_table_prints_each_figure_with_its_interval_under_a_caption_naming_the_protocol():
+    rows = pd.DataFrame([{"model": "demo reference", "conditioning": "none", "prompts": 400, "reward": 3.3012,
+                          "reward_low": 3.15, "reward_high": 3.444, "perplexity": 1.274, "perplexity_low": 1.25,
+                          "perplexity_high": 1.3, "length": 13.27, "length_low": 11.531, "length_high": 15.05,
+                          "cut": 0.0125}])
+    table = analysis.protocol_table(rows, "alt-card", reward_name="tiny-tldr score")
+    shown = table.data.iloc[0].to_dict()
+    assert shown == {"model": "demo reference", "token": "none", "RM": "3.30 [3.15, 3.44]", "PPL": "1.27 [1.25, 1.30]",
+                     "Avg. len": "13.27 [11.53, 15.05]", "cut": "0.01", "prompts": 400}
+    assert table.caption.startswith("Measured here under the alt-card protocol") and "RM = tiny-tldr score" in table.caption

@@ -128,7 +128,7 @@ def test_quarklab_eval_prints_the_table_writes_it_and_judges(run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (out / "table.md").read_text().splitlines()
     assert len(table) == 3 and table[2].startswith("| tiny iteration 1 | _QUANTILE_TOKEN_0_ |")
-    assert "RM = tiny-tldr" in proc.stdout and "win rate of" in proc.stdout
+    assert "RM = tiny-tldr" in proc.stdout and "win rate of tiny_iteration_1 over tiny-reference" in proc.stdout
     assert len(pd.read_parquet(out / "samples.parquet")) == 8 and list((out / "judge").glob("*.json"))
     written = write_result(evaluate_policy(run, prompts=8), tmp_path / "again")
     assert (written / "table.md").read_text() == (out / "table.md").read_text()  # CLI and library agree
