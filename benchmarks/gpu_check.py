@@ -15,7 +15,10 @@ Stages, each in the order a Quark iteration meets them:
    ``steps`` optimizer steps): trained tokens/s and peak memory;
 4. ``sample.vllm``: :class:`quarklab.vllm_backend.VLLMSampler` on the same prompts and settings (skipped, with
    the reason, when vLLM cannot be imported): tokens/s and the device memory its engine held;
-5. ``zero2``: ``accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 1 quarklab train``
+5. ``protocol``: :func:`quarklab.protocols.evaluate_policy` under ``alt-card`` (greedy, 128 new tokens, the
+   policy in fp16 and the perplexity reference in fp32 on a GPU) on a few prompts: its wall time, its peak memory
+   and the dtypes it used;
+6. ``zero2``: ``accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 1 quarklab train``
    for one iteration of one optimizer step: its wall time, its peak device memory, and what trained it
    (``trained_by.json``: DeepSpeed, stage 2).
 
@@ -181,6 +184,7 @@ def check(out: Path, small: bool, workdir: Path) -> dict:
     release(device)
 
     stages["sample.vllm"] = vllm_stage(folder, prompts, params, config, device)
+    stages["protocol"] = protocol_stage(folder, device, prompts=2 if small else 16)
     stages["zero2"] = zero2_stage(config, workdir, device)
 
     gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB if device.type == "cuda" else 80.0
@@ -214,6 +218,21 @@ def vllm_stage(folder: Path, prompts, params, config, device: torch.device) -> d
     tokens = int(df["num_tokens"].sum())
     return {"engine_start_seconds": round(start, 1), "seconds": round(seconds, 2), "tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1), "device_peak_gib": round(mem.peak, 2)}
+
+
+def protocol_stage(folder: Path, device: torch.device, prompts: int) -> dict:
+    """The card's protocol on the built model (its own perplexity reference, the tiny-tldr reward and prompts)."""
+    from quarklab.protocols import evaluate_policy
+
+    release(device)
+    t0 = time.perf_counter()
+    result = evaluate_policy(folder, "alt-card", reward="tiny-tldr", reference=str(folder), dataset="tiny-tldr",
+                             prompts=prompts, device=device.type)
+    row, used = result.summary.iloc[0], result.used
+    return {"seconds": round(time.perf_counter() - t0, 2), "peak_gib": round(peak_gib(device), 2),
+            "prompts": int(row["prompts"]), "tokens": int(result.samples["num_tokens"].sum()),
+            "cut": float(row["cut"]), "perplexity": round(float(row["perplexity"]), 2),
+            **{k: used[k] for k in ("policy_dtype", "reward_dtype", "reference_dtype", "conditioning")}}
 
 
 def zero2_stage(config, workdir: Path, device: torch.device) -> dict:

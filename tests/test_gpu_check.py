@@ -27,4 +27,7 @@ def test_the_gpu_check_rehearses_every_stage_on_cpu(world, tmp_path):
     assert "tokens_per_s" in stages["sample.vllm"] or "skipped" in stages["sample.vllm"]
     z = stages["zero2"]["trained_by"]
     assert (z["engine"], z["zero_stage"], z["processes"]) == ("deepspeed", 2, 1)
+    p = stages["protocol"]  # the card's protocol: 128 greedy tokens (a random model never stops), fp32 on a CPU
+    assert (p["prompts"], p["tokens"], p["cut"], p["conditioning"]) == (2, 2 * 128, 1.0, "_QUANTILE_TOKEN_0_")
+    assert (p["policy_dtype"], p["reference_dtype"]) == ("float32", "float32") and p["perplexity"] > 1
     assert report["plan"]["train_peak_gib"] > 0 and report["plan"]["prompt_tokens"] > 0
