@@ -133,7 +133,7 @@ GPT2_VOCAB = 50257
 """Entries of GPT-2's byte-level BPE, which GPT-J 6B's tokenizer keeps: ``<|endoftext|>`` is the last, id 50256."""
 GPTJ_EXTRA_TOKENS = 143
 """``<|extratoken_1|>`` ... ``<|extratoken_143|>``: the added tokens (not special) that GPT-J 6B's tokenizer puts at
-ids 50257-50399, so that its length matches the model's 50,400 embedding rows (padded for TPUs)."""
+ids 50257-50399, so that its length matches the model's 50,400 embedding rows."""
 GPTJ_VOCAB = GPT2_VOCAB + GPTJ_EXTRA_TOKENS
 
 
