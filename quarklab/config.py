@@ -27,6 +27,7 @@ Draw = Literal["finished-first", "uniform"]
 LossVocab = Literal["full", "no-quantile-tokens"]
 Perplexity = Literal["alt", "sampled-ids"]
 WarmupShape = Literal["linear", "log"]
+TokenInit = Literal["quark", "alt"]
 Sampler = Literal["hf", "vllm"]
 FinalProtocol = Literal["alt-card"]  # quarklab.protocols.PROTOCOLS
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
@@ -73,6 +74,11 @@ class QuarkConfig:
     # --- Quantiles and pool ------------------------------------------------------------
     num_quantiles: int = knob(5, """K, the number of reward quantiles and quantile tokens
         (_QUANTILE_TOKEN_0_ = best).""", AT_LEAST_1)
+    token_init: TokenInit = knob("quark", """How the quantile tokens' new embedding rows are drawn: "quark" = input
+        and output rows each from the per-dimension mean and std of their matrix's existing rows, head bias = their
+        mean bias; "alt" = ALT's code: input rows from the mean and population std of the rows below the tokenizer's
+        length (NumPy), output rows N(0, initializer_range) with bias 0 (transformers' resize of GPT-J's head).
+        Only for tokens the policy lacks: a Quark checkpoint's trained rows are kept.""")
     quantile_scope: QuantileScope = knob("local", """"local": quantiles within each prompt's own samples (ALT),
         which needs samples_per_prompt >= num_quantiles; "global": over the whole pool (Quark).""")
     pool_strategy: PoolStrategy = knob("alt", """"alt": the pool is flushed each iteration and
@@ -273,6 +279,7 @@ PRESETS: dict[str, QuarkConfig] = {
                              dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
                              eval_prompts=None, iterations=10, prompts_per_iteration=2048,
                              num_quantiles=5, quantile_scope="local", pool_strategy="alt", per_quantile_per_prompt=2,
+                             token_init="alt",
                              per_quantile_draw="finished-first", samples_per_prompt=96, temperature=0.9, top_p=0.9,
                              top_k=0, max_new_tokens=64, eval_max_new_tokens=64,
                              lr=2e-5, warmup_ratio=0.05, warmup_shape="log", adam_beta1=0.8, adam_beta2=0.999,

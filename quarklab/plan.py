@@ -23,7 +23,7 @@ quantile-token rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -49,6 +49,13 @@ class Model:
     vocab: int
     block_params: int  # parameters of one transformer block
     lora_params: int   # rank-1 LoRA parameters over the trained blocks' linear layers (scale by the rank)
+    row_params: int = 0     # parameters of one vocabulary row: its input row, output row and head bias
+    row_trainable: int = 0  # of those, trained at this trainable_fraction
+
+    def with_rows(self, n: int) -> "Model":
+        """This model with ``n`` more vocabulary rows (the quantile tokens that :func:`quantile_rows` adds)."""
+        return replace(self, params=self.params + n * self.row_params, vocab=self.vocab + n,
+                       trainable=self.trainable + n * self.row_trainable)
 
 
 def model_config(name: str):
@@ -68,6 +75,30 @@ def model_config(name: str):
 
 GPTJ_6B_IDS = ("CarperAI/openai_summarize_tldr_sft", "EleutherAI/gpt-j-6b", "EleutherAI/gpt-j-6B",
                "sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr")
+GPTJ_6B_TOKENS = 50400
+"""Entries of GPT-J 6B's tokenizer: GPT-2's 50,257 and 143 ``<|extratoken_N|>``, one per embedding row."""
+ALT_QUARK_ID = "sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr"
+
+
+def quantile_rows(name: str, rows: int, num_quantiles: int) -> int:
+    """Vocabulary rows that :func:`~quarklab.tokens.add_quantile_tokens` adds to ``name``'s ``rows``: the quantile
+    tokens its tokenizer lacks take ids from ``len(tokenizer)`` on, and the matrices grow to hold them (GPT-J 6B:
+    50,400 entries in 50,400 rows, so 5 tokens add 5 rows, 50,405 as in ALT's run; a Quark checkpoint adds none).
+    Read from the tokenizer (a few small files); offline, GPT-J 6B's known ids use its known layout; a model with
+    no tokenizer to read counts none."""
+    from .models import load_tokenizer
+    from .tokens import quantile_token_ids
+
+    try:
+        tok = load_tokenizer(name)
+        size, present = len(tok), len(quantile_token_ids(tok, required=False))
+    except QuarkError:
+        if name not in GPTJ_6B_IDS:
+            return 0
+        present = 5 if name == ALT_QUARK_ID else 0
+        size = GPTJ_6B_TOKENS + present
+    missing = max(0, num_quantiles - present)
+    return max(0, size + missing - rows) if missing else 0
 
 
 def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True) -> Model:
@@ -85,9 +116,12 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
     trainable = set_trainable(model, trainable_fraction) if head else 0
     adapted = list(blocks)[n_layers - trained_blocks(n_layers, trainable_fraction):]  # with_lora's blocks
     lora = sum(m.in_features + m.out_features for b in adapted for m in b.modules() if isinstance(m, torch.nn.Linear))
+    vocab = model.get_input_embeddings().num_embeddings
+    ends = {id(p): p for m in (model.get_input_embeddings(), model.get_output_embeddings() if head else None)
+            if m is not None for p in m.parameters()}.values()  # a tied head shares the input rows
     return Model(name, sum(p.numel() for p in model.parameters()), trainable, n_layers, config.hidden_size,
-                 model.get_input_embeddings().num_embeddings, sum(p.numel() for p in blocks[0].parameters()),
-                 lora)
+                 vocab, sum(p.numel() for p in blocks[0].parameters()), lora,
+                 sum(p.numel() for p in ends) // vocab, sum(p.numel() for p in ends if p.requires_grad) // vocab)
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -106,8 +140,9 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     fits), and the tokens an iteration generates and trains (with hours when throughputs are given)."""
     if gpus < 1 or gpu_memory_gb <= 0 or prompt_tokens < 1:
         raise QuarkError("plan needs gpus >= 1, gpu_memory_gb > 0 and prompt_tokens >= 1")
-    policy = meta_model(config.policy, config.trainable_fraction)
-    reference = policy if (config.reference or config.policy) == config.policy else meta_model(config.reference)
+    bare = meta_model(config.policy, config.trainable_fraction)
+    reference = bare if (config.reference or config.policy) == config.policy else meta_model(config.reference)
+    policy = bare.with_rows(quantile_rows(config.policy, bare.vocab, config.num_quantiles))
     reward = (meta_model(config.reward_base_model, head=False) if config.reward_base_model else None)
     wb, rb = dtype_bytes(config.dtype), dtype_bytes(config.reward_dtype)
     half = wb < 4
@@ -143,6 +178,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     train_rows = prompts * config.num_quantiles * config.per_quantile_per_prompt \
         if config.pool_strategy == "alt" else prompts * config.samples_per_prompt
     totals = {"policy_params": policy.params, "trainable_params": policy.trainable, "blocks": policy.blocks,
+              "policy_vocab": policy.vocab,
               "reward_params": reward.params if reward else 0, "sequence_tokens": S,
               "generated_tokens": prompts * config.samples_per_prompt * C,
               "trained_tokens": train_rows * config.epochs_per_iteration * S,

@@ -88,7 +88,8 @@ class Session:
         else:
             done, source, state = 0, config.policy, None
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
-            control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed)
+            control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed,
+                                              init=config.token_init)
         reward = load_reward(config.reward, base_model=config.reward_base_model, template=config.reward_template,
                              max_length=config.reward_max_length, dtype=config.reward_dtype, device=device)
         return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,

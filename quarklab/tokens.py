@@ -92,16 +92,35 @@ def quantile_token_ids(tokenizer, num_quantiles: int | None = None, *, required:
     return [int(vocab[quantile_token(k)]) for k in range(int(num_quantiles))]
 
 
-def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0) -> list[int]:
+TOKEN_INITS = ("quark", "alt")
+
+
+def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0, init: str = "quark") -> list[int]:
     """Make sure ``tokenizer`` and ``model`` hold the K quantile tokens; return their ids (index = k).
 
     A tokenizer that already has them (a released Quark checkpoint) is reused as is: no
     duplicates, no resize, its trained rows untouched. Missing tokens are added as special
-    tokens; their input and output embedding rows are drawn per dimension from the mean and
-    std of the existing rows (Quark's initialisation), with ``seed``.
+    tokens at ids ``len(tokenizer)`` onwards (50400-50404 on GPT-J 6B's tokenizer, whose 143
+    ``<|extratoken_N|>`` fill its 50,400 rows); the embedding and head grow when those ids do
+    not fit (to 50,405 rows on GPT-J). The new rows, with ``seed``:
+
+    - ``init="quark"`` (Quark's initialisation, applied to both ends): the input rows and the
+      output rows are each drawn per dimension from N(mean, std) of that matrix's other rows
+      (torch, sample std); a head bias gets the mean of the other rows' biases.
+    - ``init="alt"`` (ALT's ``QUARK_train_noKL.py:173-189``): the input rows are drawn with NumPy
+      (``RandomState(seed).normal``, one row per token in token order) from the per-dimension mean
+      and population std (``np.std``) of the rows below the tokenizer's original length, computed
+      in float32; the output rows are what transformers' resize gives GPT-J's untied head,
+      N(0, ``config.initializer_range``) (0.02), with a bias of 0. A tied head shares the input
+      rows. ALT first resizes the matrix to the tokenizer's length (a shrink only for a model
+      padded past its tokenizer, not GPT-J 6B); quarklab keeps such rows, over the same statistics.
     """
     check_num_quantiles(num_quantiles)
+    if init not in TOKEN_INITS:
+        raise QuarkError(f"token init must be one of {list(TOKEN_INITS)} (how the quantile tokens' new embedding "
+                         f"rows are drawn), got {init!r}")
     vocab = tokenizer.get_vocab()
+    original = len(tokenizer)
     missing = [quantile_token(k) for k in range(num_quantiles) if quantile_token(k) not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
@@ -110,19 +129,45 @@ def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0) -> 
     emb = model.get_input_embeddings()
     if max(ids) >= emb.num_embeddings:
         model.resize_token_embeddings(max(len(tokenizer), max(ids) + 1), mean_resizing=False)
-    if new_ids:
-        import torch
+    if not new_ids:
+        return ids
+    import torch
 
-        gen = torch.Generator().manual_seed(seed)
-        old = [i for i in range(model.get_input_embeddings().num_embeddings) if i not in set(new_ids)]
-        with torch.no_grad():
-            layers = [model.get_input_embeddings(), model.get_output_embeddings()]
-            for layer in [l for i, l in enumerate(layers) if l is not None and l not in layers[:i]]:  # fixed order
-                w = layer.weight
-                base = w[old].float()
-                mean, std = base.mean(0), base.std(0)
-                rows = torch.normal(mean.expand(len(new_ids), -1), std.expand(len(new_ids), -1), generator=gen)
-                w[new_ids] = rows.to(w.dtype)
-                if getattr(layer, "bias", None) is not None:
-                    layer.bias[new_ids] = layer.bias[old].mean().to(layer.bias.dtype)
+    if init == "alt":
+        _alt_init(model, new_ids, min(original, model.get_input_embeddings().num_embeddings), seed)
+        return ids
+    gen = torch.Generator().manual_seed(seed)
+    old = [i for i in range(model.get_input_embeddings().num_embeddings) if i not in set(new_ids)]
+    with torch.no_grad():
+        layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+        for layer in [l for i, l in enumerate(layers) if l is not None and l not in layers[:i]]:  # fixed order
+            w = layer.weight
+            base = w[old].float()
+            mean, std = base.mean(0), base.std(0)
+            rows = torch.normal(mean.expand(len(new_ids), -1), std.expand(len(new_ids), -1), generator=gen)
+            w[new_ids] = rows.to(w.dtype)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[new_ids] = layer.bias[old].mean().to(layer.bias.dtype)
     return ids
+
+
+def _alt_init(model, new_ids: list[int], below: int, seed: int) -> None:
+    """ALT's rows for ``new_ids``: see :func:`add_quantile_tokens` (``init="alt"``)."""
+    import numpy as np
+    import torch
+
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    with torch.no_grad():
+        weights = emb.weight[:below].detach().float().cpu().numpy()
+        mean, std = np.mean(weights, axis=0), np.std(weights, axis=0)
+        rng = np.random.RandomState(seed)
+        rows = np.vstack([rng.normal(loc=mean, scale=std) for _ in new_ids])
+        emb.weight[new_ids] = torch.from_numpy(rows).to(emb.weight.dtype).to(emb.weight.device)
+        if head is None or head.weight is emb.weight:
+            return
+        gen = torch.Generator().manual_seed(seed)
+        scale = float(getattr(model.config, "initializer_range", 0.02))
+        rows = torch.normal(0.0, scale, (len(new_ids), head.weight.shape[1]), generator=gen)
+        head.weight[new_ids] = rows.to(head.weight.dtype).to(head.weight.device)
+        if getattr(head, "bias", None) is not None:
+            head.bias[new_ids] = 0

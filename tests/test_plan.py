@@ -11,7 +11,7 @@ import pytest
 from transformers import GPTJConfig, GPTJForCausalLM
 
 from quarklab.config import preset
-from quarklab.plan import GB, meta_model, plan
+from quarklab.plan import GB, meta_model, plan, quantile_rows
 
 MEASURE = r"""
 import json, sys, torch
@@ -49,6 +49,26 @@ def test_meta_build_counts_parameters_without_weights(gptj_77m):
     assert model.trainable == outside + 2 * sum(p.numel() for p in blocks[0].parameters())  # top int(0.25*8)=2
     gptj = meta_model("CarperAI/openai_summarize_tldr_sft", 0.3)  # offline: GPT-J 6B's config, nothing downloaded
     assert 6.0e9 < gptj.params < 6.1e9 and gptj.blocks == 28 and gptj.vocab == 50400
+
+
+def test_the_plan_grows_gptjs_vocabulary_by_the_quantile_tokens(gptj_77m, world, tmp_path):
+    """GPT-J 6B's tokenizer fills its 50,400 rows (143 <|extratoken_N|> after GPT-2's 50,257), so the 5 quantile
+    tokens take ids 50400-50404 and the policy trains a 50,405-row embedding and head (each row: 4,096 in, 4,096 out
+    and a bias); the reference keeps 50,400."""
+    import quarklab as ql
+
+    bare = meta_model("CarperAI/openai_summarize_tldr_sft", 0.3)
+    assert (bare.vocab, bare.row_params, bare.row_trainable) == (50400, 4096 + 4096 + 1, 4096 + 4096 + 1)
+    _, totals = plan(preset("tldr-gptj"))
+    assert totals["policy_vocab"] == 50405
+    assert totals["policy_params"] == bare.params + 5 * 8193 and totals["trainable_params"] == bare.trainable + 5 * 8193
+    assert quantile_rows("sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr", 50405, 5) == 0  # it holds them already
+    assert quantile_rows(world.policy, 1407, 5) == 5  # read from the tiny tokenizer: 1,407 entries, 1,407 rows
+    tok = ql.load_tokenizer(world.policy)
+    tok.add_tokens([ql.quantile_token(k) for k in range(5)], special_tokens=True)
+    tok.save_pretrained(tmp_path)
+    assert quantile_rows(str(tmp_path), 1412, 5) == 0 and quantile_rows(str(tmp_path), 1412, 7) == 2
+    assert quantile_rows(str(gptj_77m), 50400, 5) == 0  # no tokenizer to read: none counted
 
 
 def test_predicted_training_step_memory_is_within_a_quarter_of_the_measured(gptj_77m):

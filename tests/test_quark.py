@@ -18,7 +18,7 @@ import transformers
 import quarklab as ql
 from quarklab import files, runs
 from quarklab.config import QuarkConfig, preset
-from quarklab.quark import run, training_rows
+from quarklab.quark import Session, run, training_rows
 from quarklab.tldr import encode_prompt, format_prompt, parse, prompt_budget
 from quarklab.tokens import sorted_tokens
 
@@ -190,9 +190,10 @@ def test_quark_pool_accumulates_with_global_quantiles(world, tmp_path):
 
 
 def test_first_iteration_never_samples_a_quantile_token_from_the_reference(world, sft, tmp_path):
-    """GPT-J's embedding has more rows (50400) than its tokenizer has tokens (50257): the quantile tokens' ids are
-    rows the reference can generate. Here a tiny GPT-J padded the same way, with those rows made to win; iteration 1
-    must still never sample a quantile token."""
+    """A model whose embedding has more rows than its tokenizer has tokens (padded, as Pythia's is) gets its quantile
+    tokens in rows the reference can generate. (Not GPT-J 6B: its tokenizer's 143 <|extratoken_N|> fill its 50,400
+    rows, so the tokens land at 50400-50404, past the reference's head; tests/test_standins.py.) Here a tiny GPT-J
+    padded by 16 rows, with those rows made to win; iteration 1 must still never sample a quantile token."""
     import torch
 
     _, tok = sft
@@ -211,6 +212,23 @@ def test_first_iteration_never_samples_a_quantile_token_from_the_reference(world
     pool = runs.read_pool(tmp_path / "run", 1)
     assert pool["completion_ids"].map(lambda ids: max(ids, default=0) >= len(tok)).any()  # the other padded rows
     assert not pool["completion_ids"].map(quantile_ids.intersection).any()
+
+
+def test_session_adds_the_quantile_tokens_by_the_configs_token_init(world, tmp_path):
+    """token_init reaches add_quantile_tokens: "alt" gives the 5 new head rows ALT's bias of 0, "quark" the mean of
+    the existing rows' biases (the tiny SFT model's head bias is trained, so the two differ)."""
+    import torch
+
+    config = preset("tiny").with_overrides(["device=cpu", "eval_prompts=2"])
+    bias = {}
+    for init in ("quark", "alt"):
+        session = Session.open(config.replace(token_init=init), tmp_path / init)
+        head = session.policy.get_output_embeddings()
+        assert session.control_ids == list(range(1407, 1412))
+        bias[init] = head.bias.detach()[session.control_ids]
+        existing = head.bias.detach()[:1407]
+    assert torch.equal(bias["alt"], torch.zeros(5))
+    assert torch.allclose(bias["quark"], existing.mean().expand(5)) and existing.mean().abs() > 1e-3
 
 
 def test_a_run_written_before_a_field_existed_resumes_as_it_trained(tmp_path):

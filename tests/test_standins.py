@@ -71,3 +71,55 @@ def test_session_feeds_the_reward_as_the_config_says(standin, world, tmp_path):
     default = Session.open(config.replace(reward_max_length=None, reward_template=None, reward_dtype="auto"),
                            tmp_path).reward.fn
     assert (default.max_length, default.template, default.backbone.dtype) == (512, CARPER_TEMPLATE, torch.float32)
+
+
+# --- the GPT-J 6B-layout stand-in -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gptj(world, tmp_path_factory):
+    """A GPT-J stand-in folder, 2 blocks (the layout under test is the vocabulary's, not the depth)."""
+    from quarklab.testing import gptj_standin
+
+    return gptj_standin(tmp_path_factory.mktemp("gptj") / "sft", n_layer=2, world=world)
+
+
+def test_gptj_standin_has_gptj_6bs_vocabulary_layout(gptj, world):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok, tiny = ql.load_tokenizer(gptj), AutoTokenizer.from_pretrained(world.policy)
+    assert len(tok) == 50400 == AutoConfig.from_pretrained(gptj).vocab_size  # GPT-J 6B: 50,257 + 143
+    assert tok.eos_token == tok.bos_token == tok.unk_token == "<|endoftext|>"
+    assert (tok.eos_token_id, tok.bos_token_id, tok.unk_token_id) == (50256, 50256, 50256)  # GPT-2's last id
+    extras = [f"<|extratoken_{n}|>" for n in range(1, 144)]
+    assert tok.convert_tokens_to_ids(extras) == list(range(50257, 50400))
+    assert (tok.convert_tokens_to_ids("<|extratoken_1|>"), tok.convert_tokens_to_ids("<|extratoken_143|>")) == \
+        (50257, 50399)
+    decoder = tok.added_tokens_decoder
+    assert [decoder[i].special for i in (50256, 50257, 50399)] == [True, False, False]  # as GPT-J's added tokens
+    assert tok.model_max_length == 2048
+    text = "SUBREDDIT: r/relationships\nTITLE: My (24F) boyfriend forgot\nTL;DR:"
+    ids, tiny_ids = tok(text)["input_ids"], tiny(text)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == tiny.convert_ids_to_tokens(tiny_ids)  # the same pieces
+    assert ids == [i - 1 for i in tiny_ids] and tok.decode(ids) == text  # tiny's <|endoftext|> (0) moved to 50256
+    assert tok(" the end<|endoftext|>")["input_ids"][-1] == 50256
+    assert tok("a<|extratoken_7|>")["input_ids"][-1] == 50263
+
+
+def test_quantile_tokens_on_the_gptj_layout_are_50400_to_50404_in_50405_rows(gptj):
+    from quarklab.tokens import add_quantile_tokens
+
+    policy, tok = ql.load_policy(gptj), ql.load_tokenizer(gptj)
+    assert policy.get_input_embeddings().num_embeddings == 50400
+    ids = add_quantile_tokens(policy, tok, 5, seed=0)
+    assert ids == [50400, 50401, 50402, 50403, 50404] and len(tok) == 50405  # as in ALT's run
+    head = policy.get_output_embeddings()
+    assert policy.get_input_embeddings().num_embeddings == head.weight.shape[0] == head.bias.shape[0] == 50405
+
+
+def test_gptj_standin_is_deterministic_and_small(gptj, world, tmp_path):
+    from quarklab.testing import gptj_standin
+
+    again = gptj_standin(tmp_path / "again", n_layer=2, world=world)
+    for name in ["tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"]:
+        assert (again / name).read_bytes() == (gptj / name).read_bytes(), name
+    assert (gptj / "tokenizer.json").stat().st_size < 2_000_000

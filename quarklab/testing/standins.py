@@ -14,10 +14,11 @@ reads (the summary's last token in :data:`~quarklab.reward_models.CARPER_TEMPLAT
 code path as CarperAI's model.
 
 :func:`gptj_standin` writes a tiny GPT-J with GPT-J 6B's shape where it matters to the code: 28
-blocks (so ``trainable_fraction=0.3`` trains the same top 8), an embedding padded past the
-tokenizer by GPT-J's 143 spare rows (50,400 vs 50,257: the quantile tokens land in them), a head
-with a bias, 2,048 positions; random weights. The tiny world's ``sft/`` folder is the trained
-(3-block) stand-in.
+blocks (so ``trainable_fraction=0.3`` trains the same top 8), GPT-J 6B's vocabulary layout
+(:func:`gptj_tokenizer`: 50,257 GPT-2-style entries with ``<|endoftext|>`` at 50256, then 143
+``<|extratoken_N|>`` at 50257-50399, so ``len(tokenizer) == vocab_size == 50400`` and the quantile
+tokens get ids 50400-50404 in a resized 50,405-row embedding, as in ALT's run), a head with a bias,
+2,048 positions; random weights. The tiny world's ``sft/`` folder is the trained (3-block) stand-in.
 """
 
 from __future__ import annotations
@@ -128,20 +129,61 @@ def carper_reward_model(path: str | os.PathLike | None = None, *, base_model: st
     return path
 
 
-GPTJ_SPARE_ROWS = 50400 - 50257
-"""Embedding rows GPT-J 6B holds beyond its tokenizer's vocabulary."""
+GPT2_VOCAB = 50257
+"""Entries of GPT-2's byte-level BPE, which GPT-J 6B's tokenizer keeps: ``<|endoftext|>`` is the last, id 50256."""
+GPTJ_EXTRA_TOKENS = 143
+"""``<|extratoken_1|>`` ... ``<|extratoken_143|>``: the added tokens (not special) that GPT-J 6B's tokenizer puts at
+ids 50257-50399, so that its length matches the model's 50,400 embedding rows."""
+GPTJ_VOCAB = GPT2_VOCAB + GPTJ_EXTRA_TOKENS
+
+
+def gptj_tokenizer(world: World | None = None):
+    """The tiny world's tokenizer laid out as GPT-J 6B's (``EleutherAI/gpt-j-6B``, which
+    ``CarperAI/openai_summarize_tldr_sft`` ships): the tiny byte-level BPE pieces at ids 0..n-2, in their
+    order; filler entries that no merge and no pre-token can reach up to 50255; ``<|endoftext|>`` at 50256
+    (bos = eos = unk, no pad); the 143 ``<|extratoken_N|>`` added at 50257-50399, normalized and not
+    special, as GPT-J's are; ``model_max_length`` 2048. Text encodes to the same pieces as with the tiny
+    tokenizer (only the ids move), so the tiny world's data and rewards read the same. Deterministic."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    world = world or tiny_world(progress=False)
+    tiny = AutoTokenizer.from_pretrained(world.policy)
+    eos = tiny.eos_token
+    spec = json.loads(tiny.backend_tokenizer.to_str())
+    if spec["model"]["type"] != "BPE" or [t["content"] for t in spec["added_tokens"]] != [eos]:
+        raise QuarkError("gptj_tokenizer expects the tiny world's byte-level BPE with <|endoftext|> as its only "
+                         f"added token, got a {spec['model']['type']} with {len(spec['added_tokens'])} added")
+    pieces = [p for p, _ in sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1]) if p != eos]
+    if len(pieces) > GPT2_VOCAB - 1:
+        raise QuarkError(f"the tiny tokenizer has {len(pieces)} pieces, more than GPT-2's {GPT2_VOCAB - 1}")
+    # "<|unused_N|>" splits into several pre-tokens ("<|", "unused", "_", "N", "|>") and no merge builds it:
+    # these entries only fill ids, as the real GPT-2 pieces that the tiny text never needs would.
+    vocab = {p: i for i, p in enumerate(pieces)}
+    vocab.update({f"<|unused_{i}|>": i for i in range(len(pieces), GPT2_VOCAB - 1)})
+    vocab[eos] = GPT2_VOCAB - 1
+    spec["model"]["vocab"] = vocab
+    [eos_entry] = spec["added_tokens"]
+    spec["added_tokens"] = [{**eos_entry, "id": GPT2_VOCAB - 1}] + [
+        {"id": GPT2_VOCAB - 1 + n, "content": f"<|extratoken_{n}|>", "single_word": False, "lstrip": False,
+         "rstrip": False, "normalized": True, "special": False} for n in range(1, GPTJ_EXTRA_TOKENS + 1)]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token=eos,
+                                  eos_token=eos, unk_token=eos, model_max_length=2048)
+    if len(tok) != GPTJ_VOCAB or tok.eos_token_id != GPT2_VOCAB - 1:
+        raise QuarkError(f"gptj_tokenizer built {len(tok)} entries with eos at {tok.eos_token_id}, "
+                         f"not {GPTJ_VOCAB} with eos at {GPT2_VOCAB - 1}")
+    return tok
 
 
 def gptj_standin(folder: str | os.PathLike, *, n_layer: int = 28, n_embd: int = 64, n_head: int = 4,
                  seed: int = 0, world: World | None = None) -> Path:
-    """Write a randomly initialised GPT-J ``save_pretrained`` folder (model + the tiny world's tokenizer)
-    shaped like GPT-J 6B's in layer count, spare embedding rows and context; atomically. Returns it."""
-    from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM
+    """Write a randomly initialised GPT-J ``save_pretrained`` folder (model + :func:`gptj_tokenizer`) shaped like
+    GPT-J 6B's in layer count, vocabulary layout (50,400 rows = 50,400 tokenizer entries) and context;
+    atomically. Returns it."""
+    from transformers import GPTJConfig, GPTJForCausalLM
 
-    world = world or tiny_world(progress=False)
-    tokenizer = AutoTokenizer.from_pretrained(world.policy)
-    tokenizer.model_max_length = 2048
-    config = GPTJConfig(vocab_size=len(tokenizer) + GPTJ_SPARE_ROWS, n_positions=2048, n_embd=n_embd,
+    tokenizer = gptj_tokenizer(world)
+    config = GPTJConfig(vocab_size=len(tokenizer), n_positions=2048, n_embd=n_embd,
                         n_layer=n_layer, n_head=n_head, rotary_dim=n_embd // n_head // 2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
