@@ -7,8 +7,8 @@ stage beside what ``quarklab plan`` predicts for the same settings.
 Stages, each in the order a Quark iteration meets them:
 
 1. ``build``: GPT-J 6B from transformers' ``GPTJConfig`` defaults (GPT-J 6B's: 28 blocks, 4,096 wide, 50,400
-   rows), random bf16 weights, saved with the tiny world's tokenizer (ids inside GPT-J's vocabulary) and the
-   quantile tokens added, as a ``save_pretrained`` folder: what vLLM and ``quarklab train`` load;
+   rows), random bf16 weights, saved with the tiny world's tokenizer laid out as GPT-J's (50,400 entries) and the
+   quantile tokens added at 50400-50404 (50,405 rows), as a ``save_pretrained`` folder: what vLLM and ``quarklab train`` load;
 2. ``sample.hf``: :func:`quarklab.sample` of ``prompts x samples`` completions of ``max_new_tokens``
    (``sample_batch_size`` sequences a call): tokens/s and peak memory;
 3. ``train``: :func:`quarklab.train.train_on_rows` over rows from those samples (8 blocks trained, fp32 masters,
@@ -54,7 +54,6 @@ from quarklab.train import table_rows, train_on_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
-SPARE_ROWS = 143  # GPT-J 6B's embedding rows past GPT-2's tokenizer (50,400 vs 50,257)
 
 
 def settings(small: bool) -> dict:
@@ -67,8 +66,10 @@ def build_model(folder: Path, small: bool, device: torch.device) -> tuple[Path, 
     """GPT-J 6B (``--small``: 28 blocks, 128 wide: heads of 32, as vLLM's CPU attention needs), random weights in the run's dtype, with the quantile tokens."""
     from transformers import GPTJConfig, GPTJForCausalLM
 
-    tok = ql.load_tokenizer(ql.tiny_world(progress=False).policy)
-    shape = dict(n_embd=128, n_head=4, rotary_dim=8, vocab_size=len(tok) + SPARE_ROWS) if small else {}
+    from quarklab.testing.standins import gptj_tokenizer
+
+    tok = gptj_tokenizer()  # GPT-J 6B's layout: 50,400 entries, so the quantile tokens are 50400-50404
+    shape = dict(n_embd=128, n_head=4, rotary_dim=8) if small else {}
     config = GPTJConfig(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, **shape)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     t0 = time.perf_counter()
@@ -78,11 +79,11 @@ def build_model(folder: Path, small: bool, device: torch.device) -> tuple[Path, 
     add_quantile_tokens(model, tok, 5, seed=0)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    params = sum(p.numel() for p in model.parameters())
+    params, rows = sum(p.numel() for p in model.parameters()), model.get_input_embeddings().num_embeddings
     del model
     release(device)
     return folder, {"seconds": round(time.perf_counter() - t0, 1), "parameters": params, "dtype": str(dtype),
-                    "blocks": config.n_layer, "hidden": config.n_embd, "vocab_rows": config.vocab_size}
+                    "blocks": config.n_layer, "hidden": config.n_embd, "vocab_rows": rows}
 
 
 def release(device: torch.device) -> None:

@@ -145,7 +145,7 @@ def add_quantile_tokens(model, tokenizer, num_quantiles: int, seed: int = 0, ini
             base = w[old].float()
             mean, std = base.mean(0), base.std(0)
             rows = torch.normal(mean.expand(len(new_ids), -1), std.expand(len(new_ids), -1), generator=gen)
-            w[new_ids] = rows.to(w.dtype)
+            w[new_ids] = rows.to(w.device, w.dtype)  # drawn on the CPU (a seeded generator), moved to the weights
             if getattr(layer, "bias", None) is not None:
                 layer.bias[new_ids] = layer.bias[old].mean().to(layer.bias.dtype)
     return ids

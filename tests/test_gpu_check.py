@@ -20,7 +20,7 @@ def test_the_gpu_check_rehearses_every_stage_on_cpu(world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     stages = report["stages"]
-    assert stages["build"]["blocks"] == 28
+    assert (stages["build"]["blocks"], stages["build"]["vocab_rows"]) == (28, 50405)  # GPT-J's 50,400 + 5 tokens
     for name in ("sample.hf", "train"):
         assert stages[name]["tokens_per_s"] > 0 and stages[name]["peak_gib"] > 0
     assert stages["train"]["optimizer_steps"] == 1
