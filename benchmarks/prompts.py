@@ -64,10 +64,10 @@ def training_rows(samples, config, count: int) -> list[dict]:
     ``prompt_ids``, quantiles of ``config.reward``'s scores (``config.quantile_scope``); the rows are
     cycled to make ``count``."""
     from quarklab.quantiles import assign_quantiles
-    from quarklab.rewards import load_reward
+    from quarklab.rewards import config_reward
     from quarklab.train import table_rows
 
-    reward = load_reward(config.reward, base_model=config.reward_base_model, device=config.device)
+    reward = config_reward(config)  # its fields, reward_precision included, as the loop loads it
     scores = reward(samples["prompt"].tolist(), samples["completion"].tolist())
     groups = samples["prompt_id"].to_numpy() if config.quantile_scope == "local" else None
     table = samples.assign(quantile=assign_quantiles(scores, config.num_quantiles, groups))

@@ -10,7 +10,7 @@ from .settings import BenchSettings
 
 def bench_reward(samples, s: BenchSettings) -> dict:
     """Cold: a fresh reward object per repetition (its per-prompt cache empty); warm: the same rows again."""
-    from quarklab.rewards import load_reward
+    from quarklab.rewards import config_reward
 
     c = s.config
     prompts, completions = samples["prompt"].tolist(), samples["completion"].tolist()
@@ -22,7 +22,7 @@ def bench_reward(samples, s: BenchSettings) -> dict:
         return len(prompts), time.perf_counter() - t0
 
     def cold(rep: int, warm: bool):
-        state["fn"] = load_reward(c.reward, base_model=c.reward_base_model, device=c.device)
+        state["fn"] = config_reward(c)
         return timed(state["fn"])
 
     def warm_(rep: int, warm: bool):

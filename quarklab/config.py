@@ -31,6 +31,7 @@ TokenInit = Literal["quark", "alt"]
 Sampler = Literal["hf", "vllm"]
 FinalProtocol = Literal["alt-card"]  # quarklab.protocols.PROTOCOLS
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+RewardPrecision = Literal["float64", "float32", "float16"]
 
 DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
 
@@ -56,7 +57,13 @@ class QuarkConfig:
     reward_max_length: int | None = knob(None, """Tokens a model reward reads, the text cut on the right. None =
         550 for a value-head RM (ALT's), or its context when shorter; a classifier's context.""", AT_LEAST_1)
     reward_dtype: DType = knob("auto", """Reward model weights' dtype: "auto" = bfloat16 on a GPU with it
-        (float16 on other GPUs), float32 on CPU. Scores are float64 either way.""")
+        (float16 on other GPUs), float32 on CPU. Scores come out at ``reward_precision`` whatever it is.""")
+    reward_precision: RewardPrecision = knob("float32", """Every reward score is rounded to this float (to nearest,
+        ties to even) as it leaves the reward, and kept as a float64 holding that value, so the pool, its quantiles
+        and evaluation all see the same numbers: "float32" (7 significant digits: two scores a float64 rounding
+        error apart almost always become equal), "float16" (ALT's fp16 reward model: steps of 2**-9, about 0.002,
+        for scores between 2 and 4, so ties are common), "float64" (as computed). Quantiles give tied scores by
+        row order: the earlier sample takes the better quantile.""")
     dataset: str = knob("tiny-tldr", """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a
         hub dataset id.""")
     train_split: str = knob("train", "Split of ``dataset`` that training prompts come from.")
@@ -232,9 +239,11 @@ class QuarkConfig:
         return self.replace(**changes)
 
 
-# What a config.json written before these fields existed ran with (quarklab before issue 9's ALT fidelity work).
+# What a config.json written before these fields existed ran with (quarklab before issue 9's ALT fidelity work;
+# reward_precision: before issue 18, when scores were used as computed).
 BEFORE_FIELD: dict[str, Any] = dict(per_quantile_draw="uniform", adam_beta1=0.9, adam_beta2=0.999,
-                                    loss_vocab="no-quantile-tokens", perplexity="sampled-ids", warmup_shape="linear")
+                                    loss_vocab="no-quantile-tokens", perplexity="sampled-ids", warmup_shape="linear",
+                                    reward_precision="float64")
 
 
 # ------------------------------------------------------------------ field specs (quarklab.knobs, for this class)
@@ -275,7 +284,7 @@ PRESETS: dict[str, QuarkConfig] = {
     "tldr-gptj": QuarkConfig(policy="CarperAI/openai_summarize_tldr_sft", reference=None,
                              reward="CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin",
                              reward_base_model="CarperAI/openai_summarize_tldr_sft", reward_template=None,
-                             reward_max_length=550, reward_dtype="float16",
+                             reward_max_length=550, reward_dtype="float16", reward_precision="float16",
                              dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
                              eval_prompts=None, iterations=10, prompts_per_iteration=2048,
                              num_quantiles=5, quantile_scope="local", pool_strategy="alt", per_quantile_per_prompt=2,

@@ -63,6 +63,7 @@ class Protocol:
     perplexity: str = "alt"
     reference_dtype: str = "float32"
     reward_dtype: str = "float16"
+    reward_precision: str = "float16"
     policy_dtype: str = "float16"
     length: str = "text"
     models: dict = field(default_factory=dict)
@@ -70,7 +71,7 @@ class Protocol:
 
     def __post_init__(self):
         for name in ("eval_split", "eval_prompts", "eval_max_new_tokens", "eval_batch_size", "perplexity",
-                     "reference_dtype", "reward_dtype"):
+                     "reference_dtype", "reward_dtype", "reward_precision"):
             check_field(name, getattr(self, name), where=f"protocol {self.name!r}")
         check_field("dtype", self.policy_dtype, where=f"protocol {self.name!r}", called="policy_dtype")
         if self.length not in ("text", "sampled"):
@@ -86,7 +87,8 @@ class Protocol:
                    eval_split=config.eval_split, eval_prompts=config.eval_prompts,
                    eval_max_new_tokens=config.eval_max_new_tokens, eval_batch_size=config.eval_batch_size,
                    strip_prompts=False, perplexity=config.perplexity,
-                   reference_dtype=config.reference_dtype or config.dtype, reward_dtype=config.reward_dtype, policy_dtype=config.dtype,
+                   reference_dtype=config.reference_dtype or config.dtype, reward_dtype=config.reward_dtype,
+                   reward_precision=config.reward_precision, policy_dtype=config.dtype,
                    length="sampled", models={k: getattr(config, k) for k in MODEL_FIELDS})
 
 
@@ -109,6 +111,7 @@ ALT_CARD = Protocol(
         "conditioning": "model card: prepend _QUANTILE_TOKEN_0_ to the prompt, no space",
         "reward": "ALT:tasks/summarization/reward.py:111-122,157-171; ALT:alt/models/reward.py:114-167",
         "reward_dtype": "ALT:tasks/summarization/configs/QUARK_TLDR_config.yaml:20-21 (half: true)",
+        "reward_precision": "the fp16 RM's scores are fp16 values (QUARK_TLDR_config.yaml:20-21)",
         "perplexity": "ALT:alt/perplexity.py:43-50,58-94 (re-tokenized text, no EOS, nanmean of exp(mean NLL))",
         "reference_dtype": "ALT:alt/perplexity.py:156-160 (from_pretrained without a dtype: float32)",
         "length": "ALT@9c4a431:scratch/hist_reward_ppl_len.py:40-41,55 (tokens of the generation's text)",
@@ -228,7 +231,7 @@ def evaluate_policy(policy: str | os.PathLike, protocol: str | Protocol = "alt-c
     ref = load_policy(models["reference"], dtype=proto.reference_dtype, device=dev)
     reward_fn = load_reward(models["reward"], base_model=models["reward_base_model"],
                             template=models["reward_template"], max_length=models["reward_max_length"],
-                            dtype=reward_dtype, device=dev)
+                            dtype=reward_dtype, device=dev, precision=proto.reward_precision)
     table = load_prompts(models["dataset"], proto.eval_split, limit=proto.eval_prompts)
     if proto.strip_prompts:
         table = table.assign(prompt=table["prompt"].str.strip())

@@ -17,8 +17,15 @@ quantiles however high or low its rewards are compared with other prompts.
 
 Rules shared by both:
 
-* Ties: the sort is stable, so equal rewards keep their row order and the earlier row gets
-  the better (lower) quantile. The same input always gives the same output.
+* Ties: the sort is stable, so equal rewards keep their row order (the sample order of the pool)
+  and the earlier row gets the better (lower) quantile. The same input always gives the same output.
+  "Equal" means equal as given: a run's rewards come rounded to its ``reward_precision``
+  (:func:`quarklab.rewards.round_rewards`; "float32" by default, "float16" as ALT's fp16 reward
+  model), so two completions whose scores differ only by float64 rounding error (an ulp, from an
+  order of additions) are one tie, ordered by row, and not an order that flips with that error. At
+  "float64" such scores stay distinct and the higher one wins. Two scores that straddle a rounding
+  boundary of the precision stay one step apart either way: rounding makes near-ties rare, exact
+  scores (the same bits in every process and batch) make them impossible.
 * Fewer samples than quantiles (``n < K``, for the pool or for one group): the ``n`` samples
   take quantiles ``0..n-1`` in descending reward order; nothing goes beyond ``n-1``. One
   formula covers both cases: ``min(i // max(n // K, 1), K - 1)``.

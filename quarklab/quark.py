@@ -41,7 +41,7 @@ from .evaluation import every_token, scored_samples, summary_table
 from .hub import resolve_model
 from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
 from .quantiles import assign_by_scope, select_per_quantile
-from .rewards import load_reward
+from .rewards import config_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
 from .sampling import SamplingParams, sample
@@ -90,8 +90,7 @@ class Session:
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
             control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed,
                                               init=config.token_init)
-        reward = load_reward(config.reward, base_model=config.reward_base_model, template=config.reward_template,
-                             max_length=config.reward_max_length, dtype=config.reward_dtype, device=device)
+        reward = config_reward(config, device)
         return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,
                    load_prompts(config.dataset, config.train_split),
                    load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done, state, dist)

@@ -12,13 +12,21 @@
      text to the GPT-J tokenizer; ``<|endoftext|>`` is its eos token);
   2. tokens: the base model's tokenizer with ``pad_token = eos_token``, right truncation to
      ``max_length`` (:data:`CARPER_MAX_LENGTH` = 550 by default), right padding;
-  3. score: ``v_head(last_hidden_state)`` (hidden -> 1, no bias, computed in float32) at the
+  3. score: ``v_head(last_hidden_state)`` (hidden -> 1, no bias, computed in float32, a sum per row) at the
      token before the first pad-id (= eos) token, or at the last token when the row has none
      (it was cut). With the template's trailing eos that is the summary's last token.
 
 A template may use ``{prompt}`` and ``{completion}`` as given, and ``{post}`` and
 ``{summary}``: ALT's split of ``prompt + completion`` at the first two ``"TL;DR:"`` marks
 (see :func:`format_texts`). Scores are float64 whatever the model's dtype.
+
+A text's score does not depend on the batch it is scored in: every forward pass has the same shape,
+``batch_size`` rows of ``max_length`` tokens (each text padded on the right to ``max_length``, as ALT
+pads CarperAI's model, and the last, partial batch filled up with empty rows that are thrown away), so
+a text scored alone, among others of other lengths, or at another position of its batch goes through
+the same arithmetic and gets the same bits. (A forward's shape changes how the kernels split their
+sums, which moves a score by an ulp or so; with ties in quantiles that ulp can decide a quantile.)
+Tested on CPU; a GPU kernel may still choose its split by other things than the shape.
 
 Value-head weights are read without unpickling arbitrary objects, from either layout
 (:mod:`quarklab.value_head_files`).
@@ -68,7 +76,10 @@ def guess_kind(spec: str | os.PathLike) -> str:
 
 
 class SequenceClassifierReward:
-    """Reward = one label's logit, probability or log-probability from a sequence classifier."""
+    """Reward = one label's logit, probability or log-probability from a sequence classifier.
+
+    Every forward pass reads ``batch_size`` texts of ``max_length`` tokens (right padding, the last batch filled up
+    with empty rows), so a text's score is the same bits whatever batch it is scored in (module docstring)."""
 
     SCORES = ("logit", "prob", "logprob")
 
@@ -103,10 +114,9 @@ class SequenceClassifierReward:
         texts = format_texts(self.template, prompts, completions)
         out = []
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                ids, mask = _encode(self.tokenizer, texts[i:i + self.batch_size], self.max_length,
-                                    self.model.device)
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            for rows, ids, mask in _fixed_batches(self.tokenizer, texts, self.batch_size, self.max_length,
+                                                  self.model.device):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:rows].float()
                 if self.score == "prob":
                     logits = logits.softmax(-1)
                 elif self.score == "logprob":
@@ -124,6 +134,13 @@ class ValueHeadReward:
     :data:`CARPER_TEMPLATE`; ``max_length`` to :data:`CARPER_MAX_LENGTH` (550), or the
     model's context when that is shorter. Texts are truncated on the right and padded on
     the right with the eos token, as ALT does; see the module docstring for the exact rule.
+
+    A text's score does not depend on its batch: every forward pass is ``batch_size`` rows of
+    ``max_length`` tokens (each text padded to ``max_length``, as ALT's ``padding="max_length"``; the
+    last, partial batch filled up with empty rows whose outputs are dropped), so scoring a text alone,
+    among texts of other lengths or at another position gives the same bits. ``batch_size`` and
+    ``max_length`` set that shape; on CPU batch sizes 3, 4 and 16 gave the same bits too, which no
+    kernel promises.
     """
 
     def __init__(self, name_or_path: str | os.PathLike, *, base_model: str | os.PathLike | None = None,
@@ -175,9 +192,11 @@ class ValueHeadReward:
                                             CARPER_MAX_LENGTH)
 
     def features(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
-        """The float32 last hidden states ``(rows, hidden)`` that the v_head reads, one row per text.
+        """The float32 last hidden states ``(rows, hidden)`` that the v_head reads, one row per text, for fitting a
+        head (:func:`quarklab.testing.carper_reward_model`).
 
-        Texts are batched by length (little padding); each row's result does not depend on its batch."""
+        Quicker than a score: texts are batched by length and padded to the longest of their batch, so a row can
+        differ by an ulp from the hidden state a score reads (which has one shape for every batch)."""
         texts = format_texts(self.template, prompts, completions)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.zeros(len(texts), self.v_head_weight.shape[1], device=self.backbone.device)
@@ -191,7 +210,21 @@ class ValueHeadReward:
         return out
 
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
-        return (self.features(prompts, completions) @ self.v_head_weight.T)[:, 0].double().cpu().numpy()
+        # The v_head is a product and a sum along each row, over whole batches: a matrix product's row (h @ w.T) is
+        # not always the same bits at another row count or position (the kernel splits its sums by shape).
+        out = [(h * self.v_head_weight).sum(-1)[:rows] for rows, h in self._batch_features(prompts, completions)]
+        return torch.cat(out).double().cpu().numpy() if out else np.zeros(0, dtype=np.float64)
+
+    def _batch_features(self, prompts: list[str], completions: list[str]):
+        """``(rows, features)`` per batch: the float32 ``(batch_size, hidden)`` features of a whole batch, of which
+        the first ``rows`` are texts'."""
+        texts = format_texts(self.template, prompts, completions)
+        with torch.inference_mode():
+            for rows, ids, mask in _fixed_batches(self.tokenizer, texts, self.batch_size, self.max_length,
+                                                  self.backbone.device):
+                hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                at = score_positions(ids, self.tokenizer.pad_token_id)
+                yield rows, hidden[torch.arange(len(ids), device=ids.device), at].float()
 
 
 def score_positions(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -270,9 +303,21 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _encode(tokenizer, texts: list[str], max_length: int, device: torch.device):
-    """Right-padded, truncated ids and mask; a text with no tokens becomes a lone pad (= eos) token."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+def _fixed_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, device: torch.device):
+    """``(rows, ids, mask)`` per batch of ``texts``, every one ``batch_size`` x ``max_length``: the texts padded on
+    the right to ``max_length``, a last batch of fewer texts filled up with empty texts; ``rows`` is how many of
+    the batch's rows are texts (the first ones)."""
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i:i + batch_size]
+        ids, mask = _encode(tokenizer, chunk + [""] * (batch_size - len(chunk)), max_length, device,
+                            padding="max_length")
+        yield len(chunk), ids, mask
+
+
+def _encode(tokenizer, texts: list[str], max_length: int, device: torch.device, padding: bool | str = True):
+    """Right-padded (to the longest text, or with ``padding="max_length"`` to ``max_length``), truncated ids and
+    mask; a text with no tokens becomes a lone pad (= eos) token."""
+    enc = tokenizer(texts, return_tensors="pt", padding=padding, truncation=True, max_length=max_length)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     if ids.shape[1] == 0:
         ids, mask = ids.new_zeros((len(texts), 1)), mask.new_zeros((len(texts), 1))

@@ -168,3 +168,18 @@ def test_presets_are_configs_and_preset_gives_a_changed_copy():
 def test_check_field_names_a_value_by_the_name_it_was_given_under():
     with pytest.raises(ql.QuarkError, match=r"^sampling: n \(samples per prompt\) must be an integer >= 1, got 0$"):
         check_field("samples_per_prompt", 0, where="sampling", called="n (samples per prompt)")
+
+
+def test_reward_precision_defaults_and_what_a_run_written_before_it_reads_back(tmp_path):
+    from quarklab import runs
+
+    assert QuarkConfig().reward_precision == "float32" and preset("tldr-gptj").reward_precision == "float16"
+    assert "reward_precision = 'float32'  (one of 'float64', 'float32', 'float16')" in describe()
+    runs.write_config(tmp_path, preset("tiny"))
+    assert runs.read_config(tmp_path).reward_precision == "float32"
+    old = preset("tiny").to_dict()
+    del old["reward_precision"]  # a config.json from before issue 18: its scores were used as computed
+    (tmp_path / "config.json").write_text(__import__("json").dumps(old))
+    assert runs.read_config(tmp_path).reward_precision == "float64"
+    with pytest.raises(ql.QuarkError, match="reward_precision.*one of 'float64', 'float32', 'float16'"):
+        preset("tiny", reward_precision="bfloat16")

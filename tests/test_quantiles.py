@@ -67,6 +67,48 @@ def test_ties_are_deterministic_and_earlier_row_wins():
     assert tied.tolist() == [0, 0, 1, 1]  # 5.0 first, then the earliest 2.0
 
 
+def test_scores_an_ulp_apart_take_the_same_quantiles_either_way_round_once_rounded_to_float32():
+    # Issue 18: two completions of one prompt whose reward is the same number, computed in two orders of addition,
+    # came out one float64 ulp apart, the larger one in row 0 in one process and in row 1 in another.
+    from quarklab.rewards import round_rewards
+
+    x = 2.7
+    y = np.nextafter(x, np.inf)  # one ulp above: 2.7000000000000006
+    groups = ["post"] * 4
+    one_way, other_way = np.array([x, y, 1.0, 0.5]), np.array([y, x, 1.0, 0.5])
+    for rewards in (one_way, other_way):
+        assert round_rewards(rewards, "float32")[:2].tolist() == [float(np.float32(2.7))] * 2  # one tie ...
+        assert assign_quantiles(round_rewards(rewards, "float32"), 4, groups).tolist() == [0, 1, 2, 3]  # ... by row
+    # At float64 (what runs before reward_precision used) the ulp decides: the quantiles of rows 0 and 1 swap.
+    assert assign_quantiles(round_rewards(one_way, "float64"), 4, groups).tolist() == [1, 0, 2, 3]
+    assert assign_quantiles(round_rewards(other_way, "float64"), 4, groups).tolist() == [0, 1, 2, 3]
+
+
+def test_rounding_cannot_join_two_scores_that_straddle_a_rounding_boundary():
+    # The trade-off: rounding makes an ulp-apart pair a tie unless the pair sits on a boundary between two float32
+    # values. 1 + 2**-24 is halfway between 1 and the next float32, 1 + 2**-23: ties to even rounds it down to 1,
+    # while the float64 just above it rounds up. Such a pair still swaps quantiles with the ulp (the fix for that is
+    # a reward whose scores are the same bits in every process: quarklab.world.reward, ValueHeadReward).
+    from quarklab.rewards import round_rewards
+
+    m = 1 + 2 ** -24
+    above = np.nextafter(m, np.inf)
+    assert round_rewards(np.array([m, above]), "float32").tolist() == [1.0, 1 + 2 ** -23]
+    assert assign_quantiles(round_rewards(np.array([m, above]), "float32"), 2).tolist() == [1, 0]
+    assert assign_quantiles(round_rewards(np.array([above, m]), "float32"), 2).tolist() == [0, 1]
+
+
+def test_float16_makes_scores_a_thousandth_apart_one_tie():
+    # ALT's fp16 reward model: steps of 2**-9 between 2 and 4; 2.703 * 512 = 1383.9 and 2.704 * 512 = 1384.4 both
+    # round to 1384 / 512 = 2.703125, so the two are one tie, ordered by row; float32 keeps them apart.
+    from quarklab.rewards import round_rewards
+
+    rewards = np.array([2.703, 2.704, 2.0])
+    assert round_rewards(rewards, "float16").tolist() == [2.703125, 2.703125, 2.0]
+    assert assign_quantiles(round_rewards(rewards, "float16"), 3).tolist() == [0, 1, 2]
+    assert assign_quantiles(round_rewards(rewards, "float32"), 3).tolist() == [1, 0, 2]
+
+
 def test_fewer_samples_than_quantiles():
     assert assign_quantiles([0.2, 0.9], 5).tolist() == [1, 0]
     q = assign_quantiles([0.2, 0.9, 0.5, 0.1, 0.4, 0.3], 4, groups=[0, 0, 0, 1, 1, 1])

@@ -13,11 +13,13 @@ from tokenizers.models import BPE
 from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPTJConfig,
                           GPTJForCausalLM, PreTrainedTokenizerFast)
 
+import quarklab as ql
 from quarklab.errors import QuarkError
 from quarklab.config import QuarkConfig
 from quarklab.reward_models import CARPER_TEMPLATE, ValueHeadReward, format_texts, guess_kind
 from quarklab.value_head_files import save_value_head_model
 from quarklab.rewards import CheckedReward, load_reward
+from quarklab.testing import carper_reward_model
 
 EOS = "<|endoftext|>"
 CORPUS = [
@@ -390,3 +392,42 @@ def test_guess_kind_needs_a_known_layout(gpt2_parts, tmp_path):
         guess_kind(tmp_path)
     with pytest.raises(QuarkError, match="no v_head.safetensors"):
         load_reward(lm_dir, kind="value-head", device="cpu")
+
+
+# ---------------------------------------------------------------- a score does not depend on its batch (issue 18)
+
+def _scored_every_way(make, prompts: list[str], completions: list[str]) -> dict[str, bytes]:
+    """The float64 bytes of the scores of ``prompts``/``completions``: all together in batches of 4 (the last one
+    partial), each alone, in reverse order (each text at another position of another batch), and in batches of
+    3 (another batch size); ``make(batch_size)`` loads the reward."""
+    four, three = make(4), make(3)
+    return {"together": four(prompts, completions).tobytes(),
+            "alone": np.concatenate([four([p], [c]) for p, c in zip(prompts, completions)]).tobytes(),
+            "reversed": four(prompts[::-1], completions[::-1])[::-1].tobytes(),
+            "batch of 3": three(prompts, completions).tobytes()}
+
+
+def _tiny_rows(n: int) -> tuple[list[str], list[str]]:
+    """``n`` real tiny-world test posts, each with a summary of a different length (3 to 3 + 4(n-1) words)."""
+    prompts = ql.load_prompts("tiny-tldr", "test", limit=n)["prompt"].tolist()
+    return prompts, [" " + " ".join(p.split("POST:")[1].split()[:3 + 4 * i]) for i, p in enumerate(prompts)]
+
+
+def test_value_head_score_is_the_same_bits_alone_in_any_batch_and_position(world):
+    # Before every batch had one shape (batch_size x max_length) and the v_head became a sum per row, most of these
+    # scores moved by up to 1.4e-6 between "together" and "alone": an ulp that can swap two tied quantiles.
+    path = carper_reward_model(world=world)
+    prompts, summaries = _tiny_rows(6)
+    scores = _scored_every_way(lambda bs: load_reward(path, base_model=world.policy, device="cpu", batch_size=bs,
+                                                      max_length=256), prompts, summaries)
+    assert len(set(scores.values())) == 1, {k: np.frombuffer(v) for k, v in scores.items()}
+    assert len(set(np.frombuffer(scores["alone"]).tolist())) == 6  # six different scores, not six copies of one
+
+
+def test_classifier_score_is_the_same_bits_alone_in_any_batch_and_position(classifier):
+    folder, _ = classifier
+    prompts = PROMPTS * 3
+    completions = [c + " and" * i for i, c in enumerate(COMPLETIONS * 3)]  # nine lengths
+    scores = _scored_every_way(lambda bs: load_reward(folder, device="cpu", batch_size=bs), prompts, completions)
+    assert len(set(scores.values())) == 1, {k: np.frombuffer(v) for k, v in scores.items()}
+

@@ -44,3 +44,43 @@ def test_reward_is_deterministic_and_works_on_free_text(reward):
     a = reward([PROMPT, "just some text about cats"], ["forgot birthday", "cats"])
     b = ql.load_reward("tiny-tldr")([PROMPT, "just some text about cats"], ["forgot birthday", "cats"])
     assert np.array_equal(a, b) and a.dtype == np.float64
+
+
+# Scores 200 real tiny-world rows (test split: each post against a summary of every third of its words, so that
+# coverage stays below its cap of 1 and sums many weights) and prints the md5 of the float64 array's bytes.
+_HASH_SCRIPT = """
+import hashlib, quarklab as ql
+df = ql.load_prompts("tiny-tldr", "test", limit=200)
+summaries = [" " + " ".join(p.split("POST:")[1].split()[::3][:15]) for p in df["prompt"]]
+scores = ql.load_reward("tiny-tldr")(list(df["prompt"]), summaries)
+print(hashlib.md5(scores.tobytes()).hexdigest(), len(scores), int((scores < 3.0).sum()))
+"""
+
+
+def test_scores_are_the_same_bytes_in_every_process_whatever_the_hash_seed(world):
+    # A set of strings iterates in an order set by PYTHONHASHSEED, random per process: before math.fsum these four
+    # processes printed four different hashes (issue 18: one ulp apart, then a tie broken the other way).
+    import os
+    import subprocess
+    import sys
+
+    outs = set()
+    for hash_seed in ("1", "2", "3", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run([sys.executable, "-c", _HASH_SCRIPT], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.add(proc.stdout.strip())
+    assert len(outs) == 1, outs
+    _, n, below_cap = outs.pop().split()
+    assert n == "200" and int(below_cap) > 20  # many rows sum weights below the coverage cap, where order mattered
+
+
+def test_a_rows_score_does_not_depend_on_its_batch(reward, world):
+    df = ql.load_prompts("tiny-tldr", "test", limit=12)
+    prompts = list(df["prompt"])
+    summaries = [" " + " ".join(p.split("POST:")[1].split()[i % 3::3][:5 + i]) for i, p in enumerate(prompts)]
+    together = reward(prompts, summaries)
+    alone = np.array([reward([p], [s])[0] for p, s in zip(prompts, summaries)])
+    reversed_ = reward(prompts[::-1], summaries[::-1])[::-1]
+    assert together.tobytes() == alone.tobytes() == reversed_.tobytes()
