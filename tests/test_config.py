@@ -72,6 +72,8 @@ BAD = [  # (field, value, what the message must say the field accepts)
     ("policy", None, "non-empty text"),
     ("dataset", 3, "non-empty text"),
     ("reference", "  ", "non-empty text, or None"),
+    ("train_targets", "eos", "one of 'sampled', 'alt', got 'eos'"),
+    ("strip_prompts", "yes", "true or false"),
 ]
 
 
@@ -168,3 +170,20 @@ def test_presets_are_configs_and_preset_gives_a_changed_copy():
 def test_check_field_names_a_value_by_the_name_it_was_given_under():
     with pytest.raises(ql.QuarkError, match=r"^sampling: n \(samples per prompt\) must be an integer >= 1, got 0$"):
         check_field("samples_per_prompt", 0, where="sampling", called="n (samples per prompt)")
+
+
+def test_alts_prompts_and_training_targets_are_options_the_alt_preset_takes():
+    """Stripped prompts and ALT's training targets: off by default (as every run before them trained), on in the
+    preset that is ALT's run."""
+    assert (QuarkConfig().strip_prompts, QuarkConfig().train_targets) == (False, "sampled")
+    assert (preset("tiny").strip_prompts, preset("tiny").train_targets) == (False, "sampled")
+    assert (preset("tldr-gptj").strip_prompts, preset("tldr-gptj").train_targets) == (True, "alt")
+    data = describe().split("\nQuantiles and pool\n")[0]  # the first section
+    training = describe().split("\nTraining\n")[1].split("\nEvaluation: prompts and sampling\n")[0]
+    assert "\nstrip_prompts = False  (true or false)" in data and "\ntrain_targets = 'sampled'  (one of" in training
+    config = preset("tiny").with_overrides(["strip_prompts=true", "train_targets=alt"])
+    assert (config.strip_prompts, config.train_targets) == (True, "alt")
+    old = preset("tldr-gptj").to_dict()
+    del old["strip_prompts"], old["train_targets"]  # a config.json written before the fields existed
+    stored = QuarkConfig.from_stored(old)
+    assert (stored.strip_prompts, stored.train_targets) == (False, "sampled")
