@@ -26,6 +26,7 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Draw = Literal["finished-first", "uniform"]
 LossVocab = Literal["full", "no-quantile-tokens"]
 Perplexity = Literal["alt", "sampled-ids"]
+TrainTargets = Literal["sampled", "alt"]
 WarmupShape = Literal["linear", "log"]
 TokenInit = Literal["quark", "alt"]
 Sampler = Literal["hf", "vllm"]
@@ -68,6 +69,9 @@ class QuarkConfig:
         hub dataset id.""")
     train_split: str = knob("train", "Split of ``dataset`` that training prompts come from.")
     eval_split: str = knob("test", "Split of ``dataset`` that evaluation prompts come from.")
+    strip_prompts: bool = knob(False, """Strip leading and trailing whitespace from every prompt where the run loads
+        them, so sampling, reward scoring, training and evaluation all see the stripped text (ALT strips each
+        prompt before sampling, scoring and training).""")
     seed: int = knob(0, "Seeds everything: prompt choice, sampling, token init, selection, training order.",
                      NON_NEGATIVE)
     device: str = knob("auto", """Where the models run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1",
@@ -150,6 +154,11 @@ class QuarkConfig:
     loss_vocab: LossVocab = knob("full", """Softmax of the NLL and entropy terms: "full" = the whole vocabulary,
         quantile tokens included (Quark, ALT); "no-quantile-tokens" leaves their logits out. KL always compares
         the models without them.""")
+    train_targets: TrainTargets = knob("sampled", """What a training row's completion is trained as: "sampled" =
+        the sampled token ids, with EOS when one was sampled (a completion cut at max_new_tokens is not taught to
+        end there); "alt" = ALT's rule: " " + the completion's text stripped, re-tokenized, with EOS unless the
+        stripped text is exactly max_new_tokens tokens and does not end in ".", "?" or "!". The pool keeps what
+        was sampled either way.""")
     trainable_fraction: float = knob(1.0, """Share of transformer blocks trained, from the top: the top
         ``int(fraction * n_layers)`` (ALT's floor rule: 0.3 of GPT-J's 28 = 8), at least one; embeddings, final
         norm and head are always trained so new quantile tokens can learn.""", Range(0, 1, lo_open=True))
@@ -239,11 +248,11 @@ class QuarkConfig:
         return self.replace(**changes)
 
 
-# What a config.json written before these fields existed ran with (quarklab before issue 9's ALT fidelity work;
-# reward_precision: before issue 18, when scores were used as computed).
+# What a config.json written before these fields existed ran with (quarklab before issue 9's ALT fidelity work and
+# issue 18's ALT options; reward_precision: scores were used as computed).
 BEFORE_FIELD: dict[str, Any] = dict(per_quantile_draw="uniform", adam_beta1=0.9, adam_beta2=0.999,
                                     loss_vocab="no-quantile-tokens", perplexity="sampled-ids", warmup_shape="linear",
-                                    reward_precision="float64")
+                                    reward_precision="float64", strip_prompts=False, train_targets="sampled")
 
 
 # ------------------------------------------------------------------ field specs (quarklab.knobs, for this class)
@@ -280,12 +289,14 @@ PRESETS: dict[str, QuarkConfig] = {
                         eval_prompts=96, eval_max_new_tokens=48, eval_batch_size=96),
     # The ALT paper's Quark TL;DR run (sauc-abadal/ALT), field by field: docs/alt-parity.md gives each value beside
     # ALT's, with the file it comes from, and says where quarklab differs and why (bf16 rather than fp16 compute,
-    # quantile tokens suppressed in sampling, EOS trained only when sampled). GPU, hub access (or a filled hub cache).
+    # quantile tokens suppressed in sampling). Prompts stripped and ALT's training targets (re-tokenized text, EOS
+    # unless cut at the limit mid-sentence), as ALT. GPU, hub access (or a filled hub cache).
     "tldr-gptj": QuarkConfig(policy="CarperAI/openai_summarize_tldr_sft", reference=None,
                              reward="CarperAI/openai_summarize_tldr_rm_checkpoint/pytorch_model.bin",
                              reward_base_model="CarperAI/openai_summarize_tldr_sft", reward_template=None,
                              reward_max_length=550, reward_dtype="float16", reward_precision="float16",
                              dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
+                             strip_prompts=True, train_targets="alt",
                              eval_prompts=None, iterations=10, prompts_per_iteration=2048,
                              num_quantiles=5, quantile_scope="local", pool_strategy="alt", per_quantile_per_prompt=2,
                              token_init="alt",

@@ -18,13 +18,15 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 
 
 def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit: int | None = None,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, strip: bool = False) -> pd.DataFrame:
     """Load prompts as a DataFrame with ``prompt_id``, ``prompt`` and (when the source has it) ``label``.
 
     ``source`` is ``"tiny-tldr"`` (the offline world; ``split`` train/valid/test), a local
     ``.jsonl``/``.csv``/``.parquet`` file (``split`` ignored), or a hub dataset id such as
     ``CarperAI/openai_summarize_tldr`` (``split`` train/valid/test). ``limit`` keeps the
-    first rows. ``prompt_id`` is the row's position in the source, stable across calls.
+    first rows. ``prompt_id`` is the row's position in the source, stable across calls. ``strip``
+    removes each prompt's leading and trailing whitespace (a run's ``strip_prompts``, as ALT does:
+    ``ALT@79bc706:tasks/summarization/datasets/sampling_dataset_and_collator.py:73-76``).
     """
     named = lookup(source, seed=seed)
     if named is not None:
@@ -41,6 +43,8 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
                          f"(first at row {int(bad.to_numpy().nonzero()[0][0])})")
     keep = ["prompt"] + (["label"] if "label" in df.columns else [])
     df = df[keep].reset_index(drop=True)
+    if strip:
+        df["prompt"] = df["prompt"].map(str.strip)  # Python's strip, as ALT's
     df.insert(0, "prompt_id", range(len(df)))
     return df.head(limit).copy() if limit is not None else df
 

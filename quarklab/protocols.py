@@ -232,9 +232,7 @@ def evaluate_policy(policy: str | os.PathLike, protocol: str | Protocol = "alt-c
     reward_fn = load_reward(models["reward"], base_model=models["reward_base_model"],
                             template=models["reward_template"], max_length=models["reward_max_length"],
                             dtype=reward_dtype, device=dev, precision=proto.reward_precision)
-    table = load_prompts(models["dataset"], proto.eval_split, limit=proto.eval_prompts)
-    if proto.strip_prompts:
-        table = table.assign(prompt=table["prompt"].str.strip())
+    table = load_prompts(models["dataset"], proto.eval_split, limit=proto.eval_prompts, strip=proto.strip_prompts)
     params = SamplingParams(do_sample=False, max_new_tokens=proto.eval_max_new_tokens,
                             batch_size=proto.eval_batch_size)
     samples = scored_samples(model, tokenizer, table, reward_fn, reference=ref, control_ids=control_ids,

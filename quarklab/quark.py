@@ -92,8 +92,9 @@ class Session:
                                               init=config.token_init)
         reward = config_reward(config, device)
         return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,
-                   load_prompts(config.dataset, config.train_split),
-                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts), done, state, dist)
+                   load_prompts(config.dataset, config.train_split, strip=config.strip_prompts),
+                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts,
+                                strip=config.strip_prompts), done, state, dist)
 
 
 def check_processes(config: QuarkConfig, dist: Dist) -> None:
@@ -298,7 +299,7 @@ def _train(s: Session, it: int, progress: bool) -> None:
     c, tok = s.config, s.tokenizer
     with stage("pool"):
         rows = training_rows(c, s.run_dir, it)
-    records = table_rows(rows)
+    records = table_rows(rows, c.train_targets, tok, c.max_new_tokens)
     log, state = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id,
                                tok.eos_token_id, seed=_seed(c, it, 3), progress=progress, state=s.trainer_state,
                                dist=s.dist)
@@ -306,8 +307,9 @@ def _train(s: Session, it: int, progress: bool) -> None:
         s.trainer_state = state
     folder = runs.checkpoint_path(s.run_dir, it)
     if s.dist.is_main:
-        runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), **entry} for i, entry in enumerate(log)],
-                            it, "train")
+        eos_rows = sum(r["finished"] for r in records)  # rows trained with EOS after the completion
+        runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), "eos_rows": eos_rows, **entry}
+                                        for i, entry in enumerate(log)], it, "train")
         with stage("checkpoint"), files.atomic_dir(folder) as tmp:
             s.policy.save_pretrained(tmp, state_dict=state.weights)  # an engine's gathered weights, or the policy's
             tok.save_pretrained(tmp)

@@ -76,10 +76,52 @@ def quark_loss(policy_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Te
     return loss, stats
 
 
-def table_rows(table) -> list[dict]:
-    """Training rows from a pool-like table (``prompt_ids``, ``completion_ids``, ``finished``, ``quantile``)."""
-    return [{"prompt_ids": list(p), "completion_ids": list(c), "finished": bool(f), "quantile": int(q)}
-            for p, c, f, q in zip(table["prompt_ids"], table["completion_ids"], table["finished"], table["quantile"])]
+TRAIN_TARGETS = ("sampled", "alt")
+SENTENCE_ENDS = (".", "?", "!")
+
+
+def table_rows(table, targets: str = "sampled", tokenizer=None, limit: int | None = None) -> list[dict]:
+    """Training rows from a pool-like table (``prompt_ids``, ``completion_ids``, ``finished``, ``quantile``; and
+    ``completion``, the text, for ALT's targets). A row's ``completion_ids`` are the ids it is trained on and its
+    ``finished`` whether EOS is trained after them; both loops (:func:`train_on_rows`, :func:`train_with_engine`)
+    train on exactly these rows.
+
+    ``targets`` is the config's ``train_targets``: ``"sampled"``, the sampled ids, with EOS when one was sampled;
+    ``"alt"``, :func:`alt_target` of each completion's text, re-tokenized with ``tokenizer``, ``limit`` being the
+    run's ``max_new_tokens``. The table is read, never changed: the pool keeps what was sampled.
+    """
+    if targets not in TRAIN_TARGETS:
+        raise QuarkError(f"train_targets must be one of {TRAIN_TARGETS}, got {targets!r}")
+    heads = [(list(p), int(q)) for p, q in zip(table["prompt_ids"], table["quantile"])]
+    if targets == "sampled":
+        tails = [(list(c), bool(f)) for c, f in zip(table["completion_ids"], table["finished"])]
+    else:
+        if tokenizer is None or limit is None:
+            raise QuarkError("train_targets='alt' re-tokenizes each completion's text: pass the tokenizer and the "
+                             "token limit (max_new_tokens)")
+        if "completion" not in table:
+            raise QuarkError("train_targets='alt' re-tokenizes each completion's text, and this table has no "
+                             "'completion' column")
+        tails = [alt_target(tokenizer, text, limit) for text in table["completion"]]
+    return [{"prompt_ids": p, "completion_ids": c, "finished": f, "quantile": q} for (p, q), (c, f) in zip(heads, tails)]
+
+
+def alt_target(tokenizer, completion: str, limit: int) -> tuple[list[int], bool]:
+    """ALT's training target for a completion's text: the ids of ``" " + completion.strip()``, and whether EOS is
+    trained after them (``ALT:alt/training_dataset_and_collator.py:50-63,74-95``).
+
+    EOS is left out only when the completion looks cut at the token limit: its stripped text (without the leading
+    space) is exactly ``limit`` tokens *and* does not end in ".", "?" or "!". ALT asks spaCy for the text's last
+    token and tests that token's last character; spaCy's tokens cover the text up to its last character (a doc's
+    tokens with their trailing spaces are the text, and a stripped text has no trailing space), so the test on
+    the stripped text's last character gives the same answer, an empty text included (no last token: no
+    sentence end). ALT's tokenizer (GPT-J's) adds no special tokens, so both counts here are without them.
+    """
+    text = completion.strip()
+    ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    cut = not text.endswith(SENTENCE_ENDS) and len(tokenizer(text, add_special_tokens=False)["input_ids"]) == limit
+    return ids, not cut
+
 
 def check_rows(rows: list[dict], control_ids: list[int]) -> None:
     """One clear error for a completion holding a quantile token: sampling must suppress them."""

@@ -72,6 +72,8 @@ BAD = [  # (field, value, what the message must say the field accepts)
     ("policy", None, "non-empty text"),
     ("dataset", 3, "non-empty text"),
     ("reference", "  ", "non-empty text, or None"),
+    ("train_targets", "eos", "one of 'sampled', 'alt', got 'eos'"),
+    ("strip_prompts", "yes", "true or false"),
 ]
 
 
@@ -183,3 +185,20 @@ def test_reward_precision_defaults_and_what_a_run_written_before_it_reads_back(t
     assert runs.read_config(tmp_path).reward_precision == "float64"
     with pytest.raises(ql.QuarkError, match="reward_precision.*one of 'float64', 'float32', 'float16'"):
         preset("tiny", reward_precision="bfloat16")
+
+
+def test_alts_prompts_and_training_targets_are_options_the_alt_preset_takes():
+    """Stripped prompts and ALT's training targets: off by default (as every run before them trained), on in the
+    preset that is ALT's run."""
+    assert (QuarkConfig().strip_prompts, QuarkConfig().train_targets) == (False, "sampled")
+    assert (preset("tiny").strip_prompts, preset("tiny").train_targets) == (False, "sampled")
+    assert (preset("tldr-gptj").strip_prompts, preset("tldr-gptj").train_targets) == (True, "alt")
+    data = describe().split("\nQuantiles and pool\n")[0]  # the first section
+    training = describe().split("\nTraining\n")[1].split("\nEvaluation: prompts and sampling\n")[0]
+    assert "\nstrip_prompts = False  (true or false)" in data and "\ntrain_targets = 'sampled'  (one of" in training
+    config = preset("tiny").with_overrides(["strip_prompts=true", "train_targets=alt"])
+    assert (config.strip_prompts, config.train_targets) == (True, "alt")
+    old = preset("tldr-gptj").to_dict()
+    del old["strip_prompts"], old["train_targets"]  # a config.json written before the fields existed
+    stored = QuarkConfig.from_stored(old)
+    assert (stored.strip_prompts, stored.train_targets) == (False, "sampled")

@@ -27,6 +27,16 @@ def test_local_files_of_each_format_load_the_same(tmp_path, suffix):
     assert got["prompt_id"].tolist() == [0, 1, 2]
 
 
+def test_prompts_are_stripped_only_when_asked(tmp_path):
+    path = tmp_path / "padded.jsonl"
+    padded = [" \n" + ROWS[0]["prompt"] + "  ", ROWS[1]["prompt"] + " \n", "\t" + ROWS[2]["prompt"]]
+    pd.DataFrame({"prompt": padded, "label": ["x", "y", "y"]}).to_json(path, orient="records", lines=True)
+    assert ql.load_prompts(path)["prompt"].tolist() == padded  # as written, by default
+    got = ql.load_prompts(path, strip=True, limit=2)
+    assert got["prompt"].tolist() == [ROWS[0]["prompt"], ROWS[1]["prompt"]]  # ends in "TL;DR:", no space after
+    assert got["prompt_id"].tolist() == [0, 1] and got["label"].tolist() == ["x", "y"]
+
+
 def test_real_tldr_sample_loads_with_long_posts(real_tldr):
     assert len(real_tldr) == 1945
     assert real_tldr["prompt"].str.endswith("TL;DR:").all()

@@ -144,6 +144,40 @@ def test_pool_stores_prompt_ids_and_training_reads_exactly_them(world, sft, tmp_
     assert [a.tolist() for a in upgraded["prompt_ids"]] == [a.tolist() for a in pool["prompt_ids"]]
 
 
+def test_stripped_prompts_reach_sampler_reward_and_evaluation_and_training_takes_alts_targets(world, sft, tmp_path):
+    """strip_prompts on a dataset whose prompts are padded with whitespace, and train_targets='alt': the sampler,
+    the reward and the evaluation see the stripped text, and the iteration trains on ALT's targets."""
+    _, tok = sft
+    source = ql.load_prompts("tiny-tldr", "train", limit=8)
+    padded = [" \n" + p + " " if i % 2 else "\t" + p + "\n\n" for i, p in enumerate(source["prompt"])]
+    data = tmp_path / "padded.jsonl"
+    pd.DataFrame({"prompt": padded, "label": source["label"]}).to_json(data, orient="records", lines=True)
+    settings = ["iterations=1", "prompts_per_iteration=8", "samples_per_prompt=6", "num_quantiles=3",
+                "max_new_tokens=12", "eval_prompts=4", "eval_max_new_tokens=12", "epochs_per_iteration=1",
+                "batch_size=16", f"dataset={data}", "strip_prompts=true", "train_targets=alt"]
+    proc = _cli("--preset", "tiny", "--run-dir", str(tmp_path / "run"), *[a for s in settings for a in ("--set", s)])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    config, run_dir = preset("tiny").with_overrides(settings), tmp_path / "run"
+    pool = runs.read_pool(run_dir, 1)
+    stripped = dict(enumerate(source["prompt"]))  # the tiny world's prompts, as padded.jsonl wrote them unpadded
+    assert pool["prompt"].tolist() == pool["prompt_id"].map(stripped).tolist() and len(pool) == 8 * 6
+    tail = tok("\nTL;DR:", add_special_tokens=False)["input_ids"]
+    budget = prompt_budget(sft[0], config.max_new_tokens)
+    for prompt, ids in zip(pool["prompt"], pool["prompt_ids"]):  # the sampler encoded the stripped text
+        assert ids.tolist() == encode_prompt(tok, prompt, budget)[0] and ids.tolist()[-len(tail):] == tail
+    reward = ql.load_reward("tiny-tldr")
+    assert pool["reward"].to_numpy() == pytest.approx(reward(pool["prompt"].tolist(), pool["completion"].tolist()))
+    assert set(pd.read_parquet(runs.eval_path(run_dir, 1))["prompt"]) == {stripped[i] for i in range(4)}
+    # ALT's targets, by hand: EOS unless the stripped text is exactly 12 tokens and ends in none of . ? !
+    rows = training_rows(config, run_dir, 1)
+    cut = [len(tok(t.strip())["input_ids"]) == 12 and not t.strip().endswith((".", "?", "!"))
+           for t in rows["completion"]]
+    train = runs.read_metrics(run_dir).query("kind == 'train'")
+    assert (train["rows"] == len(rows)).all() and (train["eos_rows"] == len(rows) - sum(cut)).all()
+    assert sum(cut) < len(rows) - rows["finished"].sum()  # completions cut at 12 on a "." now learn to end there
+
+
 def test_run_dir_layout_helpers(tmp_path):
     for name in ["checkpoints/iter_010", "checkpoints/iter_002", "checkpoints/.iter_003.tmp-x", "checkpoints/iter_4"]:
         (tmp_path / name).mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ import quarklab as ql
 from quarklab.config import preset
 from quarklab.scoring import build_batch, completion_logits
 from quarklab.tokens import add_quantile_tokens, quantile_token
-from quarklab.train import kept_vocab, quark_loss, train_on_rows
+from quarklab.train import alt_target, kept_vocab, quark_loss, rows_batch, table_rows, train_on_rows
 from quarklab.trainable import set_trainable
 
 
@@ -235,3 +236,62 @@ def test_a_trainer_state_continues_the_schedule_across_iterations(models, rows, 
     second, _ = train_on_rows(model, None, rows, config, ids, tok.pad_token_id, tok.eos_token_id, seed=1, state=again)
     assert [e["lr"] for e in first + second] == pytest.approx([e["lr"] for e in once])
     assert [e["lr"] for e in first + second] == pytest.approx([0.0, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+
+
+# ------------------------------------------------------------------ training targets: the sampled ids, or ALT's rule
+
+@pytest.fixture(scope="module")
+def tok(world):
+    return ql.load_tokenizer(world.policy)
+
+
+def test_alts_target_is_the_stripped_text_after_a_space_with_eos_unless_cut_mid_sentence_at_the_limit(tok):
+    names = lambda ids: tok.convert_ids_to_tokens(ids)  # noqa: E731
+    # "He quit the job." is 6 tokens, H e quit the job . (with or without the leading space)
+    assert names(tok("He quit the job.")["input_ids"]) == ["H", "e", "Ġquit", "Ġthe", "Ġjob", "."]
+    ids, eos = alt_target(tok, "He quit the job.", 6)
+    assert names(ids) == ["ĠH", "e", "Ġquit", "Ġthe", "Ġjob", "."] and eos  # cut at the limit, but on a "."
+    assert alt_target(tok, "He quit the jo", 6) == (tok(" He quit the jo")["input_ids"], False)  # cut mid-word
+    assert alt_target(tok, "He quit the jo", 7)[1]  # 6 tokens under a limit of 7: it ended, so EOS
+    # W as it legal ? (5 tokens) and I am fine ! (4): cut at the limit on a "?" and a "!"
+    assert alt_target(tok, "Was it legal?", 5)[1] and alt_target(tok, "I am fine!", 4)[1]
+    # leading and trailing spaces go; the count is of the stripped text, not of " " + text: "Roommate" is
+    # R oommate (2 tokens) at the start of a text, ĠRoommate (1) after a space
+    assert names(tok("Roommate stole my rent")["input_ids"]) == ["R", "oommate", "Ġsto", "le", "Ġmy", "Ġrent"]
+    ids, eos = alt_target(tok, "  Roommate stole my rent \n", 6)
+    assert names(ids) == ["ĠRoommate", "Ġsto", "le", "Ġmy", "Ġrent"] and not eos  # 6 stripped tokens = the limit
+    assert alt_target(tok, "  Roommate stole my rent \n", 5) == (ids, True)  # 6 tokens: not at a limit of 5
+    assert alt_target(tok, "Roommate stole my rent. ", 6) == (tok(" Roommate stole my rent.")["input_ids"], True)
+    assert alt_target(tok, "   ", 1) == ([tok.convert_tokens_to_ids("Ġ")], True)  # nothing: a space, then EOS
+
+
+def test_training_rows_take_the_sampled_ids_or_alts_targets_and_leave_the_pool_alone(tok):
+    sampled = [tok(" He quit the jo ")["input_ids"], tok(" Roommate stole my rent.")["input_ids"], [9, 9]]
+    pool = pd.DataFrame({"prompt_ids": [[5, 6], [7], [8]], "quantile": [0, 2, 1], "finished": [False, False, True],
+                         "completion_ids": sampled, "completion": [" He quit the jo ", " Roommate stole my rent.", ""]})
+    before = pool.copy(deep=True)
+    rows = table_rows(pool)  # "sampled": the pool's ids, EOS as sampled
+    assert [(r["completion_ids"], r["finished"]) for r in rows] == [(sampled[0], False), (sampled[1], False),
+                                                                     ([9, 9], True)]
+    rows = table_rows(pool, "alt", tok, 6)  # a limit of 6 tokens
+    assert [(r["prompt_ids"], r["quantile"]) for r in rows] == [([5, 6], 0), ([7], 2), ([8], 1)]
+    assert [r["completion_ids"] for r in rows] == [tok(" He quit the jo")["input_ids"],
+                                                   tok(" Roommate stole my rent.")["input_ids"], tok(" ")["input_ids"]]
+    assert [r["finished"] for r in rows] == [False, True, True]  # cut mid-word at 6; ends in "."; nothing sampled
+    pd.testing.assert_frame_equal(pool, before)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    batch = rows_batch(rows, [100, 101, 102], pad, eos)  # what both training loops lay out from the rows
+    n = [len(r["completion_ids"]) for r in rows]
+    assert batch.labels[0].tolist()[: n[0] + 1] == rows[0]["completion_ids"] + [-100]  # no EOS trained
+    assert batch.labels[1].tolist()[: n[1] + 1] == rows[1]["completion_ids"] + [eos]
+    assert batch.labels[2].tolist()[:2] == rows[2]["completion_ids"] + [eos]
+
+
+def test_bad_training_target_settings_are_one_clear_error(tok):
+    pool = pd.DataFrame({"prompt_ids": [[5]], "quantile": [0], "finished": [True], "completion_ids": [[9]]})
+    with pytest.raises(ql.QuarkError, match="train_targets must be one of .*'sampled', 'alt'.*got 'ppo'"):
+        table_rows(pool, "ppo")
+    with pytest.raises(ql.QuarkError, match="pass the tokenizer and the token limit"):
+        table_rows(pool, "alt")
+    with pytest.raises(ql.QuarkError, match="no 'completion' column"):
+        table_rows(pool, "alt", tok, 6)
