@@ -27,7 +27,7 @@ from quarklab.tokens import quantile_token_ids
 SFT, RM = "CarperAI/openai_summarize_tldr_sft", "CarperAI/openai_summarize_tldr_rm_checkpoint"
 SIZES = ["dataset=tiny-tldr", "iterations=2", "prompts_per_iteration=3", "samples_per_prompt=10",
          "max_new_tokens=10", "eval_prompts=4", "eval_max_new_tokens=10", "sample_batch_size=30", "eval_batch_size=8",
-         "dtype=bfloat16"]
+         "dtype=bfloat16", "final_protocol=None"]  # the card's protocol is run below on 4 prompts, not all 400
 
 
 def cache_repo(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
@@ -121,3 +121,26 @@ def test_evaluation_reads_the_valid_split(gptj_run):
     assert set(scored["prompt"]) == valid
     metrics = runs.read_metrics(gptj_run)
     assert set(metrics.loc[metrics["kind"] == "eval", "iteration"]) == {0, 1, 2}
+
+
+def test_quarklab_eval_runs_the_cards_protocol_on_the_stand_ins(gptj_run, hub_cache, tmp_path):
+    """`quarklab eval` under alt-card, offline: the run's last checkpoint (token 0 = id 50400) and the SFT model by
+    its hub id (no token), with the CarperAI-layout RM (fp16 scores) and the perplexity reference in float32."""
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
+    used = {}
+    for name, policy, extra in (("run", str(gptj_run), []), ("sft", SFT, ["--dataset", "tiny-tldr"])):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "eval", policy, "--protocol", "alt-card",
+                               "--prompts", "4", "--out", str(out), *extra], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        used[name] = json.loads((out / "summary.json").read_text())["used"]
+        samples = pd.read_parquet(out / "samples.parquet")
+        assert len(samples) == 4 and (samples["num_tokens"] <= 128).all()
+        assert samples["reward"].tolist() == samples["reward"].astype(np.float16).astype(float).tolist()  # fp16
+    run, sft = used["run"], used["sft"]
+    assert run["conditioning"] == "_QUANTILE_TOKEN_0_" and sft["conditioning"] == "none"
+    assert ql.load_tokenizer(run["policy"]).convert_tokens_to_ids("_QUANTILE_TOKEN_0_") == 50400
+    assert (run["reward"], run["reference"]) == (RM + "/pytorch_model.bin", SFT)  # the run's own models
+    assert (sft["reward"], sft["reference"]) == (RM + "/pytorch_model.bin", SFT)  # the protocol's models
+    assert run["reference_dtype"] == sft["reference_dtype"] == "float32" and run["protocol"]["eval_split"] == "test"
