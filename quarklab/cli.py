@@ -131,7 +131,8 @@ def _judge(args) -> None:
 
     if args.judge == "http" and not args.judge_model:
         raise QuarkError("--judge http needs --model (the endpoint's model name, e.g. gpt-4o)")
-    judge = make_judge(args.judge, args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env or None)
+    judge = make_judge(args.judge, args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env or None,
+                       concurrency=args.concurrency)
     result = win_rate(args.a, args.b, judge, out=args.out, limit=args.limit, bootstrap_seed=args.seed,
                       progress=True)
     print(result)
@@ -157,7 +158,7 @@ def _eval(args) -> None:
         from .judge.systems import file_slug
 
         judge = make_judge(args.judge, args.judge_model, base_url=args.base_url,
-                           api_key_env=args.api_key_env or None)
+                           api_key_env=args.api_key_env or None, concurrency=args.concurrency)
         ours = replace(load_system(f"file:{out / 'samples.parquet'}"), label=file_slug(result.summary["model"][0]))
         print(win_rate(ours, args.against, judge, out=out, bootstrap_seed=args.seed, progress=True))
 
@@ -173,6 +174,8 @@ def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
                         help="http: the environment variable holding the API key (read, never written); '' for "
                              "none")
+    parser.add_argument("--concurrency", type=int, default=8, metavar="N",
+                        help="http: requests in flight at once (default 8); each judgment is cached as it arrives")
 
 
 def build_parser() -> argparse.ArgumentParser:
