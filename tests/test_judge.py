@@ -248,10 +248,12 @@ def test_http_judge_keeps_at_most_n_requests_in_flight_and_returns_results_in_in
     results = judge.judge(items)
     assert len(server.hits) == 14 and server.most_in_flight == 3  # concurrent, and never more than 3 at once
     assert server.finished != [a for _, a, _ in items]  # the answers came back in another order ...
-    assert [raw.splitlines()[0] for raw, _ in results] == [f"Comparison: A is {a}." for _, a, _ in items]  # ... these not
+    firsts = [raw.splitlines()[0] for raw, _ in results]
+    assert firsts == [f"Comparison: A is {a}." for _, a, _ in items]  # ... the results did not
     assert [verdict for _, verdict in results] == ["A" if k % 2 == 0 else "B" for k in range(14)]
     assert judge.judge([]) == [] and len(server.hits) == 14
-    with pytest.raises(ql.QuarkError, match=r"concurrency \(requests in flight at once\) must be an integer >= 1, got 0"):
+    with pytest.raises(ql.QuarkError, match=r"concurrency \(requests in flight at once\) must be an integer >= 1, "
+                                            r"got 0"):
         _http(server, concurrency=0)
 
 

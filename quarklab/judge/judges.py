@@ -173,7 +173,8 @@ class HTTPJudge:
             raise QuarkError(f"the HTTP judge's concurrency (requests in flight at once) must be an integer >= 1, "
                              f"got {concurrency!r}")
         self.model, self.base_url, self.api_key_env = model, str(base_url).rstrip("/"), api_key_env or None
-        self.concurrency, self.max_tries, self.backoff_s, self.max_wait_s = concurrency, max_tries, backoff_s, max_wait_s
+        self.concurrency, self.max_tries = concurrency, max_tries
+        self.backoff_s, self.max_wait_s = backoff_s, max_wait_s
         self.timeout_s, self.max_tokens = timeout_s, max_tokens
         self.url = f"{self.base_url}/chat/completions"
         self.id = f"http:{self.base_url}|{model}"
@@ -202,7 +203,8 @@ class HTTPJudge:
         import httpx
 
         parts = urllib.parse.urlsplit(self.url)
-        proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
+        bypass = urllib.request.proxy_bypass(parts.hostname or "")
+        proxy = None if bypass else urllib.request.getproxies().get(parts.scheme)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         transport = httpx.HTTPTransport(retries=self.max_tries - 1, limits=limits, proxy=proxy)
         return httpx.Client(transport=transport, timeout=self.timeout_s)
