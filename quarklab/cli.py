@@ -47,25 +47,43 @@ def _notebooks_sweep(args) -> None:
     print(f"summary: {resolve_path(args.out) / 'summary.csv'}")
 
 
-def _train(args) -> None:
-    import pandas as pd
+def _config_of(args):
+    """The config ``--preset``, ``--config FILE`` and ``--set`` say, in that order, each over the one before."""
+    from .config import QuarkConfig, preset
 
-    from .config import describe, preset
-    from .quark import final_table, run
+    base = preset(args.preset)
+    return QuarkConfig.from_file(args.config, base, args.set) if args.config else base.with_overrides(args.set)
+
+
+def _train(args) -> None:
+    from .config import describe
 
     if args.help_config:
         print(describe())
         return
+    if args.resume and (args.set or args.preset_given or args.config or args.print_config):
+        raise QuarkError("--resume continues a run with its own config.json; drop --preset/--config/--set/"
+                         "--print-config")
+    if args.print_config:
+        sets = "".join(f" --set {s}" for s in args.set)
+        config = f" --config {args.config}" if args.config else ""
+        print(_config_of(args).to_yaml(f"quarklab train --preset {args.preset}{config}{sets} --print-config\n"
+                                       "A run config: quarklab train --config THIS_FILE --run-dir DIR. Every field, "
+                                       "with what it accepts;\nfields left out of a file keep the --preset's values "
+                                       "(quarklab train --help-config documents each)."), end="")
+        return
+    import pandas as pd
+
+    from .quark import final_table, run
+
     if args.resume:
-        if args.set or args.preset_given:
-            raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
         run_dir = args.resume
         metrics = run(None, run_dir, resume=True)
     else:
         if not args.run_dir:
             raise QuarkError("quarklab train needs --run-dir DIR (or --resume RUN_DIR)")
         run_dir = args.run_dir
-        metrics = run(preset(args.preset).with_overrides(args.set), run_dir)
+        metrics = run(_config_of(args), run_dir)
     if int(os.environ.get("RANK", "0")):  # under accelerate launch, the main process prints the table
         return
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
@@ -116,10 +134,9 @@ def _bench(args) -> None:
 
 
 def _plan(args) -> None:
-    from .config import preset
     from .plan import plan, report
 
-    config = preset(args.preset).with_overrides(args.set)
+    config = _config_of(args)
     table, totals = plan(config, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb, prompt_tokens=args.prompt_tokens,
                          lora_rank=args.lora_rank, sample_tokens_per_s=args.sample_tokens_per_s,
                          train_tokens_per_s=args.train_tokens_per_s)
@@ -131,7 +148,8 @@ def _judge(args) -> None:
 
     if args.judge == "http" and not args.judge_model:
         raise QuarkError("--judge http needs --model (the endpoint's model name, e.g. gpt-4o)")
-    judge = make_judge(args.judge, args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env or None)
+    judge = make_judge(args.judge, args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env or None,
+                       concurrency=args.concurrency)
     result = win_rate(args.a, args.b, judge, out=args.out, limit=args.limit, bootstrap_seed=args.seed,
                       progress=True)
     print(result)
@@ -157,7 +175,7 @@ def _eval(args) -> None:
         from .judge.systems import file_slug
 
         judge = make_judge(args.judge, args.judge_model, base_url=args.base_url,
-                           api_key_env=args.api_key_env or None)
+                           api_key_env=args.api_key_env or None, concurrency=args.concurrency)
         ours = replace(load_system(f"file:{out / 'samples.parquet'}"), label=file_slug(result.summary["model"][0]))
         print(win_rate(ours, args.against, judge, out=out, bootstrap_seed=args.seed, progress=True))
 
@@ -173,6 +191,8 @@ def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
                         help="http: the environment variable holding the API key (read, never written); '' for "
                              "none")
+    parser.add_argument("--concurrency", type=int, default=8, metavar="N",
+                        help="http: requests in flight at once (default 8); each judgment is cached as it arrives")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,8 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run Quark iterations into a run directory (resumable)")
     train.add_argument("--preset", default="tiny", action=_PresetAction, help="tiny (offline CPU) or tldr-gptj")
     train.add_argument("--run-dir", help="where the run lives: config, pools, checkpoints, metrics")
+    train.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json: field: value) over "
+                       "the preset; --print-config starts one")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field (repeatable); see --help-config")
+                       help="override a config field (repeatable, over --config); see --help-config")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the config (--preset, --config and --set applied) as YAML and exit")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run")
     train.add_argument("--help-config", action="store_true", help="list every config field and exit")
     train.set_defaults(func=_train, preset_given=False)
@@ -230,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     nswp.set_defaults(func=_notebooks_sweep)
     pln = sub.add_parser("plan", help="memory per GPU and tokens per iteration of a config, with no weights loaded")
     pln.add_argument("--preset", default="tldr-gptj", help="tldr-gptj (default) or tiny")
-    pln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    pln.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json) over the preset, as "
+                     "quarklab train --config reads it")
+    pln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field (repeatable, over --config)")
     pln.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs (default 1)")
     pln.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
     pln.add_argument("--prompt-tokens", type=int, default=512,

@@ -12,6 +12,7 @@ are written from those docs, section by section (:data:`SECTIONS`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -247,6 +248,40 @@ class QuarkConfig:
             changes[key] = parse_field(key, raw, where="--set")
         return self.replace(**changes)
 
+    # --- run config files (quarklab train --config FILE, --print-config) -----------------------------------
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, base: "QuarkConfig | None" = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> "QuarkConfig":
+        """``base`` (default: every field's default) with the fields of the YAML or JSON file ``path`` set
+        (:func:`read_config_file`), then ``overrides`` (``key=value`` strings, as :meth:`with_overrides` reads
+        them) on top; the rules between fields are checked once, on the result."""
+        changes = read_config_file(path)
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or key not in field_specs():
+                raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(field_specs())}")
+            changes[key] = parse_field(key, raw, where="--set")
+        try:
+            return cls.from_dict({**(base if base is not None else cls()).to_dict(), **changes})
+        except QuarkError as exc:
+            raise QuarkError(f"{exc} (the config of {os.fspath(path)}{' with --set' if overrides else ''})") from None
+
+    def to_yaml(self, header: str | None = None) -> str:
+        """Every field as YAML, by section (:data:`SECTIONS`), each with what it accepts as a comment: a file
+        :meth:`from_file` reads back to this same config. ``header``: comment lines to open it with."""
+        import yaml
+
+        lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
+        for title, members in knobs.sections(QuarkConfig, SECTIONS):
+            lines += ["", f"# --- {title}"]
+            for f in members:
+                text = yaml.safe_dump({f.name: getattr(self, f.name)}, default_flow_style=False, sort_keys=False,
+                                      allow_unicode=True, width=float("inf")).rstrip("\n")
+                accepts = expected(f.name).replace(", or None", ", or null")
+                lines.append(text if "\n" in text else f"{text}  # {accepts}")
+        return "\n".join(lines).lstrip("\n") + "\n"
+
 
 # What a config.json written before these fields existed ran with (quarklab before issue 9's ALT fidelity work and
 # issue 18's ALT options; reward_precision: scores were used as computed).
@@ -277,6 +312,70 @@ def parse_field(name: str, raw: str, where: str = "config") -> Any:
     """Field ``name``'s value from command-line text, read by the field's type, then checked
     (:func:`quarklab.knobs.parse`)."""
     return knobs.parse(QuarkConfig, name, raw, where)
+
+
+# ------------------------------------------------------------------ run config files
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields a run config file sets: a YAML (``.yaml``, ``.yml``) or JSON (``.json``) mapping of field to
+    value, each value checked as :meth:`QuarkConfig.with_overrides` checks ``--set`` (a value YAML leaves as
+    text, such as ``1e-3``, is read by the field's type as ``--set`` reads it). One QuarkError naming the file
+    and what is wrong: a file that is missing or does not parse, a field that does not exist, a bad value."""
+    import json
+    from pathlib import Path
+
+    where = os.fspath(path)
+    suffix = Path(where).suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        raise QuarkError(f"config file {where!r}: a run config is a .yaml, .yml or .json file")
+    try:
+        text = Path(where).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QuarkError(f"config file {where!r} does not exist (quarklab train --print-config > run.yaml starts "
+                         "one)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QuarkError(f"config file {where!r} cannot be read: {exc}") from None
+    if suffix == ".json":
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise QuarkError(f"config file {where!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+                             f"{exc.colno}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise QuarkError(f"config file {where!r} is not valid YAML: {getattr(exc, 'problem', None) or exc}"
+                             f"{at}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise QuarkError(f"config file {where!r} must hold a mapping of field: value, got a {type(data).__name__}")
+    specs = field_specs()
+    unknown = [key for key in data if key not in specs]
+    if unknown:
+        import difflib
+
+        named = ", ".join(repr(key) + "".join(f" (did you mean {m!r}?)" for m in
+                                              difflib.get_close_matches(str(key), specs, n=1))
+                          for key in unknown)
+        raise QuarkError(f"config file {where!r}: unknown field{'s' if len(unknown) > 1 else ''} {named}: see "
+                         "quarklab train --help-config")
+    changes = {}
+    for key, value in data.items():
+        hint, nullable, _ = specs[key]
+        if isinstance(value, str) and (hint in (int, float, bool) or nullable and value.strip() in ("None", "null")):
+            changes[key] = parse_field(key, value, where=where)  # as --set reads it: 1e-3, None
+        else:
+            changes[key] = check_field(key, value, where=where)
+    return changes
 
 
 # ------------------------------------------------------------------ presets

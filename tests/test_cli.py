@@ -51,3 +51,57 @@ def test_train_prints_the_final_table_and_where_the_run_is(tiny_run, tmp_path):
     lines = out.stdout.strip().splitlines()
     assert lines[0].split()[0] == "iteration" and "reward" in lines[0].split()  # the final table first
     assert lines[-1].startswith(f"run: {run_dir} (config.json, metrics.jsonl, checkpoints/")
+
+
+def test_train_runs_from_a_config_file_with_set_on_top_and_print_config_starts_one(world, tmp_path):
+    """The file a user writes (here the tiny sizes of conftest's TINY_RUN, in YAML) over the tiny preset, --set over
+    the file: the run's config.json holds exactly that. --print-config writes a file that reads back the same."""
+    import json
+
+    from conftest import TINY_RUN
+
+    import quarklab as ql
+
+    cli = [sys.executable, "-m", "quarklab.cli"]
+    sizes = dict(item.split("=") for item in TINY_RUN)
+    (tmp_path / "run.yaml").write_text("# a tiny run\n" + "".join(f"{k}: {v}\n" for k, v in sizes.items())
+                                       + "seed: 3\nlr: 5e-4\n")
+    proc = subprocess.run(cli + ["train", "--config", "run.yaml", "--set", "iterations=1", "--run-dir", "run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = ql.preset("tiny").with_overrides([f"{k}={v}" for k, v in sizes.items()] + ["seed=3", "lr=5e-4",
+                                                                                          "iterations=1"])
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert ql.QuarkConfig.from_dict(stored) == expected and stored["iterations"] == 1 and stored["lr"] == 5e-4
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if '"iteration"' in line][-1] == 1
+
+    printed = subprocess.run(cli + ["train", "--preset", "tiny", "--config", "run.yaml", "--set", "iterations=1",
+                                    "--print-config"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert printed.stdout.startswith("# quarklab train --preset tiny --config run.yaml --set iterations=1 "
+                                     "--print-config\n")
+    (tmp_path / "printed.yaml").write_text(printed.stdout)
+    assert ql.QuarkConfig.from_file(tmp_path / "printed.yaml", ql.QuarkConfig()) == expected  # the round trip
+    plan = subprocess.run(cli + ["plan", "--config", "printed.yaml", "--set", "batch_size=4"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0 and "policy tiny-tldr: " in plan.stdout and "micro-batch 4 x" in plan.stdout, \
+        plan.stderr[-2000:]
+
+    (tmp_path / "bad.yaml").write_text("iterations: 1\nnum_quantile: 3\n")
+    for args, message in [(["--config", "bad.yaml", "--run-dir", "bad"], "config file 'bad.yaml': unknown field "
+                            "'num_quantile' (did you mean 'num_quantiles'?): see quarklab train --help-config"),
+                          (["--resume", "run", "--config", "run.yaml"], "--resume continues a run with its own "
+                           "config.json; drop --preset/--config/--set/--print-config")]:
+        proc = subprocess.run(cli + ["train"] + args, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.strip() == f"quarklab: error: {message}"
+    assert not (tmp_path / "bad").exists()  # nothing written for a bad file
+
+
+def test_print_config_loads_no_heavy_library():
+    code = ("import sys, contextlib, io, quarklab.cli as c\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    c.main(['train', '--preset', 'tldr-gptj', '--print-config'])\n"
+            "assert 'policy: CarperAI/openai_summarize_tldr_sft' in out.getvalue()\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]

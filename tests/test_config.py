@@ -202,3 +202,77 @@ def test_alts_prompts_and_training_targets_are_options_the_alt_preset_takes():
     del old["strip_prompts"], old["train_targets"]  # a config.json written before the fields existed
     stored = QuarkConfig.from_stored(old)
     assert (stored.strip_prompts, stored.train_targets) == (False, "sampled")
+
+
+# ------------------------------------------------------------------ run config files (quarklab train --config)
+
+def test_a_run_config_file_sets_its_fields_over_the_base_and_set_goes_on_top(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("# my run\nnum_quantiles: 3\nlr: 1e-4\nquantile_scope: global\nreference: None\n"
+                         "kl_direction: ref||policy\ntop_p: 1\ngradient_checkpointing: yes\nmax_train_rows: null\n")
+    config = QuarkConfig.from_file(yaml_file, preset("tiny"))
+    assert (config.num_quantiles, config.lr, config.quantile_scope, config.kl_direction) == (3, 1e-4, "global",
+                                                                                             "ref||policy")
+    assert config.reference is None and config.top_p == 1.0 and isinstance(config.top_p, float)  # YAML's text 1e-4
+    assert config.gradient_checkpointing is True and config.max_train_rows is None  # read as --set reads it
+    assert config.iterations == preset("tiny").iterations  # what the file leaves out is the base's
+    assert QuarkConfig.from_file(yaml_file).iterations == QuarkConfig().iterations  # no base: the defaults
+    on_top = QuarkConfig.from_file(yaml_file, preset("tiny"), ["lr=0.5", "num_quantiles=4"])
+    assert (on_top.lr, on_top.num_quantiles, on_top.quantile_scope) == (0.5, 4, "global")
+    json_file = tmp_path / "run.json"
+    json_file.write_text('{"num_quantiles": 3, "lr": 0.0001, "quantile_scope": "global", "reference": null, '
+                         '"kl_direction": "ref||policy", "top_p": 1, "gradient_checkpointing": true}')
+    assert QuarkConfig.from_file(json_file, preset("tiny")) == config
+    (tmp_path / "empty.yaml").write_text("# nothing set\n")
+    assert QuarkConfig.from_file(tmp_path / "empty.yaml", preset("tiny")) == preset("tiny")
+    with pytest.raises(ql.QuarkError, match=r"config file '.*gone.yaml' does not exist \(quarklab train "
+                                            r"--print-config > run.yaml starts one\)$"):
+        QuarkConfig.from_file(tmp_path / "gone.yaml")
+
+
+def test_the_rules_between_fields_are_checked_once_on_the_file_and_set_together(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("num_quantiles: 20\n")  # more quantiles than tiny's 16 samples per prompt ...
+    with pytest.raises(ql.QuarkError, match=r"samples_per_prompt \(16\) must be >= num_quantiles \(20\).*"
+                                            rf"\(the config of {path}\)$"):
+        QuarkConfig.from_file(path, preset("tiny"))
+    assert QuarkConfig.from_file(path, preset("tiny"), ["samples_per_prompt=20"]).num_quantiles == 20  # ... fixed
+
+
+BAD_FILES = [  # (file name, text, the one error it gives: {path} is the file)
+    ("run.yaml", "num_quantile: 3\nlr: 1e-4\n", r"config file '{path}': unknown field 'num_quantile' \(did you mean "
+                                                r"'num_quantiles'\?\): see quarklab train --help-config$"),
+    ("run.json", '{"lrr": 1, "zzz": 2}', r"unknown fields 'lrr' \(did you mean 'lr'\?\), 'zzz': see"),
+    ("run.yaml", "top_p: 0\n", r"^{path}: top_p must be a number in \(0, 1\], got 0$"),
+    ("run.yaml", "lr: fast\n", r"^{path}: lr must be a number > 0, got 'fast'$"),
+    ("run.yaml", "num_quantiles: 2.5\n", r"^{path}: num_quantiles must be an integer >= 1, got 2.5$"),
+    ("run.yaml", "quantile_scope: per-prompt\n", r"^{path}: quantile_scope must be one of 'local', 'global'"),
+    ("run.yaml", "policy: [a, b]\n", r"^{path}: policy must be non-empty text, got \['a', 'b'\]$"),
+    ("run.yaml", "- lr\n- 1e-4\n", r"config file '{path}' must hold a mapping of field: value, got a list$"),
+    ("run.yaml", "lr: 1e-4\n  bad: indent\n", r"config file '{path}' is not valid YAML: .* at line 2, column 6$"),
+    ("run.json", '{"lr": 1e-4,}', r"config file '{path}' is not valid JSON: .* at line 1, column 13$"),
+    ("run.toml", "lr = 1e-4\n", r"config file '{path}': a run config is a .yaml, .yml or .json file$"),
+]
+
+
+@pytest.mark.parametrize("name,text,message", BAD_FILES, ids=[m[:30] for _, _, m in BAD_FILES])
+def test_a_bad_config_file_gives_one_error_naming_the_file_and_the_problem(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    import re
+
+    with pytest.raises(ql.QuarkError, match=message.replace("{path}", re.escape(str(path)))):
+        QuarkConfig.from_file(path, preset("tiny"))
+
+
+@pytest.mark.parametrize("name", sorted(ql.PRESETS))
+def test_a_printed_config_read_back_is_the_same_config(tmp_path, name):
+    changed = preset(name, reward_template='Post: {post}\n"Summary": {summary} é', lr=3e-7, max_train_rows=7,
+                     policy="yes", seed=12)  # a multi-line text, an exponent, YAML's words for true
+    for config in (preset(name), changed):
+        text = config.to_yaml("a header\nof two lines")
+        assert text.startswith("# a header\n# of two lines\n\n# --- Models and data\npolicy: ")
+        path = tmp_path / "printed.yaml"
+        path.write_text(text)
+        assert QuarkConfig.from_file(path, QuarkConfig()) == config  # every field is in the file, whatever the base
+    assert "\nlr: 3.0e-07  # a number > 0\n" in text and "\nreference: null  # non-empty text, or null\n" in text

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -31,8 +32,11 @@ KEY = "sk-test-do-not-write-7f3a9c"
 
 class Scripted(ThreadingHTTPServer):
     """Answers /chat/completions like a judge that prefers the summary holding GOOD. A post holding MALFORMED
-    gets an answer without a Preferred line; one holding POSITION always gets "A". ``failures`` are sent first,
-    one per request; ``fail_after`` makes every request past that many successes a 503."""
+    gets an answer without a Preferred line; one holding POSITION always gets "A"; one holding DOOMED always gets
+    a 500. ``failures`` are sent first, one per request (status 0: the connection is closed with no answer);
+    ``fail_after`` makes every request past that many successes a 503. ``delay(text)`` is how long a request waits
+    before its answer; ``echo`` quotes summary A in the answer. ``in_flight`` and ``most_in_flight`` count the
+    requests being answered at once."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
@@ -40,6 +44,11 @@ class Scripted(ThreadingHTTPServer):
         self.failures: list[tuple[int, dict]] = []
         self.fail_after: int | None = None
         self.answered = 0
+        self.delay = lambda text: 0.0
+        self.echo = False
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
+        self.finished: list[str] = []  # summary A of each request answered 200, in the order the answers went out
 
     @property
     def base_url(self) -> str:
@@ -52,26 +61,58 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         server: Scripted = self.server
+        with server.lock:
+            server.in_flight += 1
+            server.most_in_flight = max(server.most_in_flight, server.in_flight)
+        self.counted = True
+        try:
+            self._answer(server)
+        finally:
+            self._done(server)
+
+    def _done(self, server: Scripted):
+        """The request leaves the count before its answer goes out: the client may send the next at once."""
+        if self.counted:
+            self.counted = False
+            with server.lock:
+                server.in_flight -= 1
+
+    def _answer(self, server: Scripted):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server.hits.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if server.failures:
-            status, headers = server.failures.pop(0)
+        with server.lock:
+            server.hits.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            failure = server.failures.pop(0) if server.failures else None
+        if failure == (0, {}):
+            self.close_connection = True  # no status line at all: the client sees the connection dropped
+            return
+        if failure:
+            status, headers = failure
             return self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
-        if server.fail_after is not None and server.answered >= server.fail_after:
-            return self._send(503, {"error": {"message": "scripted outage"}})
         text = body["messages"][0]["content"]
         post = text.split("Post:\n", 1)[1].split("\n\nSummary A:", 1)[0]
         shown_a = text.split("Summary A:\n", 1)[1].split("\n\nSummary B:", 1)[0]
+        if "DOOMED" in post:
+            return self._send(500, {"error": {"message": "scripted: this one always fails"}})
+        time.sleep(server.delay(text))
+        with server.lock:
+            outage = server.fail_after is not None and server.answered >= server.fail_after
+            if not outage:
+                server.answered += 1
+                server.finished.append(shown_a)
+        if outage:
+            return self._send(503, {"error": {"message": "scripted outage"}})
         if "MALFORMED" in post:
             answer = "Comparison: both are fine.\nI cannot choose."
         elif "POSITION" in post:
             answer = "Comparison: the first one reads better.\nPreferred: A"
+        elif server.echo:
+            answer = f"Comparison: A is {shown_a}.\nPreferred: {'A' if 'GOOD' in shown_a else 'B'}"
         else:
             answer = f"Comparison: one names the point.\nPreferred: {'A' if 'GOOD' in shown_a else 'B'}"
-        server.answered += 1
         self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
     def _send(self, status, payload, headers=None):
+        self._done(self.server)
         data = json.dumps(payload).encode()
         self.send_response(status)
         for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
@@ -183,9 +224,95 @@ def test_http_retries_429_and_500_then_fails_clearly(server, monkeypatch):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     gone = qj.HTTPJudge("m", f"http://127.0.0.1:{port}/v1", api_key_env=None, max_tries=2, backoff_s=0.01)
-    with pytest.raises(ql.QuarkError, match=r"failed 2 times .*Connection refused"):
+    with pytest.raises(ql.QuarkError, match=r"endpoint http://127.0.0.1:\d+/v1/chat/completions failed 2 times "
+                                             r".*Connection refused"):
         gone.judge(item)
-    assert gone.waits == [0.01]
+    assert gone.waits == []  # httpx's transport retried the connection, with its own backoff
+    judge, before = _http(server), len(server.hits)
+    server.failures = [(0, {})]  # a connection dropped before any answer is retried here, like a 5xx
+    assert judge.judge(item)[0][1] == "A" and len(server.hits) == before + 2 and judge.waits == [0.01]
+
+
+def _items(n: int) -> list[tuple[str, str, str]]:
+    """``n`` judge items, summary A holding GOOD in every other one, each summary A its own."""
+    return [(_prompt(f"post {k}", f"body {k}"), f"{'GOOD' if k % 2 == 0 else 'weak'} summary {k}", f"other {k}")
+            for k in range(n)]
+
+
+def test_http_judge_keeps_at_most_n_requests_in_flight_and_returns_results_in_input_order(server, monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    server.echo = True
+    server.delay = lambda text: 0.05 + 0.03 * (int(re.search(r"summary (\d+)", text).group(1)) * 7 % 5)
+    items = _items(14)
+    judge = _http(server, concurrency=3)
+    results = judge.judge(items)
+    assert len(server.hits) == 14 and server.most_in_flight == 3  # concurrent, and never more than 3 at once
+    assert server.finished != [a for _, a, _ in items]  # the answers came back in another order ...
+    firsts = [raw.splitlines()[0] for raw, _ in results]
+    assert firsts == [f"Comparison: A is {a}." for _, a, _ in items]  # ... the results did not
+    assert [verdict for _, verdict in results] == ["A" if k % 2 == 0 else "B" for k in range(14)]
+    assert judge.judge([]) == [] and len(server.hits) == 14
+    with pytest.raises(ql.QuarkError, match=r"concurrency \(requests in flight at once\) must be an integer >= 1, "
+                                            r"got 0"):
+        _http(server, concurrency=0)
+
+
+def test_a_concurrent_win_rate_asks_only_for_what_is_not_cached(server, scripted_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    server.delay = lambda text: 0.2 if "win one" in text else 0.05  # the first pair answers last
+    a, b = scripted_files
+    first = qj.win_rate(a, b, _http(server, concurrency=4), out=tmp_path / "run", limit=2)
+    assert len(server.hits) == 4 and server.most_in_flight == 4  # 2 prompts x 2 orders, all at once
+    cache = tmp_path / "run" / "judge" / "cache.jsonl"
+    assert len(cache.read_text().splitlines()) == 4
+    full = qj.win_rate(a, b, _http(server, concurrency=4), out=tmp_path / "run")
+    assert len(server.hits) == 4 + 6  # only the 3 new prompts' 6 (pair, order) items were asked for
+    assert first.records["outcome"].tolist() == ["win", "loss"]
+    assert full.records["outcome"].tolist() == ["win", "loss", "malformed", "tie", "win"]  # in the prompts' order
+    again = qj.win_rate(a, b, _http(server, concurrency=4), out=tmp_path / "run")
+    assert len(server.hits) == 10 and again.summary == full.summary  # the cache answered everything
+
+
+def test_a_persistent_failure_stops_new_requests_names_the_endpoint_and_keeps_what_was_judged(server, tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    server.delay = lambda text: 0.3  # the answers in flight arrive after the failure
+    items = _items(12)
+    items[1] = (_prompt("DOOMED post", "body"), "GOOD doomed", "other")
+    pairs = pd.DataFrame({"prompt": [p for p, _, _ in items], "completion_a": [a for _, a, _ in items],
+                          "completion_b": [b for _, _, b in items]})
+    cache = qj.JudgmentCache(tmp_path / "judge" / "cache.jsonl")
+    judge = _http(server, concurrency=4, max_tries=2)
+    with pytest.raises(ql.QuarkError, match=rf"the judge endpoint {re.escape(server.base_url)}/chat/completions "
+                                            r"failed 2 times .*500 .*this one always fails.*cached: run again"):
+        qj.judge_orders(judge, pairs, cache)
+    doomed = [h for h in server.hits if "DOOMED" in h["body"]["messages"][0]["content"]]
+    assert len(doomed) == 2  # tried twice, in one order only: nothing new started after it failed
+    assert len(server.hits) < 2 * 12  # most of the 24 (pair, order) items were never asked for
+    kept = qj.JudgmentCache(tmp_path / "judge" / "cache.jsonl").entries
+    assert len(kept) == server.answered >= 3  # every answer that arrived is cached, those in flight at the end too
+    assert {r["shown_a"] for r in kept.values()} >= {a for _, a, _ in items[:4] if "doomed" not in a}
+    server.delay, before = (lambda text: 0.0), len(server.hits)
+    rest = pairs[~pairs["prompt"].str.contains("DOOMED")]  # resumed without the pair that cannot be judged
+    records = qj.judge_orders(judge, rest, qj.JudgmentCache(tmp_path / "judge" / "cache.jsonl"))
+    assert len(server.hits) - before == 2 * 11 - len(kept)  # only what the cache lacked was asked for
+    assert records["verdict_ab"].tolist() == ["A" if k % 2 == 0 else "B" for k in range(12) if k != 1]
+
+
+def test_the_http_judge_goes_through_the_environments_proxy(server, monkeypatch):
+    """HTTP_PROXY is honoured (as urllib did): the request for the endpoint's host reaches the proxy, which here
+    answers it itself; NO_PROXY for that host sends it direct."""
+    monkeypatch.setenv("QL_TEST_KEY", KEY)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    judge = qj.HTTPJudge("m", "http://judge.invalid/v1", api_key_env="QL_TEST_KEY", max_tries=1)
+    assert judge.judge(_items(1))[0][1] == "A"
+    assert server.hits[0]["path"] == "http://judge.invalid/v1/chat/completions"  # a proxy's request line
+    monkeypatch.setenv("NO_PROXY", "judge.invalid")
+    with pytest.raises(ql.QuarkError, match="failed 1 times .*ConnectError"):
+        judge.judge(_items(1))
+    assert len(server.hits) == 1
 
 
 def test_http_401_fails_at_once_and_names_the_variable_not_the_key(server, monkeypatch):
@@ -329,7 +456,9 @@ def test_cli_judges_a_run_and_reports_bad_input_in_one_line(run_dir):
     assert saved["wins"] + saved["losses"] + saved["ties"] + saved["malformed"] == 4 == saved["prompts"]
     assert saved["spec_b"] == f"{run_dir}:reference" and saved["judge"] == "rm:tiny-tldr"
     for args, message in [(["--a", f"{run_dir}:token=x", "--b", str(run_dir)], "token must be none or an integer"),
-                          (["--a", str(run_dir), "--b", str(run_dir), "--judge", "http"], "--judge http needs --model")]:
+                          (["--a", str(run_dir), "--b", str(run_dir), "--judge", "http"], "--judge http needs --model"),
+                          (["--a", str(run_dir), "--b", str(run_dir), "--judge", "http", "--model", "m",
+                            "--concurrency", "0"], "concurrency (requests in flight at once) must be an integer >= 1")]:
         proc = subprocess.run(cli + args, capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.startswith("quarklab: error: ") and message in proc.stderr
         assert "Traceback" not in proc.stderr

@@ -3,7 +3,9 @@
 A judge has an ``id`` (what it is: kind and model, and for HTTP the base URL; never a key), a
 ``batch_size`` (how many judgments it makes per call; the cache is written after each call) and
 ``judge(items) -> list[(raw, verdict)]``: for each ``(prompt, summary_a, summary_b)``, in that one order,
-its raw answer text and its verdict, ``"A"``, ``"B"``, ``"tie"`` or ``"malformed"``.
+its raw answer text and its verdict, ``"A"``, ``"B"``, ``"tie"`` or ``"malformed"``. A judge that makes its
+judgments concurrently (the HTTP judge) also has ``judge_each(items)``, yielding ``(index, raw, verdict)`` as each
+arrives, in any order; the win rate then caches each judgment as it arrives.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import email.utils
 import json
 import os
 import re
+import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 
@@ -35,6 +36,7 @@ JUDGE_PROMPT = (
 )
 VERDICTS = ("A", "B", "tie", "malformed")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CONCURRENCY = 8  # requests an HTTP judge keeps in flight at once
 _PREFERRED = re.compile(r"^\s*Preferred:\s*\"?([AB])\"?\s*\.?\s*$")
 
 
@@ -137,21 +139,29 @@ class LMJudge:
 
 
 class HTTPJudge:
-    """Any OpenAI-compatible chat endpoint: POST ``{base_url}/chat/completions`` at temperature 0.
+    """Any OpenAI-compatible chat endpoint: POST ``{base_url}/chat/completions`` at temperature 0, through
+    ``httpx``, with up to ``concurrency`` requests in flight at once.
+
+    :meth:`judge_each` yields each judgment as its answer arrives (the win rate caches it then, so a killed run
+    resumes); :meth:`judge` returns them in the input order whatever order they finished in. Requests run on
+    threads, not an event loop, so a notebook (which has its own loop) can call them too.
 
     The API key is read from the environment variable named ``api_key_env`` at each request and sent
     only in the ``Authorization`` header: it is in no id, record, cache line, file or message.
-    ``api_key_env=None`` sends no key (a local server). Rate limits (429), server errors (5xx) and
-    connection errors are retried up to ``max_tries`` times, waiting ``backoff_s * 2**n`` (at most
-    ``max_wait_s``) or what ``Retry-After`` asks; another 4xx fails at once. ``waits`` lists the seconds
-    waited before each retry.
+    ``api_key_env=None`` sends no key (a local server). A connection that cannot be made is retried by httpx's
+    transport (``max_tries`` attempts in all, its own short backoff); rate limits (429), server errors (5xx),
+    read timeouts and dropped connections are retried up to ``max_tries`` times, waiting ``backoff_s * 2**n``
+    (at most ``max_wait_s``) or what ``Retry-After`` asks, and a 429 holds back every request of the judge for
+    that long; another 4xx fails at once. ``waits`` lists the seconds waited before each retry. The
+    environment's HTTP(S)_PROXY and NO_PROXY apply, as for urllib.
     """
 
     batch_size = 1
 
     def __init__(self, model: str, base_url: str = DEFAULT_BASE_URL, *,
-                 api_key_env: str | None = "OPENAI_API_KEY", max_tries: int = 6, backoff_s: float = 1.0,
-                 max_wait_s: float = 120.0, timeout_s: float = 120.0, max_tokens: int = 256):
+                 api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = DEFAULT_CONCURRENCY,
+                 max_tries: int = 6, backoff_s: float = 1.0, max_wait_s: float = 120.0, timeout_s: float = 120.0,
+                 max_tokens: int = 256):
         if not model or not isinstance(model, str):
             raise QuarkError("the HTTP judge needs the endpoint's model name (--model on the command line, judge_model "
                              "in notebook 05), e.g. gpt-4o")
@@ -159,11 +169,18 @@ class HTTPJudge:
             raise QuarkError(f"the HTTP judge's base URL must start with http:// or https://, got {base_url!r}")
         if max_tries < 1:
             raise QuarkError(f"max_tries must be >= 1, got {max_tries}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise QuarkError(f"the HTTP judge's concurrency (requests in flight at once) must be an integer >= 1, "
+                             f"got {concurrency!r}")
         self.model, self.base_url, self.api_key_env = model, str(base_url).rstrip("/"), api_key_env or None
-        self.max_tries, self.backoff_s, self.max_wait_s = max_tries, backoff_s, max_wait_s
+        self.concurrency, self.max_tries = concurrency, max_tries
+        self.backoff_s, self.max_wait_s = backoff_s, max_wait_s
         self.timeout_s, self.max_tokens = timeout_s, max_tokens
+        self.url = f"{self.base_url}/chat/completions"
         self.id = f"http:{self.base_url}|{model}"
         self.waits: list[float] = []
+        self._hold = threading.Lock()
+        self._resume_at = 0.0  # time.monotonic() before which no request starts (a 429's Retry-After)
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -176,37 +193,112 @@ class HTTPJudge:
             headers["Authorization"] = f"Bearer {key.strip()}"
         return headers
 
-    def judge(self, items):
-        return [(raw, parse_answer(raw)) for raw in (self.ask(judge_prompt(*item)) for item in items)]
+    def _client(self):
+        """An httpx client with ``concurrency`` connections, retrying connections ``max_tries - 1`` times, through
+        the environment's proxy for this URL (what urllib would use; an explicit transport turns off httpx's own
+        reading of the environment)."""
+        import urllib.parse
+        import urllib.request
 
-    def ask(self, text: str) -> str:
-        """The content of the endpoint's first choice for one user message."""
-        url = f"{self.base_url}/chat/completions"
+        import httpx
+
+        parts = urllib.parse.urlsplit(self.url)
+        bypass = urllib.request.proxy_bypass(parts.hostname or "")
+        proxy = None if bypass else urllib.request.getproxies().get(parts.scheme)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        transport = httpx.HTTPTransport(retries=self.max_tries - 1, limits=limits, proxy=proxy)
+        return httpx.Client(transport=transport, timeout=self.timeout_s)
+
+    def judge(self, items):
+        """``(raw, verdict)`` for each item, in the order of ``items``."""
+        out = [None] * len(items)
+        for i, raw, verdict in self.judge_each(items):
+            out[i] = (raw, verdict)
+        return out
+
+    def judge_each(self, items):
+        """Yield ``(index, raw, verdict)`` for each item of ``items`` as its answer arrives, at most ``concurrency``
+        requests in flight. After a failure (retries spent, or an answer that is not retried) no new request
+        starts; those in flight are awaited and yielded, then the failure is raised (one QuarkError)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        items = list(items)
+        if not items:
+            return
+        self._headers()  # a missing key fails before any request
+        failure, finished = None, False
+        with self._client() as client:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)), thread_name_prefix="http-judge")
+            try:
+                pending = {pool.submit(self.ask, judge_prompt(*item), client): i for i, item in enumerate(items)}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        i = pending.pop(future)
+                        if future.cancelled():
+                            continue
+                        if future.exception() is not None:
+                            if failure is None:
+                                failure = future.exception()
+                                for rest in pending:  # start nothing new; what is in flight still finishes
+                                    rest.cancel()
+                            continue
+                        raw = future.result()
+                        yield i, raw, parse_answer(raw)
+                finished = True
+            finally:  # normally all is done; a consumer that stops early (Ctrl-C) leaves at once
+                pool.shutdown(wait=finished, cancel_futures=True)
+        if failure is not None:
+            raise failure
+
+    def ask(self, text: str, client=None) -> str:
+        """The content of the endpoint's first choice for one user message (``client``: an httpx client to share;
+        None: one for this request)."""
+        if client is None:
+            with self._client() as own:
+                return self.ask(text, own)
+        import httpx
+
+        url = self.url
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
                            "messages": [{"role": "user", "content": text}]}).encode()
         last = ""
         for attempt in range(self.max_tries):
-            request = urllib.request.Request(url, data=body, headers=self._headers(), method="POST")
+            self._wait_for_hold()
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return _content(response.read(), url)
-            except urllib.error.HTTPError as exc:
-                detail = exc.read()[:300].decode("utf-8", "replace").strip()
-                if exc.code != 429 and exc.code < 500:
-                    raise QuarkError(f"the judge endpoint {url} answered {exc.code} {exc.reason}: {detail}"
-                                     + (f" (check the key in ${self.api_key_env})" if exc.code in (401, 403)
-                                        and self.api_key_env else "")) from None
-                last, retry_after = f"{exc.code} {exc.reason}: {detail}", _seconds(exc.headers.get("Retry-After"))
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                response = client.post(url, content=body, headers=self._headers())
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # the transport has retried these already
+                last = f"{type(exc).__name__}: {exc}"
+                break
+            except httpx.TransportError as exc:  # a read timeout, a dropped connection: retried here
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.is_success:
+                    return _content(response.content, url)
+                code, reason = response.status_code, response.reason_phrase
+                detail = response.content[:300].decode("utf-8", "replace").strip()
+                if code != 429 and code < 500:
+                    raise QuarkError(f"the judge endpoint {url} answered {code} {reason}: {detail}"
+                                     + (f" (check the key in ${self.api_key_env})" if code in (401, 403)
+                                        and self.api_key_env else ""))
+                last, retry_after = f"{code} {reason}: {detail}", _seconds(response.headers.get("Retry-After"))
             if attempt + 1 < self.max_tries:
-                wait = retry_after if retry_after is not None else self.backoff_s * 2 ** attempt
-                self.waits.append(min(wait, self.max_wait_s))
-                time.sleep(self.waits[-1])
+                wait = min(retry_after if retry_after is not None else self.backoff_s * 2 ** attempt, self.max_wait_s)
+                self.waits.append(wait)
+                if retry_after is not None:  # the endpoint asked for a pause: every request of this judge takes it
+                    with self._hold:
+                        self._resume_at = max(self._resume_at, time.monotonic() + wait)
+                time.sleep(wait)
         raise QuarkError(f"the judge endpoint {url} failed {self.max_tries} times (rate limit, server or "
                          f"connection errors); the last: {last}. Judgments made so far are cached: run again "
                          "to resume")
+
+    def _wait_for_hold(self) -> None:
+        with self._hold:
+            pause = self._resume_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
 
 
 def _content(raw: bytes, url: str) -> str:
@@ -232,9 +324,12 @@ def _seconds(value: str | None) -> float | None:
 
 
 def make_judge(kind: str, model: str | None = None, *, base_url: str | None = None,
-               api_key_env: str | None = "OPENAI_API_KEY", device: str = "auto", **options):
+               api_key_env: str | None = "OPENAI_API_KEY", device: str = "auto", concurrency: int | None = None,
+               **options):
     """A judge by kind: ``"rm"`` (a reward model, default ``"tiny-tldr"``), ``"lm"`` (a local causal LM,
-    default the tiny world's SFT model) or ``"http"`` (an OpenAI-compatible endpoint; ``model`` needed)."""
+    default the tiny world's SFT model) or ``"http"`` (an OpenAI-compatible endpoint; ``model`` needed).
+    ``concurrency``: the HTTP judge's requests in flight at once (None: :data:`DEFAULT_CONCURRENCY`); the local
+    judges batch instead and ignore it."""
     from ..paths import locate
 
     if kind == "rm":
@@ -242,6 +337,8 @@ def make_judge(kind: str, model: str | None = None, *, base_url: str | None = No
     if kind == "lm":
         return LMJudge(locate(model or "tiny-tldr"), device=device, **options)
     if kind == "http":
+        if concurrency is not None:
+            options["concurrency"] = concurrency
         return HTTPJudge(model, base_url or DEFAULT_BASE_URL, api_key_env=api_key_env, **options)
     raise QuarkError(f"unknown judge {kind!r}: use 'rm' (a reward model), 'lm' (a local causal LM) or 'http' "
                      "(an OpenAI-compatible endpoint)")

@@ -17,6 +17,7 @@ missing. The summary and the per-pair records are written atomically beside it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,14 +79,25 @@ def judge_orders(judge, pairs: pd.DataFrame, cache: JudgmentCache, progress: boo
     wanted = [(p, a, b) for p, a, b in zip(pairs["prompt"], pairs["completion_a"], pairs["completion_b"])]
     wanted += [(p, b, a) for p, a, b in wanted]
     todo = list(dict.fromkeys(item for item in wanted if cache.get(judge.id, *item) is None))
-    step = max(int(getattr(judge, "batch_size", 1) or 1), 1)
-    for i in tqdm(range(0, len(todo), step), desc="judging", disable=not progress or not todo, leave=False):
-        chunk = todo[i:i + step]
-        answers = judge.judge(chunk)
-        if len(answers) != len(chunk):
-            raise QuarkError(f"judge {judge.id!r} returned {len(answers)} answers for {len(chunk)} pairs")
-        cache.add([{"judge": judge.id, "prompt": p, "shown_a": a, "shown_b": b, "raw": raw, "verdict": verdict}
-                   for (p, a, b), (raw, verdict) in zip(chunk, answers)])
+
+    def row(item, raw, verdict):
+        p, a, b = item
+        return {"judge": judge.id, "prompt": p, "shown_a": a, "shown_b": b, "raw": raw, "verdict": verdict}
+
+    if hasattr(judge, "judge_each"):  # concurrent: each judgment cached as it arrives, in any order
+        with tqdm(total=len(todo), desc="judging", disable=not progress or not todo, leave=False) as bar, \
+                contextlib.closing(judge.judge_each(todo)) as arriving:
+            for i, raw, verdict in arriving:
+                cache.add([row(todo[i], raw, verdict)])
+                bar.update()
+    else:
+        step = max(int(getattr(judge, "batch_size", 1) or 1), 1)
+        for i in tqdm(range(0, len(todo), step), desc="judging", disable=not progress or not todo, leave=False):
+            chunk = todo[i:i + step]
+            answers = judge.judge(chunk)
+            if len(answers) != len(chunk):
+                raise QuarkError(f"judge {judge.id!r} returned {len(answers)} answers for {len(chunk)} pairs")
+            cache.add([row(item, raw, verdict) for item, (raw, verdict) in zip(chunk, answers)])
     out = pairs.copy()
     n = len(pairs)
     for order, items in (("ab", wanted[:n]), ("ba", wanted[n:])):
