@@ -239,14 +239,7 @@ class QuarkConfig:
 
     def with_overrides(self, assignments: list[str]) -> "QuarkConfig":
         """Apply ``key=value`` strings, each value read by its field's type (:func:`parse_field`)."""
-        changes = {}
-        for item in assignments:
-            key, sep, raw = item.partition("=")
-            key = key.strip()
-            if not sep or key not in field_specs():
-                raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(field_specs())}")
-            changes[key] = parse_field(key, raw, where="--set")
-        return self.replace(**changes)
+        return self.replace(**parse_assignments(assignments))
 
     # --- run config files (quarklab train --config FILE, --print-config) -----------------------------------
     @classmethod
@@ -255,13 +248,7 @@ class QuarkConfig:
         """``base`` (default: every field's default) with the fields of the YAML or JSON file ``path`` set
         (:func:`read_config_file`), then ``overrides`` (``key=value`` strings, as :meth:`with_overrides` reads
         them) on top; the rules between fields are checked once, on the result."""
-        changes = read_config_file(path)
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            key = key.strip()
-            if not sep or key not in field_specs():
-                raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(field_specs())}")
-            changes[key] = parse_field(key, raw, where="--set")
+        changes = {**read_config_file(path), **parse_assignments(overrides)}
         try:
             return cls.from_dict({**(base if base is not None else cls()).to_dict(), **changes})
         except QuarkError as exc:
@@ -291,6 +278,19 @@ BEFORE_FIELD: dict[str, Any] = dict(per_quantile_draw="uniform", adam_beta1=0.9,
 
 
 # ------------------------------------------------------------------ field specs (quarklab.knobs, for this class)
+
+def parse_assignments(assignments) -> dict[str, Any]:
+    """``key=value`` strings (``--set``) as ``{field: value}``, each value read by its field's type
+    (:func:`parse_field`); one QuarkError for a string that is not ``key=value`` with a known key."""
+    changes = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in field_specs():
+            raise QuarkError(f"--set {item!r}: expected key=value with key one of {sorted(field_specs())}")
+        changes[key] = parse_field(key, raw, where="--set")
+    return changes
+
 
 def field_specs() -> dict[str, tuple[Any, bool, Range | Pattern | None]]:
     """Each field's ``(type, None allowed, rule)``; the type is int, float, str, bool or a Literal."""
