@@ -97,7 +97,7 @@ MODEL_FIELDS = ("dataset", "reward", "reward_base_model", "reward_template", "re
 ALT_CARD = Protocol(
     name="alt-card",
     description="the ALT-Quark model card's TL;DR table: whole test split, greedy, 128 new tokens, stripped "
-                "prompts, CarperAI's RM in fp16, perplexity of the re-tokenized text under the SFT model in fp32",
+                "prompts, fp16 reward scores, perplexity of the re-tokenized text under the reference in fp32",
     models=dict(dataset="CarperAI/openai_summarize_tldr", reward="CarperAI/openai_summarize_tldr_rm_checkpoint/"
                 "pytorch_model.bin", reward_base_model="CarperAI/openai_summarize_tldr_sft", reward_template=None,
                 reward_max_length=550, reference="CarperAI/openai_summarize_tldr_sft"),
@@ -192,7 +192,8 @@ class ProtocolResult:
         with pd.option_context("display.width", 200, "display.max_colwidth", 60):
             body = self.table().to_string(index=False)
         return (f"{body}\nprotocol {u['protocol']['name']}: {u['protocol']['description']}\n"
-                f"RM = {u['reward']}; PPL under {u['reference']} ({u['reference_dtype']}); Avg. len in tokens "
+                f"RM = {u['reward']} (scores in {u['protocol']['reward_precision']}); PPL under {u['reference']} "
+                f"({u['reference_dtype']}); Avg. len in tokens "
                 f"({u['length']}); cut = share stopped at {u['protocol']['eval_max_new_tokens']} tokens; "
                 f"[{int(LEVEL * 100)} % bootstrap intervals over prompts]")
 
