@@ -185,7 +185,8 @@ def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None
                         help="rm: a reward model (default tiny-tldr); lm: a local causal LM comparing log p(' A') "
                              "and log p(' B'); http: an OpenAI-compatible chat endpoint")
     parser.add_argument(model_flag, dest="judge_model",
-                        help="the judge's model: a reward or causal LM (folder or hub id), or the endpoint's "
+                        help="the judge's model: a reward (folder, hub id, 'module:function' or "
+                             "'path/to/file.py:function') or causal LM (folder or hub id), or the endpoint's "
                              "model name (needed for http)")
     parser.add_argument("--base-url", default="https://api.openai.com/v1", help="http: the endpoint's base URL")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
@@ -285,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="alt-card (default): the card's protocol; run: the run's own evaluation settings")
     evl.add_argument("--iteration", type=int, help="a run's checkpoint to evaluate (default: the last; 0: the "
                      "run's reference, the SFT model)")
-    evl.add_argument("--reward", help="the reward (default: the run's, else the protocol's)")
+    evl.add_argument("--reward", help="the reward: a folder, hub id, 'module:function' or 'path/to/file.py:function' "
+                                      "(default: the run's, else the protocol's)")
     evl.add_argument("--reference", help="the perplexity reference (default: the run's, else the protocol's)")
     evl.add_argument("--dataset", help="the prompts (default: the run's, else the protocol's)")
     evl.add_argument("--prompts", type=int, help="only the first N prompts of the split (default: the "

@@ -46,8 +46,12 @@ class QuarkConfig:
     reference: str | None = knob(None, """Frozen reference for the KL term, perplexity and iteration 1's samples;
         None = same as policy.""")
     reward: str = knob("tiny-tldr", """Reward spec for quarklab.load_reward: "tiny-tldr", a classifier or
-        value-head RM folder/hub id, or a value-head state-dict file (e.g. CarperAI's summarize_rlhf
-        rm_checkpoint/pytorch_model.bin).""")
+        value-head RM folder/hub id, a value-head state-dict file (e.g. CarperAI's summarize_rlhf
+        rm_checkpoint/pytorch_model.bin), or your own Python function f(prompts, completions) -> one float per
+        row, as "module:function" (imported from the import path) or "path/to/file.py:function" (relative: from
+        the working directory; every process of the run, and --resume, loads it again from this text).""")
+    reward_label: str | int | None = knob(None, """A classifier reward's label whose logit is the reward: its
+        name in the model's id2label (any case) or its index. None = the last label.""")
     reward_base_model: str | None = knob(None, """Backbone (hub id or folder) of a bare value-head state-dict
         reward, e.g. CarperAI/openai_summarize_tldr_sft.""")
     reward_template: str | None = knob(None, """Text a model reward reads, from {prompt} and {completion} as given
@@ -68,6 +72,12 @@ class QuarkConfig:
         row order: the earlier sample takes the better quantile.""")
     dataset: str = knob("tiny-tldr", """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a
         hub dataset id.""")
+    dataset_prompt_column: str = knob("prompt", """The column of ``dataset`` that holds the prompts (read as
+        "prompt"; a "label" column, when there is one, is kept as the reference).""")
+    dataset_subset: str | None = knob(None, """A hub dataset's config (subset) name, as datasets.load_dataset's
+        name=; None = its default. Local files have none.""")
+    dataset_revision: str | None = knob(None, """A hub dataset's revision (branch, tag or commit); None = its
+        main branch. Local files have none.""")
     train_split: str = knob("train", "Split of ``dataset`` that training prompts come from.")
     eval_split: str = knob("test", "Split of ``dataset`` that evaluation prompts come from.")
     strip_prompts: bool = knob(False, """Strip leading and trailing whitespace from every prompt where the run loads

@@ -23,14 +23,16 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str | os.PathLike |
     return named.policy if named is not None else name_or_path
 
 
-def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo_type: str = "model") -> str:
+def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo_type: str = "model",
+                   revision: str | None = None) -> str:
     """Return a local path as a string, or a hub id; fail clearly on a missing local path.
 
     A string that exists on disk is local. One that cannot be a hub id (absolute, ``./``,
     ``~``, more than one ``/``) and does not exist is an error here, rather than a confusing
     hub lookup later. When the hub cannot be used (``HF_HUB_OFFLINE=1``, or one connection
     attempt fails) a hub id resolves to its folder in the local hub cache, or fails at once
-    with one error, instead of after half a minute of huggingface_hub's retries.
+    with one error, instead of after half a minute of huggingface_hub's retries; ``revision`` (a branch, tag or
+    commit; None: main) picks which cached snapshot.
     """
     s = os.fspath(resolve_model(name_or_path) if repo_type == "model" else name_or_path)
     p = Path(s).expanduser()
@@ -41,7 +43,7 @@ def resolve_source(name_or_path: str | os.PathLike, what: str = "model", *, repo
     why = hub_unavailable()
     if why is None:
         return s
-    folder = cached_snapshot(s, repo_type)
+    folder = cached_snapshot(s, repo_type, revision)
     if folder is None:
         from huggingface_hub import constants
 
@@ -108,12 +110,13 @@ def _probe_hub(endpoint: str) -> str | None:
     return None
 
 
-def cached_snapshot(repo_id: str, repo_type: str = "model") -> str | None:
-    """The folder of ``repo_id``'s cached snapshot in the local hub cache, or None when it has none."""
+def cached_snapshot(repo_id: str, repo_type: str = "model", revision: str | None = None) -> str | None:
+    """The folder of ``repo_id``'s cached snapshot (of ``revision``; None: main) in the local hub cache, or None
+    when it has none."""
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(repo_id, repo_type=repo_type, local_files_only=True)
+        return snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True)
     except Exception:  # LocalEntryNotFoundError, or a cache folder in a state huggingface_hub rejects
         return None
 

@@ -2,7 +2,7 @@
 
 Each field is a :func:`knob`: a default, its documentation and (optionally) the rule its value must
 follow (a :class:`Range` or a :class:`Pattern`), in the field's ``metadata``. Its type (``int``,
-``float``, ``str``, ``bool``, a ``Literal`` of choices, ``... | None``) drives both validation
+``float``, ``str``, ``bool``, a ``Literal`` of choices, ``str | int``, ``... | None``) drives both validation
 (:func:`check`) and reading a value from command-line text (:func:`parse`); :func:`class_doc` writes
 the class docstring from the fields' documentation.
 """
@@ -65,13 +65,16 @@ def knob(default: Any, doc: str, rule: Range | Pattern | None = None):
 
 @cache
 def specs(cls) -> dict[str, tuple[Any, bool, Range | Pattern | None]]:
-    """Each field's ``(type, None allowed, rule)``; the type is int, float, str, bool or a Literal."""
+    """Each field's ``(type, None allowed, rule)``; the type is int, float, str, bool, a Literal or ``str | int``
+    (text or an integer: a union of those types)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in fields(cls):
         hint, nullable = hints[f.name], False
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            hint, nullable = next(a for a in typing.get_args(hint) if a is not type(None)), True
+            members = tuple(a for a in typing.get_args(hint) if a is not type(None))
+            nullable = len(members) < len(typing.get_args(hint))
+            hint = members[0] if len(members) == 1 else typing.Union[members]
         out[f.name] = (hint, nullable, f.metadata.get("rule"))
     return out
 
@@ -82,9 +85,17 @@ def expected(cls, name: str) -> str:
     if typing.get_origin(hint) is Literal:
         words = "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
     else:
-        words = {int: "an integer", float: "a number", bool: "true or false", str: "non-empty text"}[hint]
+        words = " or ".join(_WORDS[h] for h in _members(hint))
         words = str(rule) if isinstance(rule, Pattern) else f"{words} {rule}" if rule else words
     return words + (", or None" if nullable else "")
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "non-empty text"}
+
+
+def _members(hint) -> tuple:
+    """The plain types a field's type stands for: ``(str, int)`` for ``str | int``, else ``(hint,)``."""
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
 
 
 def _bad(cls, name: str, value: Any, where: str, called: str | None = None) -> QuarkError:
@@ -105,26 +116,36 @@ def check(cls, name: str, value: Any, where: str = "config", called: str | None 
         raise _bad(cls, name, value, where, called)
     if typing.get_origin(hint) is Literal:
         ok = isinstance(value, str) and value in typing.get_args(hint)
-    elif hint is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if ok else value
-    elif hint is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        value = int(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str) and value.strip() != ""
     else:
-        ok = isinstance(value, hint)
+        ok = False
+        for member in _members(hint):
+            ok, value = _fits(member, given)
+            if ok:
+                break
     if not ok or (rule is not None and value not in rule):
         raise _bad(cls, name, given, where, called)
     return value
+
+
+def _fits(hint, value) -> tuple[bool, Any]:
+    """Whether ``value`` is of the plain type ``hint``, and the value as that type (numbers as int or float)."""
+    if hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, int(value) if ok else value
+    if hint is str:
+        return isinstance(value, str) and value.strip() != "", value
+    return isinstance(value, hint), value
 
 
 def parse(cls, name: str, raw: str, where: str = "config") -> Any:
     """Field ``name``'s value from command-line text, read by the field's type, then checked.
 
     Numbers as numbers (``5``, ``2e-5``), text as is (a JSON-quoted ``"local"`` also works),
-    ``null`` or ``None`` for a field that accepts None.
+    ``null`` or ``None`` for a field that accepts None; for a ``str | int`` field, an integer as an integer
+    and any other text as text (a JSON-quoted ``"1"`` is the text 1).
     """
     if name not in specs(cls):
         raise QuarkError(f"{where}: unknown field {name!r}: see quarklab train --help-config")
@@ -139,6 +160,8 @@ def parse(cls, name: str, raw: str, where: str = "config") -> Any:
             value = float(text)
         elif hint is bool:
             value = {"true": True, "false": False}[text.lower()]
+        elif int in _members(hint) and re.fullmatch(r"[+-]?\d+", text):
+            value = int(text)
         else:  # str or a Literal of str
             value = json.loads(text) if text.startswith('"') else text
         return check(cls, name, value, where)

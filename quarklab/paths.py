@@ -16,6 +16,7 @@ from typing import Any
 
 from .data import LOCAL_FORMATS
 from .errors import QuarkError
+from .rewards import callable_spec
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -54,12 +55,17 @@ def locate(source: Any) -> Any:
 
     A relative path that exists under the project root, starts with ``./`` or ``../``, or names a
     ``.jsonl``/``.json``/``.csv``/``.parquet`` file becomes that absolute path (so a missing file is
-    reported by its resolved path); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a
-    callable) is returned as given.
+    reported by its resolved path); a reward named ``"path/to/file.py:function"`` keeps its function with the
+    file's path made absolute the same way (``"module:function"`` is returned as given: the module is imported
+    by name); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a callable) is returned as given.
     """
     if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
         return source
     text = os.fspath(source)
+    named = callable_spec(text)
+    if named is not None:
+        where, attribute = named
+        return f"{resolve_path(where)}:{attribute}" if where.lower().endswith(".py") else source
     resolved = resolve_path(text)
     looks_local = (Path(text).expanduser().is_absolute() or text.startswith(("./", "../"))
                    or Path(text).suffix.lower() in LOCAL_FORMATS)

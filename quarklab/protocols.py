@@ -92,7 +92,12 @@ class Protocol:
                    length="sampled", models={k: getattr(config, k) for k in MODEL_FIELDS})
 
 
-MODEL_FIELDS = ("dataset", "reward", "reward_base_model", "reward_template", "reward_max_length", "reference")
+MODEL_FIELDS = ("dataset", "reward", "reward_base_model", "reward_template", "reward_max_length", "reference",
+                "reward_label", "dataset_prompt_column", "dataset_subset", "dataset_revision")
+"""The config fields that say which models and data a run uses; a protocol's ``models`` may leave out the last
+four (their defaults: the classifier's last label, the "prompt" column, the dataset's default subset and
+revision)."""
+_DATA_FIELDS = ("dataset_prompt_column", "dataset_subset", "dataset_revision")
 
 ALT_CARD = Protocol(
     name="alt-card",
@@ -216,7 +221,9 @@ def evaluate_policy(policy: str | os.PathLike, protocol: str | Protocol = "alt-c
     models.update({k: v for k, v in (("reward", reward), ("reference", reference), ("dataset", dataset))
                    if v is not None})
     if reward is not None and target.config is not None and reward != target.config.reward:
-        models["reward_base_model"] = None
+        models["reward_base_model"] = models["reward_label"] = None
+    if dataset is not None and target.config is not None and dataset != target.config.dataset:
+        models.update(dict.fromkeys(_DATA_FIELDS))  # the run's column, subset and revision were its dataset's
     missing = [k for k in ("dataset", "reward", "reference") if not models.get(k)]
     if missing:
         raise QuarkError(f"protocol {proto.name!r} names no {', '.join(missing)} for {target.source!r}: pass "
@@ -232,8 +239,11 @@ def evaluate_policy(policy: str | os.PathLike, protocol: str | Protocol = "alt-c
     ref = load_policy(models["reference"], dtype=proto.reference_dtype, device=dev)
     reward_fn = load_reward(models["reward"], base_model=models["reward_base_model"],
                             template=models["reward_template"], max_length=models["reward_max_length"],
-                            dtype=reward_dtype, device=dev, precision=proto.reward_precision)
-    table = load_prompts(models["dataset"], proto.eval_split, limit=proto.eval_prompts, strip=proto.strip_prompts)
+                            label=models.get("reward_label"), dtype=reward_dtype, device=dev,
+                            precision=proto.reward_precision)
+    table = load_prompts(models["dataset"], proto.eval_split, limit=proto.eval_prompts, strip=proto.strip_prompts,
+                         prompt_column=models.get("dataset_prompt_column") or "prompt",
+                         subset=models.get("dataset_subset"), revision=models.get("dataset_revision"))
     params = SamplingParams(do_sample=False, max_new_tokens=proto.eval_max_new_tokens,
                             batch_size=proto.eval_batch_size)
     samples = scored_samples(model, tokenizer, table, reward_fn, reference=ref, control_ids=control_ids,

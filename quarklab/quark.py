@@ -34,7 +34,7 @@ import transformers
 
 from . import files, runs
 from .config import QuarkConfig
-from .data import load_prompts
+from .data import config_prompts
 from .distributed import Dist
 from .errors import QuarkError
 from .evaluation import every_token, scored_samples, summary_table
@@ -92,9 +92,8 @@ class Session:
                                               init=config.token_init)
         reward = config_reward(config, device)
         return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,
-                   load_prompts(config.dataset, config.train_split, strip=config.strip_prompts),
-                   load_prompts(config.dataset, config.eval_split, limit=config.eval_prompts,
-                                strip=config.strip_prompts), done, state, dist)
+                   config_prompts(config, config.train_split),
+                   config_prompts(config, config.eval_split, limit=config.eval_prompts), done, state, dist)
 
 
 def check_processes(config: QuarkConfig, dist: Dist) -> None:

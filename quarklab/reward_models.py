@@ -241,14 +241,18 @@ def _resolve_label(config, label: str | int | None) -> int:
     n = config.num_labels
     if label is None:
         return n - 1
-    if isinstance(label, int):
+    labels = {int(i): name for i, name in (config.id2label or {}).items()}
+    listed = ", ".join(f"{i}: {labels.get(i, f'LABEL_{i}')!r}" for i in range(n))
+    if isinstance(label, int) and not isinstance(label, bool):
         if not 0 <= label < n:
-            raise QuarkError(f"label index {label} is out of range: the classifier has {n} labels")
+            raise QuarkError(f"label index {label} is out of range: the classifier has {n} labels ({listed})")
         return label
-    names = {str(name).lower(): int(i) for i, name in config.id2label.items()}
+    if not isinstance(label, str):
+        raise QuarkError(f"label must be a label name or index, got {label!r}; the classifier's labels: {listed}")
+    names = {str(name).lower(): i for i, name in labels.items()}
     if label.lower() not in names:
         raise QuarkError(f"unknown label {label!r}: the classifier's labels are "
-                         f"{[config.id2label[i] for i in sorted(config.id2label)]}")
+                         f"{[labels[i] for i in sorted(labels)]} (by index: {listed})")
     return names[label.lower()]
 
 

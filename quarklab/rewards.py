@@ -9,7 +9,11 @@
   as ALT feeds CarperAI's TL;DR reward model by default: ``"<|startoftext|>{post}\\nTL;DR:
   {summary}<|endoftext|>"``, at most 550 tokens cut on the right, eos as the right padding,
   read at the token before the first eos; see :class:`quarklab.reward_models.ValueHeadReward`;
-* any Python callable ``f(prompts, completions) -> sequence of floats``.
+* any Python callable ``f(prompts, completions) -> sequence of floats``, given as itself or by name:
+  ``"module:function"`` (a module on the import path) or ``"path/to/file.py:function"`` (a file, read
+  from the working directory when relative; :func:`quarklab.paths.locate` reads it from the project root), so
+  a run's config can name it (``quarklab train --set reward=my_rewards.py:score``) and every process that
+  reads the config loads the same function.
 
 Every reward is wrapped so that a wrong length, NaN or inf is one clear error, and its scores are
 rounded to a stated precision (``precision=``: "float64", "float32" or "float16",
@@ -18,14 +22,20 @@ rounded to a stated precision (``precision=``: "float64", "float32" or "float16"
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import os
+import re
+import sys
 import typing
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from .config import QuarkConfig, RewardPrecision
-from .errors import QuarkError, finite_1d
+from .errors import QuarkError, describe, finite_1d
 from .names import TINY, is_named, lookup
 
 
@@ -113,21 +123,34 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
     (default: 550 for a value head, as ALT, else the model's context); ``dtype`` is the model's
     weights (scores are float64 either way); ``label`` and ``score`` pick the classifier output;
     ``base_model`` names the backbone of a bare value-head state dict. The tiny-tldr reward and
-    callables ignore these options. Every kind takes ``precision`` (:data:`PRECISIONS`), the float each
-    score is rounded to (None: "float64", as computed; a :class:`CheckedReward` given as ``spec`` keeps its own).
+    callables ignore these options (a ``label`` for them is an error). A string ``"module:function"`` or
+    ``"path/to/file.py:function"`` is a callable too (:func:`callable_spec`, :func:`import_callable`). Every kind
+    takes ``precision`` (:data:`PRECISIONS`), the float each score is rounded to (None: "float64", as computed;
+    a :class:`CheckedReward` given as ``spec`` keeps its own).
     """
     if isinstance(spec, CheckedReward):
         if precision is None or precision == spec.precision:
             return spec
         return CheckedReward(spec.fn, spec.name, spec.batch_size, precision)
     precision = precision or "float64"
+    named = callable_spec(spec) if isinstance(spec, (str, os.PathLike)) else None
+    if (callable(spec) or named is not None) and kind in ("auto", "callable") and label is not None:
+        raise QuarkError(f"label={label!r} picks a sequence classifier's output, and reward {spec!r} is a Python "
+                         "callable: drop the label (reward_label)")
     if callable(spec) and kind in ("auto", "callable"):
         return CheckedReward(spec, precision=precision)
+    if named is not None and kind in ("auto", "callable"):
+        return CheckedReward(import_callable(*named), name=os.fspath(spec), precision=precision)
     if kind == "callable":
-        raise QuarkError(f"reward kind 'callable' needs a Python callable, got {spec!r}")
+        raise QuarkError(f"reward kind 'callable' needs a Python callable, 'module:function' or "
+                         f"'path/to/file.py:function', got {spec!r}")
     spec_s = os.fspath(spec)
     if kind == "auto":
         kind = TINY if is_named(spec_s) else _guess_model_kind(spec_s)
+    if label is not None and kind in (TINY, "value-head"):
+        raise QuarkError(f"label={label!r} picks a sequence classifier's output, and reward {spec_s!r} is "
+                         f"{'a ' + kind if kind != TINY else 'the tiny-tldr'} reward: drop the label "
+                         "(reward_label)")
     if kind == TINY:
         named = lookup(spec_s if is_named(spec_s) else TINY)
         return CheckedReward(named.reward(), name=TINY, batch_size=None, precision=precision)
@@ -146,11 +169,79 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
 
 def config_reward(config: QuarkConfig, device: str | None = None) -> CheckedReward:
     """The reward a run of ``config`` scores with: ``config.reward`` loaded with the config's reward fields
-    (base model, template, max length, dtype) and scores rounded to ``config.reward_precision``; on ``device``
-    (default: ``config.device``). Everything that scores for a run (the loop, benchmarks) loads it here."""
+    (base model, template, max length, dtype, a classifier's label) and scores rounded to
+    ``config.reward_precision``; on ``device`` (default: ``config.device``). Everything that scores for a run
+    (the loop, benchmarks) loads it here."""
     return load_reward(config.reward, base_model=config.reward_base_model, template=config.reward_template,
-                       max_length=config.reward_max_length, dtype=config.reward_dtype,
+                       max_length=config.reward_max_length, dtype=config.reward_dtype, label=config.reward_label,
                        device=device or config.device, precision=config.reward_precision)
+
+
+_IDENTIFIER = r"[A-Za-z_]\w*"
+_MODULE = re.compile(rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})*")
+
+
+def callable_spec(spec: str | os.PathLike) -> tuple[str, str] | None:
+    """``(where, attribute)`` when ``spec`` names a Python callable, else None (a hub id, a path, a name).
+
+    ``"pkg.module:function"`` gives ``("pkg.module", "function")``; ``"path/to/file.py:function"`` gives
+    ``("path/to/file.py", "function")``. The attribute may be dotted (``"mod:Class.method"``). A hub id has no
+    ``:``, and a registered name such as ``"tiny-tldr"`` is never one."""
+    from .names import is_named
+
+    text = os.fspath(spec)
+    where, sep, attribute = text.rpartition(":")
+    if not sep or is_named(text) or not _MODULE.fullmatch(attribute):
+        return None
+    where = where.strip()
+    if where.lower().endswith(".py") or _MODULE.fullmatch(where):
+        return where, attribute
+    return None
+
+
+def import_callable(where: str | os.PathLike, attribute: str) -> Callable:
+    """The callable ``attribute`` of the Python file ``where`` (ending in ``.py``; a relative path is read from
+    the working directory; the file is executed on each call, so an edited file is read afresh) or of the module
+    ``where`` (imported by name, from the import path). A missing file, module or attribute, a file that fails
+    to run, or an attribute that is not callable is one QuarkError naming it."""
+    where = os.fspath(where)
+    if where.lower().endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise QuarkError(f"reward file {where!r} does not exist (looked for {path})")
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        name = "quarklab_reward_" + re.sub(r"\W", "_", path.stem) + "_" + digest
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module  # as an import would (dataclasses and pickling look the module up)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise QuarkError(f"reward file {where!r} failed to run ({describe(exc)})") from exc
+        what = f"reward file {where!r}"
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and where.startswith(exc.name) and where[len(exc.name):][:1] in ("", "."):
+                raise QuarkError(f"reward module {where!r} not found: is it on the import path (pip install it, or "
+                                 "add its folder to PYTHONPATH)? A file is named 'path/to/file.py:function'") from exc
+            raise QuarkError(f"reward module {where!r} failed to import ({describe(exc)})") from exc
+        except Exception as exc:
+            raise QuarkError(f"reward module {where!r} failed to import ({describe(exc)})") from exc
+        what = f"reward module {where!r}"
+    target: typing.Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                           and getattr(v, "__module__", None) == module.__name__)
+            raise QuarkError(f"{what} has no {attribute!r} (its functions and classes: {found or 'none'})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise QuarkError(f"{what}: {attribute!r} is a {type(target).__name__}, not a callable "
+                         "f(prompts, completions) -> floats")
+    return target
 
 
 def _guess_model_kind(spec: str) -> str:

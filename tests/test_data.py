@@ -78,3 +78,51 @@ def test_bad_datasets_give_one_clear_error(tmp_path):
 def test_hub_dataset_id_fails_clearly_when_offline():
     with pytest.raises(ql.QuarkError, match="CarperAI/openai_summarize_tldr.*Offline"):
         ql.load_prompts("CarperAI/openai_summarize_tldr", "test")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_prompts_in_another_column_are_read_by_prompt_column(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    table = pd.DataFrame({"id": [7, 8], "text": ["first post\nTL;DR:", "second post"], "summary": ["a", "b"],
+                          "label": ["x", "y"]})
+    table.to_json(path, orient="records", lines=True) if suffix == ".jsonl" else table.to_csv(path, index=False)
+    got = ql.load_prompts(path, prompt_column="text")
+    assert got.columns.tolist() == ["prompt_id", "prompt", "label"]
+    assert got["prompt"].tolist() == ["first post\nTL;DR:", "second post"] and got["label"].tolist() == ["x", "y"]
+    other = ql.load_prompts(path, prompt_column="text", label_column="summary", limit=1)
+    assert other.to_dict("records") == [{"prompt_id": 0, "prompt": "first post\nTL;DR:", "label": "a"}]
+    assert ql.load_prompts(path, prompt_column="text", label_column=None).columns.tolist() == ["prompt_id", "prompt"]
+    with pytest.raises(ql.QuarkError, match=r"has no 'body' column; its columns: \['id', 'text', 'summary', 'label'\]"):
+        ql.load_prompts(path, prompt_column="body")
+    with pytest.raises(ql.QuarkError, match=r"has no 'prompt' column \(dataset_prompt_column / prompt_column= names "
+                                            r"another\); its columns: \['id', 'text', 'summary', 'label'\]"):
+        ql.load_prompts(path)
+    with pytest.raises(ql.QuarkError, match=r"has no 'ref' column \(the label\); its columns"):
+        ql.load_prompts(path, prompt_column="text", label_column="ref")
+    with pytest.raises(ql.QuarkError, match="1 empty or non-text prompts in column 'summary'"):
+        pd.DataFrame({"summary": ["ok", " "]}).to_json(tmp_path / "e.jsonl", orient="records", lines=True)
+        ql.load_prompts(tmp_path / "e.jsonl", prompt_column="summary")
+
+
+def test_a_subset_or_revision_is_for_hub_datasets_only(tmp_path, world):
+    path = tmp_path / "d.jsonl"
+    pd.DataFrame(ROWS).to_json(path, orient="records", lines=True)
+    with pytest.raises(ql.QuarkError, match=r"a subset \('short'\) applies to a hub dataset only, and this is a local"):
+        ql.load_prompts(path, subset="short")
+    with pytest.raises(ql.QuarkError, match=r"a revision \('v1'\) applies to a hub dataset only, and this is a "
+                                            "registered name"):
+        ql.load_prompts("tiny-tldr", "test", revision="v1")
+
+
+def test_a_run_config_reads_its_dataset_column(tmp_path):
+    from quarklab.config import preset
+    from quarklab.data import config_prompts, hub_dataset_args
+
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["  a  ", "b"]}).to_csv(path, index=False)
+    config = preset("tiny", dataset=str(path), dataset_prompt_column="text", strip_prompts=True)
+    assert config_prompts(config, "train")["prompt"].tolist() == ["a", "b"]
+    assert config_prompts(config, "test", limit=1, strip=False)["prompt"].tolist() == ["  a  "]
+    assert hub_dataset_args("org/data", "test") == {"path": "org/data", "split": "test"}
+    assert hub_dataset_args("org/data", "train", "short", "v1") == {"path": "org/data", "split": "train",
+                                                                    "name": "short", "revision": "v1"}

@@ -95,3 +95,52 @@ print(model.num_parameters(), tok.pad_token is not None, len(ql.load_prompts("qu
     model, tok = ql.load_policy(policy), ql.load_tokenizer(policy)
     want = len(ql.load_prompts(world.data_file("test")))
     assert out.stdout.split() == [str(model.num_parameters()), "True", str(want)]
+
+
+OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+SUBSETS = """---
+configs:
+- config_name: short
+  data_files:
+  - split: test
+    path: short/test.jsonl
+- config_name: long
+  data_files:
+  - split: test
+    path: long/test.jsonl
+---
+"""
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_a_hub_datasets_subset_revision_and_column_load_from_the_local_cache(offline, tmp_path):
+    """dataset_subset, dataset_revision and dataset_prompt_column reach datasets.load_dataset: a cached dataset
+    whose main branch holds one file and whose other commit holds two subsets (configs in its README)."""
+    import json
+
+    repo = tmp_path / "datasets--quarklab-test--subsets"
+    for commit, files in [(COMMIT, {"test.jsonl": ["main 1", "main 2"]}),
+                          (OTHER_COMMIT, {"short/test.jsonl": ["short 1", "short 2", "short 3"],
+                                          "long/test.jsonl": ["long 1"], "README.md": None})]:
+        for name, texts in files.items():
+            path = repo / "snapshots" / commit / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(SUBSETS if texts is None else "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    code = f"""
+import quarklab as ql
+for subset, revision in [(None, None), ("short", "{OTHER_COMMIT}"), ("long", "{OTHER_COMMIT}")]:
+    print(ql.load_prompts("quarklab-test/subsets", "test", prompt_column="text", subset=subset,
+                          revision=revision)["prompt"].tolist())
+try:
+    ql.load_prompts("quarklab-test/subsets", "test", prompt_column="text", subset="medium", revision="{OTHER_COMMIT}")
+except ql.QuarkError as exc:
+    print(exc)
+"""
+    out = _python(code, tmp_path, offline)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["['main 1', 'main 2']", "['short 1', 'short 2', 'short 3']", "['long 1']"]
+    assert lines[3].startswith(f"could not load dataset 'quarklab-test/subsets' subset 'medium' revision "
+                               f"'{OTHER_COMMIT}' split 'test' from its copy in the local hub cache") and "medium" in lines[3]

@@ -462,3 +462,18 @@ def test_cli_judges_a_run_and_reports_bad_input_in_one_line(run_dir):
         proc = subprocess.run(cli + args, capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.startswith("quarklab: error: ") and message in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_reward_judge_can_be_a_python_file_function(tmp_path, monkeypatch):
+    """quarklab judge --judge rm --model rewards.py:score: the function judges (shorter wins under minus length),
+    its relative path read from the project root as every judge model is."""
+    from quarklab.judge import make_judge
+    from tables import project_folder
+
+    root = project_folder(tmp_path)
+    (root / "rewards.py").write_text("def score(prompts, completions):\n    return [-len(c) for c in completions]\n")
+    monkeypatch.chdir(root / "notebooks")
+    judge = make_judge("rm", "rewards.py:score")
+    assert judge.id == f"rm:{root.resolve() / 'rewards.py'}:score"
+    assert [v for _, v in judge.judge([("p", "short", "longer one"), ("p", "longer one", "short"),
+                                       ("p", "ab", "cd")])] == ["A", "B", "tie"]

@@ -47,3 +47,18 @@ def test_fields_are_described_by_section_with_default_rule_and_doc():
     text = knobs.describe(Settings, {"Training": "steps", "Where": "device"})
     assert text.splitlines()[:2] == ["Training", "--------"]
     assert "lr = 0.001" in text and "The learning rate." in text and text.index("Where") > text.index("name =")
+
+
+@dataclass(frozen=True)
+class Picks:
+    label: str | int | None = knobs.knob(None, "A label by name or index.")
+
+
+def test_a_text_or_integer_field_takes_either_and_reads_digits_as_an_integer():
+    assert knobs.expected(Picks, "label") == "non-empty text or an integer, or None"
+    assert [knobs.check(Picks, "label", v) for v in ("positive", 2, None)] == ["positive", 2, None]
+    assert [knobs.parse(Picks, "label", t) for t in ("positive", "2", "-1", '"2"', "None")] == [
+        "positive", 2, -1, "2", None]
+    for bad in (1.5, True, "", [1]):
+        with pytest.raises(QuarkError, match="label must be non-empty text or an integer, or None, got"):
+            knobs.check(Picks, "label", bad)

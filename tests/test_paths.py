@@ -34,3 +34,18 @@ def test_relative_paths_mean_the_project_root_from_any_folder_inside_it(tmp_path
     outside.mkdir()
     monkeypatch.chdir(outside)
     assert project_root() == outside.resolve() and resolve_path("runs/demo") == outside.resolve() / "runs" / "demo"
+
+
+def test_a_reward_named_file_py_colon_function_is_read_from_the_project_root(tmp_path, monkeypatch):
+    """A notebook's, the judge's or quarklab eval's reward "rewards/mine.py:score" is the project's file, from any
+    folder inside the project; "module:function" stays as given (imported by name)."""
+    root = project_folder(tmp_path)
+    (root / "rewards").mkdir()
+    (root / "rewards" / "mine.py").write_text("def score(prompts, completions):\n    return [1.0] * len(prompts)\n")
+    monkeypatch.chdir(root / "notebooks")
+    located = locate("rewards/mine.py:score")
+    assert located == f"{root.resolve() / 'rewards' / 'mine.py'}:score"
+    assert ql.load_reward(located)(["p"], ["c"]).tolist() == [1.0]
+    assert locate("pkg.rewards:score") == "pkg.rewards:score" and locate("tiny-tldr") == "tiny-tldr"
+    nb = ql.notebooks.setup("01_quantile_distributions", run_dir="runs/r", reward="rewards/mine.py:score")
+    assert nb.reward == located

@@ -134,6 +134,29 @@ def test_classifier_bad_options(classifier, kwargs, match):
         load_reward(classifier[0], device="cpu", **kwargs)
 
 
+def test_a_run_config_picks_the_classifier_label_by_reward_label(classifier, tokenizer):
+    """reward_label (config) reaches the classifier: by name in any case or by index; None keeps the last label;
+    a label the model does not have is one error listing its labels; --set reads an integer as an index."""
+    from quarklab.rewards import config_reward
+
+    folder, model = classifier
+    logits = _logits_alone(model, tokenizer, COMPLETIONS)
+    base = QuarkConfig(reward=str(folder), device="cpu", reward_dtype="float32", reward_precision="float64")
+    for label, column in [(None, 1), ("negative", 0), ("POSITIVE", 1), (0, 0)]:
+        scores = config_reward(base.replace(reward_label=label))(PROMPTS, COMPLETIONS)
+        np.testing.assert_allclose(scores, logits[:, column], rtol=1e-5, atol=1e-5)
+    assert base.with_overrides(["reward_label=0"]).reward_label == 0
+    assert base.with_overrides(["reward_label=negative"]).reward_label == "negative"
+    with pytest.raises(QuarkError, match=r"unknown label 'neutral': the classifier's labels are \['NEGATIVE', "
+                                         r"'POSITIVE'\] \(by index: 0: 'NEGATIVE', 1: 'POSITIVE'\)"):
+        config_reward(base.replace(reward_label="neutral"))
+    with pytest.raises(QuarkError, match=r"label index 2 is out of range: the classifier has 2 labels \(0: "
+                                         r"'NEGATIVE', 1: 'POSITIVE'\)"):
+        config_reward(base.replace(reward_label=2))
+    with pytest.raises(QuarkError, match="reward_label must be non-empty text or an integer, or None, got 1.5"):
+        base.replace(reward_label=1.5)
+
+
 # ---------------------------------------------------------------- value-head reward models
 
 def _backbone(kind: str, vocab_size: int):
