@@ -11,7 +11,9 @@ is not logged twice. Each number of a row is one scalar:
 - an ``eval`` row as ``eval/<mode>/token_<k>/<key>`` (``token_none`` unconditioned) at the global step the
   iteration's training ended on (0 for iteration 0's reference), so every tracker sees one increasing step.
 
-The config goes in as hyperparameters once per process start. Only the main process tracks (the caller opens a
+TensorBoard's event files and W&B's local files go under ``RUN/tracking/``; MLflow keeps its own store (its
+``MLFLOW_TRACKING_URI``, ``./mlruns`` by default) and Trackio its own (a local database or a Space). The config goes
+in as hyperparameters once per process start. Only the main process tracks (the caller opens a
 :class:`Tracking` there alone). The tracker classes of ``accelerate.tracking`` are used directly, as
 ``Accelerator.init_trackers`` would build them, not through an ``Accelerator``: a single-process run has none
 (:mod:`quarklab.distributed` makes one only under ``accelerate launch``, and a second one there would set up
