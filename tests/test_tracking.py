@@ -167,3 +167,21 @@ def test_report_to_reads_as_tracker_names():
     assert QuarkConfig().with_overrides(["report_to=tensorboard,wandb"]).report_to == "tensorboard,wandb"
     with pytest.raises(Exception, match="report_to must be 'none' or tracker names, comma-separated"):
         QuarkConfig().with_overrides(["report_to=Tensor Board"])
+
+
+def test_under_two_processes_the_main_process_alone_logs(world, tmp_path):
+    """accelerate launch --num_processes 2 (DDP, CPU processes): the launch's Accelerator and the trackers live side by
+    side; one event file, every optimizer step once, and the summary lines printed once."""
+    from launching import ENV, launch_head
+
+    run_dir = tmp_path / "run"
+    sets = [a for s in TINY_RUN + ["report_to=tensorboard"] for a in ("--set", s)]
+    proc = subprocess.run(launch_head("ddp") + ["-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir",
+                                                str(run_dir), *sets], capture_output=True, text=True, env=ENV,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((run_dir / "tracking").rglob("events.out.tfevents.*"))) == 2  # the scalars' and the hparams'
+    acc = _scalars(run_dir / "tracking" / "quarklab")
+    train = [r for r in _metrics(run_dir) if r["kind"] == "train"]
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, len(train) + 1))
+    assert sum(line.startswith("iteration ") for line in proc.stdout.splitlines()) == 3
