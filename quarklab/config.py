@@ -199,6 +199,13 @@ class QuarkConfig:
         under this named protocol (``quarklab eval``; "alt-card" = the ALT-Quark model card's table) into
         ``RUN/evals/``; None = no such evaluation.""")
     keep_checkpoints: int = knob(1, "How many iteration checkpoints to keep (the latest ones).", AT_LEAST_1)
+    report_to: str = knob("none", """Experiment trackers that mirror metrics.jsonl, through accelerate's: "none", or
+        tracker names, comma-separated: "tensorboard", "wandb", "trackio", "mlflow" (or accelerate's others), each
+        installed (``pip install quarklab[tensorboard]`` for TensorBoard). They log each optimizer step's loss terms
+        and lr, each iteration's evaluation per token and mode, at one global step, and the config as
+        hyperparameters; local files go under ``RUN/tracking/``. Only the main process logs; nothing else a run
+        writes changes.""",
+        Pattern(r"none|[a-z_]+(?:,[a-z_]+)*", "'none' or tracker names, comma-separated (e.g. 'tensorboard,wandb')"))
 
     def __post_init__(self):
         self.validate()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 import transformers
 
-from . import files, runs
+from . import files, runs, tracking
 from .config import QuarkConfig
 from .data import config_prompts
 from .distributed import Dist
@@ -66,6 +67,7 @@ class Session:
     done: int  # iterations whose checkpoint exists
     trainer_state: TrainerState | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
     dist: Dist = field(default_factory=Dist)  # this process among the run's processes
+    tracker: tracking.Tracking | None = None  # the main process's trackers (config.report_to), mirroring metrics
 
     @classmethod
     def open(cls, config: QuarkConfig, run_dir: Path, dist: Dist | None = None) -> "Session":
@@ -163,44 +165,60 @@ def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False
 
     The run holds a lock on ``run_dir`` throughout: a second process on the same folder fails at once.
     """
-    from .progress import tqdm
 
     run_dir = Path(run_dir)
     if resume and not run_dir.is_dir():
         raise QuarkError(f"nothing to resume in {str(run_dir)!r}: no such folder")
     dist = Dist.from_env()
     progress = progress and dist.is_main
+    if config is not None and dist.is_main:  # an unknown or missing tracker: before the run folder is made
+        tracking.check_trackers(config.report_to)
     with runs.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
             config = prepare_run_dir(run_dir, config, resume)
             check_resumable(config, run_dir)
+            tracking.check_trackers(config.report_to)  # a resumed run's trackers, before any model loads
         config = dist.decide(lambda: config)
-        with stage("load"):
-            if dist.is_main:  # a named setup ("tiny-tldr") is built by one process, before any process reads it
-                for spec in (config.policy, config.reference, config.reward, config.dataset):
-                    lookup(spec, progress=progress)
-            dist.barrier()
-            s = Session.open(config, run_dir, dist)
-            if dist.is_main:
-                _add_prompt_ids(s)
-            dist.barrier()
-        if not dist.decide(lambda: runs.has_metrics(run_dir, 0, "eval")):
+        with (tracking.Tracking(run_dir, config.report_to, config.to_dict()) if dist.is_main
+              else contextlib.nullcontext()) as tracker:
+            return _run(config, run_dir, dist, tracker, progress)
+
+
+def _run(config: QuarkConfig, run_dir: Path, dist: Dist, tracker: tracking.Tracking | None,
+         progress: bool) -> pd.DataFrame:
+    from .progress import tqdm
+
+    with stage("load"):
+        if dist.is_main:  # a named setup ("tiny-tldr") is built by one process, before any process reads it
+            for spec in (config.policy, config.reference, config.reward, config.dataset):
+                lookup(spec, progress=progress)
+        dist.barrier()
+        s = Session.open(config, run_dir, dist)
+        s.tracker = tracker
+        if dist.is_main:
+            _add_prompt_ids(s)
+        dist.barrier()
+    start = time.perf_counter()
+    if not dist.decide(lambda: runs.has_metrics(run_dir, 0, "eval")):
+        with stage("evaluate"):
+            _evaluate(s, 0, s.reference, [None], "reference", progress)
+        _summary(s, 0, start, progress)
+    for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
+        start = time.perf_counter()
+        if it > s.done:
+            if not dist.decide(lambda: runs.pool_path(run_dir, it).exists()):
+                _sample_pool(s, it, progress)
+            _train(s, it, progress)
+        if not dist.decide(lambda: runs.has_metrics(run_dir, it, "eval")):
             with stage("evaluate"):
-                _evaluate(s, 0, s.reference, [None], "reference", progress)
-        for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
-            if it > s.done:
-                if not dist.decide(lambda: runs.pool_path(run_dir, it).exists()):
-                    _sample_pool(s, it, progress)
-                _train(s, it, progress)
-            if not dist.decide(lambda: runs.has_metrics(run_dir, it, "eval")):
-                with stage("evaluate"):
-                    _evaluate(s, it, s.policy, None, "policy", progress)
-        if config.final_protocol:
-            device = s.dist.device or resolve_device(config.device)
-            del s  # the run's models leave memory before the protocol loads its own
-            with stage("evaluate"):
-                final_evaluation(config, run_dir, device, dist, progress)
-        return runs.read_metrics(run_dir)
+                _evaluate(s, it, s.policy, None, "policy", progress)
+            _summary(s, it, start, progress)
+    if config.final_protocol:
+        device = s.dist.device or resolve_device(config.device)
+        del s  # the run's models leave memory before the protocol loads its own
+        with stage("evaluate"):
+            final_evaluation(config, run_dir, device, dist, progress)
+    return runs.read_metrics(run_dir)
 
 
 def final_evaluation(config: QuarkConfig, run_dir: Path, device, dist: Dist, progress: bool) -> None:
@@ -309,6 +327,8 @@ def _train(s: Session, it: int, progress: bool) -> None:
         eos_rows = sum(r["finished"] for r in records)  # rows trained with EOS after the completion
         runs.record_metrics(s.run_dir, [{"step": i, "rows": len(records), "eos_rows": eos_rows, **entry}
                                         for i, entry in enumerate(log)], it, "train")
+        if s.tracker:
+            s.tracker.sync()  # the trackers mirror the rows just recorded
         with stage("checkpoint"), files.atomic_dir(folder) as tmp:
             s.policy.save_pretrained(tmp, state_dict=state.weights)  # an engine's gathered weights, or the policy's
             tok.save_pretrained(tmp)
@@ -344,7 +364,18 @@ def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progre
         files.write_parquet(runs.eval_path(s.run_dir, it), pd.concat(samples, ignore_index=True))
         rows = pd.concat(summaries, ignore_index=True).assign(model=name)
         runs.record_metrics(s.run_dir, json.loads(rows.to_json(orient="records")), it, "eval")
+        if s.tracker:
+            s.tracker.sync()
     s.dist.barrier()
+
+
+def _summary(s: Session, it: int, start: float, progress: bool) -> None:
+    """Under ``progress``, one line on the terminal after iteration ``it``'s evaluation (the main process's)."""
+    if progress and s.dist.is_main:
+        from .progress import tqdm
+
+        line = tracking.summary_line(runs.read_metrics(s.run_dir), it, s.config.iterations, time.perf_counter() - start)
+        tqdm.write(line)
 
 
 def final_table(metrics: pd.DataFrame) -> pd.DataFrame:

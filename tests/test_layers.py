@@ -17,8 +17,8 @@ LAYERS = [
     ["errors", "names", "progress", "stages"],
     # 1 checks, settings (the field machinery and QuarkConfig), files, the process group
     ["checks", "knobs", "config", "files", "distributed"],
-    # 2 tokens, metrics and quantiles on plain arrays; the run directory
-    ["tokens", "metrics", "quantiles", "runs"],
+    # 2 tokens, metrics and quantiles on plain arrays; the run directory and the trackers that mirror its metrics
+    ["tokens", "metrics", "quantiles", "runs", "tracking"],
     # 3 where models come from, and loading them
     ["hub", "models"],
     # 4 prompts: the TL;DR layout, prompt sources
