@@ -62,7 +62,11 @@ def two_runs(world, tmp_path_factory) -> tuple[Path, Path, str]:
 
 def test_two_processes_write_one_run_directory_with_every_prompt_sampled_once(two_runs):
     one, two, printed = two_runs
-    assert printed.count("iteration") == 1, "only the main process prints the final table"
+    lines = printed.splitlines()
+    header = [line for line in lines if line.split()[:2] == ["iteration", "model"]]
+    summaries = [line for line in lines if line.startswith("iteration ") and "/2" in line.split()[1]]
+    assert len(header) == 1, "only the main process prints the final table"
+    assert [line.split()[1].rstrip(":") for line in summaries] == ["0/2", "1/2", "2/2"]  # one line per iteration
     for it in (1, 2):
         pool, single = runs.read_pool(two, it), runs.read_pool(one, it)
         # the same seeded prompts, each sampled 10 times by one process, in one process's order

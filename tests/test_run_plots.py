@@ -96,7 +96,7 @@ def test_quoted_numbers_sit_in_a_captioned_table_of_their_own(drawn):
     assert ["PPO (ALT card)", "3.38", "2.29", "67.52"] in rows
     assert ["Quark (ALT card)", "3.52", "1.82", "49.42"] in rows
     caption = " ".join(ax.get_title().split())
-    assert "another reward model (the CarperAI RM)" in caption and "real TL;DR" in caption
+    assert "CarperAI's reward model" in caption and "real TL;DR" in caption and "ALT-Quark model card" in caption
     assert "not comparable" in caption
 
 
