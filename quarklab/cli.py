@@ -180,6 +180,18 @@ def _eval(args) -> None:
         print(win_rate(ours, args.against, judge, out=out, bootstrap_seed=args.seed, progress=True))
 
 
+def _export(args) -> None:
+    from .export import export_run, hub_token, push_to_hub
+    from .paths import resolve_path
+
+    if args.push_to_hub:
+        hub_token(args.push_to_hub)  # before anything is written
+    out = export_run(resolve_path(args.run), resolve_path(args.to), args.iteration, repo=args.push_to_hub)
+    print(f"model folder and card (README.md): {out}")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(out, args.push_to_hub)}")
+
+
 def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None:
     parser.add_argument("--judge", choices=["rm", "lm", "http"], default="rm",
                         help="rm: a reward model (default tiny-tldr); lm: a local causal LM comparing log p(' A') "
@@ -300,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "(written as quarklab judge's --b), win rate with its 95 %% interval")
     _add_judge_options(evl, "--judge-model")
     evl.set_defaults(func=_eval)
+    exp = sub.add_parser("export", help="a run's checkpoint as a model folder (weights, tokenizer) with a model "
+                         "card README.md: hub metadata, how to prompt, the measured table, the config")
+    exp.add_argument("run", metavar="RUN", help="a run directory; relative paths from the project root")
+    exp.add_argument("--iteration", type=int, help="the checkpoint to export (default: the run's last)")
+    exp.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must not exist or be empty)")
+    exp.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this hub model repository "
+                     "(needs HF_TOKEN or `hf auth login`)")
+    exp.set_defaults(func=_export)
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
     bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention); vLLM is measured "

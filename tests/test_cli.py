@@ -10,7 +10,7 @@ import sys
 
 def test_importing_quarklab_and_asking_for_help_loads_no_heavy_library():
     code = ("import sys, contextlib, io, quarklab, quarklab.cli as c\n"
-            "for argv in (['--help'], ['train', '--help'], ['notebooks', 'run', '--help']):\n"
+            "for argv in (['--help'], ['train', '--help'], ['notebooks', 'run', '--help'], ['export', '--help']):\n"
             "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
             "        c.main(argv)\n"
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'matplotlib') if m in sys.modules))")
@@ -28,7 +28,7 @@ def test_version():
 def test_the_quarklab_command_lists_its_subcommands():
     out = subprocess.run([sys.executable, "-m", "quarklab.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for sub in ("world", "train", "seeds", "notebooks", "plan", "judge", "bench"):
+    for sub in ("world", "train", "seeds", "notebooks", "plan", "judge", "bench", "export"):
         assert re.search(rf"^\s+{sub}\s", out, re.MULTILINE)
         subprocess.run([sys.executable, "-m", "quarklab.cli", sub, "--help"], capture_output=True, check=True)
 

@@ -30,8 +30,8 @@ LAYERS = [
     ["world", "world.build", "world.reward", "world.synth"],
     # 7 what runs Quark and what plans it; the stand-ins; where relative paths point
     ["quark", "protocols", "plan", "compare", "testing", "testing.standins", "paths"],
-    # 8 reading runs: analysis, seeds, figures, the judge
-    ["analysis", "analysis.inputs", "analysis.metric_rows", "analysis.pools", "analysis.tradeoffs", "analysis.cards",
+    # 8 reading runs: analysis, seeds, figures, the judge, exporting a checkpoint with its model card
+    ["export", "analysis", "analysis.inputs", "analysis.metric_rows", "analysis.pools", "analysis.tradeoffs", "analysis.cards",
      "analysis.reward_names", "seeds", "present", "present.figures", "present.html", "present.iteration_grid",
      "present.quantile_plots", "present.run_plots", "present.seed_plots", "present.widgets",
      "judge", "judge.judges", "judge.present", "judge.systems", "judge.winrate"],
