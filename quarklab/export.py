@@ -77,7 +77,9 @@ def protocol_tables(run_dir: str | os.PathLike, iteration: int) -> list[tuple[st
     for it in sorted({0, iteration}):
         for summary in sorted(Path(run_dir, "evals").glob(f"*-iter_{it:03d}/summary.json")):
             d = json.loads(summary.read_text())
-            name = summary.parent.name[:-len(f"-iter_{it:03d}")]
+            protocol = d["used"]["protocol"]
+            name = protocol["name"] + (f", first {protocol['eval_prompts']} prompts" if protocol["eval_prompts"]
+                                       else "")
             found.setdefault(name, []).append(d["summary"])
     return [(name, markdown(card_table(pd.DataFrame(rows)))) for name, rows in found.items()]
 
@@ -129,7 +131,9 @@ def model_card(run_dir: str | os.PathLike, iteration: int, tokenizer=None, repo:
         measured_table(run_dir, iteration),
     ]
     for name, table in protocol_tables(run_dir, iteration):
-        parts += [f"Under the `{name}` protocol (`quarklab eval --protocol {name}`), with 95 % intervals:\n", table]
+        protocol, _, part = name.partition(", ")
+        parts += [f"Under the `{protocol}` protocol{f' ({part})' if part else ''} (`quarklab eval --protocol "
+                  f"{protocol}`), with 95 % intervals:\n", table]
     parts += ["## Config\n", "The run's settings (`config.json`; `quarklab train --config` reads this file back):\n",
               f"```yaml\n{config.to_yaml()}```\n"]
     return "\n".join(parts)

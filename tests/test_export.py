@@ -78,21 +78,18 @@ def test_hub_ids_become_base_model_and_datasets(tiny_run, tmp_path):
 
 
 def test_protocol_rows_appear_with_their_intervals(tiny_run, tmp_path):
+    from quarklab.protocols import default_out, evaluate_policy, resolve_target, write_result
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     it = runs.latest_checkpoint(run)[0]
-    row = {"model": "tiny iteration 2", "conditioning": "_QUANTILE_TOKEN_0_", "reward": 1.5, "reward_low": 1.25,
-           "reward_high": 1.75, "perplexity": 1.3, "perplexity_low": 1.2, "perplexity_high": 1.4, "length": 20.0,
-           "length_low": 18.0, "length_high": 22.0, "cut": 0.5, "prompts": 8}
-    out = run / "evals" / f"alt-card-iter_{it:03d}"
-    out.mkdir(parents=True)
-    (out / "summary.json").write_text(json.dumps({"summary": row, "used": {}}))
+    result = evaluate_policy(run, "alt-card", prompts=8)  # what quarklab eval RUN --prompts 8 writes
+    write_result(result, default_out(resolve_target(run), "alt-card", 8))
     card = model_card(run, it)
-    assert "`alt-card` protocol" in card
-    assert "1.50 [1.25, 1.75]" in card
-    import pandas as pd
-    assert markdown(card_table(pd.DataFrame([row]))) in card
-
+    assert "Under the `alt-card` protocol (first 8 prompts)" in card
+    assert markdown(card_table(result.summary)) in card
+    s = result.summary.iloc[0]
+    assert f"{s['reward']:.2f} [{s['reward_low']:.2f}, {s['reward_high']:.2f}]" in card
 
 def test_existing_folder_and_bad_iteration_are_errors(tiny_run, tmp_path):
     busy = tmp_path / "busy"
