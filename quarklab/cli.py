@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_world_build)
 
     train = sub.add_parser("train", help="run Quark iterations into a run directory (resumable)")
-    train.add_argument("--preset", default="tiny", action=_PresetAction, help="tiny (offline CPU), tldr-gpt2 (one 24 GB GPU) or tldr-gptj (ALT)")
+    train.add_argument("--preset", default="tiny", action=_PresetAction,
+                       help="tiny (offline CPU), tldr-gpt2 (one 24 GB GPU) or tldr-gptj (ALT)")
     train.add_argument("--run-dir", help="where the run lives: config, pools, checkpoints, metrics")
     train.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json: field: value) over "
                        "the preset; --print-config starts one")

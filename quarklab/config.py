@@ -429,11 +429,13 @@ PRESETS: dict[str, QuarkConfig] = {
     # posts and full fine-tuning (trainable_fraction 1.0) is cheap at this size. Reward OpenAssistant's DeBERTa-v3
     # large RM (435M, a one-logit sequence classifier that reads any policy's text, unlike CarperAI's GPT-J value
     # head), fed "post [SEP] summary" as its question/answer pair and capped at its 512-token context (cut on the
-    # right: the rare post that fills it leaves the summary unread); the tiny-tldr reward scores only the tiny world. bf16 weights, lr 2e-5 (GPT-2 fine-tuning's usual 1e-5..5e-5, not the tiny
-    # preset's 1e-3), ALT's sampling (T 0.9, top-p 0.9, 64 new tokens) and K=5 local quantiles, but 256 prompts x
-    # 16 samples an iteration (4,096 completions, 2,560 pool rows, 160 steps of 32 rows over 2 epochs): a few
-    # minutes an iteration, 20 iterations. KL 0.05 to the starting model, as the Quark paper. Hub access or a filled
-    # hub cache.
+    # right: a post that fills it leaves the summary unread); the tiny-tldr reward scores only the tiny world. bf16
+    # weights, lr 2e-5 (GPT-2 fine-tuning's usual 1e-5..5e-5, not the tiny preset's 1e-3), ALT's sampling (T 0.9,
+    # top-p 0.9, 64 new tokens) and K=5 local quantiles, but 256 prompts x 16 samples an iteration (4,096
+    # completions, 2,560 pool rows, 160 steps of 32 rows over 2 epochs), which should take minutes, not hours, an
+    # iteration (estimated, not timed on a GPU), 20 iterations. KL 0.05 to the starting model, as the tiny preset:
+    # a pretrained start drifts more than an SFT one. `quarklab plan`: 8.2 GiB peak on one GPU. Hub access or a
+    # filled hub cache.
     "tldr-gpt2": QuarkConfig(policy="gpt2", reward="OpenAssistant/reward-model-deberta-v3-large-v2",
                              reward_template="{post}[SEP]{summary}", reward_max_length=512,
                              reward_dtype="bfloat16", dtype="bfloat16",
