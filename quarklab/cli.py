@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_world_build)
 
     train = sub.add_parser("train", help="run Quark iterations into a run directory (resumable)")
-    train.add_argument("--preset", default="tiny", action=_PresetAction, help="tiny (offline CPU) or tldr-gptj")
+    train.add_argument("--preset", default="tiny", action=_PresetAction,
+                       help="tiny (offline CPU), tldr-gpt2 (one 24 GB GPU) or tldr-gptj (ALT)")
     train.add_argument("--run-dir", help="where the run lives: config, pools, checkpoints, metrics")
     train.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json: field: value) over "
                        "the preset; --print-config starts one")
@@ -266,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop a cell that runs longer than this (default: no limit)")
     nswp.set_defaults(func=_notebooks_sweep)
     pln = sub.add_parser("plan", help="memory per GPU and tokens per iteration of a config, with no weights loaded")
-    pln.add_argument("--preset", default="tldr-gptj", help="tldr-gptj (default) or tiny")
+    pln.add_argument("--preset", default="tldr-gptj", help="tldr-gptj (default), tldr-gpt2 or tiny")
     pln.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json) over the preset, as "
                      "quarklab train --config reads it")
     pln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -423,6 +423,29 @@ PRESETS: dict[str, QuarkConfig] = {
                              kl_coef=0.0, entropy_coef=0.06, loss_vocab="full", trainable_fraction=0.3,
                              perplexity="alt", sample_batch_size=96, eval_batch_size=64, reference_dtype="float32",
                              final_protocol="alt-card"),
+    # Between the two: Quark on TL;DR for one 24 GB consumer GPU (an RTX 3090/4090), as tldr-gptj but small.
+    # Policy GPT-2 (124M; GPT-2-class, quick to sample, and its config is known offline so `quarklab plan` works
+    # without the hub); plain pretrained, so the quantile-conditioned training does the SFT-like work from raw TL;DR
+    # posts and full fine-tuning (trainable_fraction 1.0) is cheap at this size. Reward OpenAssistant's DeBERTa-v3
+    # large RM (435M, a one-logit sequence classifier that reads any policy's text, unlike CarperAI's GPT-J value
+    # head), fed "post [SEP] summary" as its question/answer pair and capped at its 512-token context (cut on the
+    # right: a post that fills it leaves the summary unread); the tiny-tldr reward scores only the tiny world. bf16
+    # weights, lr 2e-5 (GPT-2 fine-tuning's usual 1e-5..5e-5, not the tiny preset's 1e-3), ALT's sampling (T 0.9,
+    # top-p 0.9, 64 new tokens) and K=5 local quantiles, but 256 prompts x 16 samples an iteration (4,096
+    # completions, 2,560 pool rows, 160 steps of 32 rows over 2 epochs), which should take minutes, not hours, an
+    # iteration (estimated, not timed on a GPU), 20 iterations. KL 0.05 to the starting model, as the tiny preset:
+    # a pretrained start drifts more than an SFT one. `quarklab plan`: 8.2 GiB peak on one GPU. Hub access or a
+    # filled hub cache.
+    "tldr-gpt2": QuarkConfig(policy="gpt2", reward="OpenAssistant/reward-model-deberta-v3-large-v2",
+                             reward_template="{post}[SEP]{summary}", reward_max_length=512,
+                             reward_dtype="bfloat16", dtype="bfloat16",
+                             dataset="CarperAI/openai_summarize_tldr", train_split="train", eval_split="valid",
+                             strip_prompts=True, iterations=20, prompts_per_iteration=256, samples_per_prompt=16,
+                             num_quantiles=5, quantile_scope="local", per_quantile_per_prompt=2,
+                             temperature=0.9, top_p=0.9, max_new_tokens=64, sample_batch_size=256,
+                             lr=2e-5, batch_size=16, grad_accum=2, epochs_per_iteration=2, trainable_fraction=1.0,
+                             kl_coef=0.05, entropy_coef=0.0, eval_prompts=256, eval_max_new_tokens=64,
+                             eval_batch_size=128),
 }
 """Ready-made configs by name; :func:`preset` gives a copy, with changes."""
 

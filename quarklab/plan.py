@@ -70,6 +70,8 @@ def model_config(name: str):
     except (QuarkError, OSError, ValueError) as exc:
         if name in GPTJ_6B_IDS:
             return GPTJConfig()
+        if name in KNOWN_CONFIGS:
+            return KNOWN_CONFIGS[name]()
         raise QuarkError(f"cannot read the config of {name!r} to plan for it ({exc}); pass a local folder") from exc
 
 
@@ -78,6 +80,32 @@ GPTJ_6B_IDS = ("CarperAI/openai_summarize_tldr_sft", "EleutherAI/gpt-j-6b", "Ele
 GPTJ_6B_TOKENS = 50400
 """Entries of GPT-J 6B's tokenizer: GPT-2's 50,257 and 143 ``<|extratoken_N|>``, one per embedding row."""
 ALT_QUARK_ID = "sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr"
+GPT2_IDS = ("gpt2", "openai-community/gpt2")
+GPT2_TOKENS = 50257
+"""Entries of GPT-2's tokenizer, one per embedding row (``<|endoftext|>`` the last)."""
+
+
+def _gpt2_config():
+    from transformers import GPT2Config
+
+    return GPT2Config()  # transformers' defaults are GPT-2 124M's (12 x 768, 1,024 positions, 50,257 rows)
+
+
+def _deberta_v3_large_config():
+    from transformers import DebertaV2Config
+
+    # microsoft/deberta-v3-large's config, which OpenAssistant's reward model keeps (one label): 24 x 1024, 128,100
+    # SentencePiece rows, relative attention over 256 buckets, no absolute positions or token types.
+    return DebertaV2Config(vocab_size=128100, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                           intermediate_size=4096, max_position_embeddings=512, relative_attention=True,
+                           position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+                           pos_att_type=["p2c", "c2p"], layer_norm_eps=1e-7, max_relative_positions=-1,
+                           position_biased_input=False, type_vocab_size=0, pooler_hidden_size=1024, num_labels=1)
+
+
+KNOWN_CONFIGS = {**{name: _gpt2_config for name in GPT2_IDS},
+                 "OpenAssistant/reward-model-deberta-v3-large-v2": _deberta_v3_large_config}
+"""Configs :func:`model_config` falls back on offline for the ``tldr-gpt2`` preset's models (besides GPT-J 6B's)."""
 
 
 def quantile_rows(name: str, rows: int, num_quantiles: int) -> int:
@@ -93,10 +121,13 @@ def quantile_rows(name: str, rows: int, num_quantiles: int) -> int:
         tok = load_tokenizer(name)
         size, present = len(tok), len(quantile_token_ids(tok, required=False))
     except QuarkError:
-        if name not in GPTJ_6B_IDS:
+        if name in GPT2_IDS:
+            size, present = GPT2_TOKENS, 0
+        elif name in GPTJ_6B_IDS:
+            present = 5 if name == ALT_QUARK_ID else 0
+            size = GPTJ_6B_TOKENS + present
+        else:
             return 0
-        present = 5 if name == ALT_QUARK_ID else 0
-        size = GPTJ_6B_TOKENS + present
     missing = max(0, num_quantiles - present)
     return max(0, size + missing - rows) if missing else 0
 
@@ -124,6 +155,20 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
                  sum(p.numel() for p in ends) // vocab, sum(p.numel() for p in ends if p.requires_grad) // vocab)
 
 
+def reward_model(spec: str) -> Model | None:
+    """A sequence-classification reward's backbone counted on the meta device; None for the tiny-tldr reward, a
+    Python callable, or a model whose config cannot be read (offline and not in :data:`KNOWN_CONFIGS`)."""
+    from .names import is_named
+    from .rewards import callable_spec
+
+    if is_named(spec) or callable_spec(spec) is not None:
+        return None
+    try:
+        return meta_model(spec, head=False)
+    except QuarkError:
+        return None
+
+
 def dtype_bytes(dtype: str) -> int:
     """Bytes per weight of a config ``dtype`` on a GPU ("auto" is bf16 there)."""
     import torch
@@ -143,7 +188,8 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     bare = meta_model(config.policy, config.trainable_fraction)
     reference = bare if (config.reference or config.policy) == config.policy else meta_model(config.reference)
     policy = bare.with_rows(quantile_rows(config.policy, bare.vocab, config.num_quantiles))
-    reward = (meta_model(config.reward_base_model, head=False) if config.reward_base_model else None)
+    reward = (meta_model(config.reward_base_model, head=False) if config.reward_base_model
+              else reward_model(config.reward))
     wb, rb = dtype_bytes(config.dtype), dtype_bytes(config.reward_dtype)
     half = wb < 4
     B, C = config.batch_size, config.max_new_tokens

@@ -33,6 +33,21 @@ def test_presets():
         assert QuarkConfig.from_dict(preset(name).to_dict()) == preset(name)
 
 
+def test_the_one_consumer_gpu_preset_is_what_its_comment_says():
+    """tldr-gpt2 (config.py's comment): GPT-2 fully fine-tuned in bf16 at lr 2e-5 against OpenAssistant's DeBERTa RM
+    on CarperAI's TL;DR, K=5 local quantiles, 256 prompts x 16 samples, 32 rows a step."""
+    c = preset("tldr-gpt2")
+    assert QuarkConfig.from_dict(c.to_dict()) == c
+    assert (c.policy, c.reward, c.dataset) == ("gpt2", "OpenAssistant/reward-model-deberta-v3-large-v2",
+                                               "CarperAI/openai_summarize_tldr")
+    assert (c.reward_template, c.reward_max_length, c.reward_base_model) == ("{post}[SEP]{summary}", 512, None)
+    assert (c.lr, c.trainable_fraction, c.dtype, c.reward_dtype) == (2e-5, 1.0, "bfloat16", "bfloat16")
+    assert (c.num_quantiles, c.quantile_scope, c.prompts_per_iteration, c.samples_per_prompt) == (5, "local", 256, 16)
+    assert (c.batch_size * c.grad_accum, c.epochs_per_iteration, c.max_new_tokens) == (32, 2, 64)
+    assert (c.train_split, c.eval_split, c.strip_prompts, c.kl_coef) == ("train", "valid", True, 0.05)
+    assert 1e-5 <= c.lr <= 5e-5 and c.lr < preset("tiny").lr
+
+
 BAD = [  # (field, value, what the message must say the field accepts)
     ("top_p", 0, r"a number in \(0, 1\], got 0$"),
     ("top_p", 1.5, r"in \(0, 1\], got 1.5"),
