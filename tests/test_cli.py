@@ -8,14 +8,20 @@ import subprocess
 import sys
 
 
-def test_importing_quarklab_and_asking_for_help_loads_no_heavy_library():
-    code = ("import sys, contextlib, io, quarklab, quarklab.cli as c\n"
-            "for argv in (['--help'], ['train', '--help'], ['notebooks', 'run', '--help'], ['export', '--help']):\n"
-            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-            "        c.main(argv)\n"
+def heavy_libraries_loaded_by(body: str) -> str:
+    """Which of torch, transformers, pandas, matplotlib a fresh interpreter has loaded after running ``body``
+    (with ``sys``, ``contextlib``, ``io`` and ``quarklab.cli as c`` imported), as printed."""
+    code = ("import sys, contextlib, io, quarklab, quarklab.cli as c\n" + body +
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_importing_quarklab_and_asking_for_help_loads_no_heavy_library():
+    assert heavy_libraries_loaded_by(
+        "for argv in (['--help'], ['train', '--help'], ['notebooks', 'run', '--help'], ['export', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        c.main(argv)\n") == "[]"
 
 
 def test_version():
@@ -98,10 +104,7 @@ def test_train_runs_from_a_config_file_with_set_on_top_and_print_config_starts_o
 
 
 def test_print_config_loads_no_heavy_library():
-    code = ("import sys, contextlib, io, quarklab.cli as c\n"
-            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-            "    c.main(['train', '--preset', 'tldr-gptj', '--print-config'])\n"
-            "assert 'policy: CarperAI/openai_summarize_tldr_sft' in out.getvalue()\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+    assert heavy_libraries_loaded_by(
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    c.main(['train', '--preset', 'tldr-gptj', '--print-config'])\n"
+        "assert 'policy: CarperAI/openai_summarize_tldr_sft' in out.getvalue()\n") == "[]"
