@@ -58,12 +58,14 @@ def measured_table(run_dir: str | os.PathLike, iteration: int) -> str:
         return "_No greedy evaluation recorded for these iterations._\n"
     import pandas as pd
 
-    lines = ["| iteration | model | conditioning | reward | perplexity | length |", "| --- | --- | --- | --- | --- | --- |"]
-    for _, r in ev.sort_values("iteration", kind="stable").iterrows():
-        token = "none" if pd.isna(r["token"]) else f"`{quantile_token(int(r['token']))}`"
-        lines.append(f"| {int(r['iteration'])} | {r['model']} | {token} | {_num(r['reward'])} | "
-                     f"{_num(r['perplexity'])} | {_num(r['length'])} |")
-    return "\n".join(lines) + "\n"
+    from .protocols import markdown
+
+    ev = ev.sort_values("iteration", kind="stable")
+    return markdown(pd.DataFrame({
+        "iteration": ev["iteration"].astype(int).to_numpy(), "model": ev["model"].to_numpy(),
+        "conditioning": ["none" if pd.isna(t) else f"`{quantile_token(int(t))}`" for t in ev["token"]],
+        "reward": ev["reward"].map(_num).to_numpy(), "perplexity": ev["perplexity"].map(_num).to_numpy(),
+        "length": ev["length"].map(_num).to_numpy()}))
 
 
 def protocol_tables(run_dir: str | os.PathLike, iteration: int) -> list[tuple[str, str]]:
