@@ -99,3 +99,15 @@ def test_the_commands_are_found():
     assert ["train", "--run-dir", "runs/tiny"] in found
     assert any(args[:2] == ["notebooks", "sweep"] for args in found)
     assert len(quarklab_commands(ROOT / "docs" / "scaling.md")) >= 5  # accelerate launch -m quarklab.cli lines too
+
+
+def test_the_layout_page_names_every_module():
+    """docs/layout.md lists the package module by module: a module it does not name is a stale page."""
+    import quarklab
+
+    package = Path(quarklab.__file__).parent
+    layout = (ROOT / "docs" / "layout.md").read_text()
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        assert re.search(rf"\b{path.stem}\b", layout), f"docs/layout.md does not name {path.relative_to(package)}"
