@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import QuarkConfig
-from .data import LOCAL_FORMATS
 from .errors import QuarkError
-from .rewards import callable_spec
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -61,6 +59,9 @@ def locate(source: Any) -> Any:
     file's path made absolute the same way (``"module:function"`` is returned as given: the module is imported
     by name); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a callable) is returned as given.
     """
+    from .data import LOCAL_FORMATS  # here: resolve_path alone (the CLI's) loads no pandas
+    from .rewards import callable_spec
+
     if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
         return source
     text = os.fspath(source)
