@@ -141,6 +141,7 @@ def test_a_bad_run_config_file_is_one_error_naming_the_file_and_the_field_before
     for text, field in (("num_quantile: 3\n", r"unknown field 'num_quantile' \(did you mean 'num_quantiles'\?\)"),
                         ("num_quantiles: 0\n", r"num_quantiles must be an integer >= 1, got 0")):
         (tmp_path / "bad.yaml").write_text(text)
-        with pytest.raises(ql.QuarkError, match=rf"^(config file ')?{re.escape(str(tmp_path / 'bad.yaml'))}'?: {field}"):
+        path = re.escape(str(tmp_path / "bad.yaml"))
+        with pytest.raises(ql.QuarkError, match=rf"^(config file ')?{path}'?: {field}"):
             run_notebooks(tmp_path / "run", {"config": str(tmp_path / "bad.yaml")}, progress=False)
         assert not (tmp_path / "run").exists()

@@ -17,5 +17,5 @@ from .parameters import (SHARED_PARAMETERS, check_parameters, declared_defaults,
 from .runner import KERNEL_ENV, NOTEBOOKS, run_notebooks, sweep
 
 __all__ = ["KERNEL_ENV", "NOTEBOOKS", "RUN_DIR_LISTS", "SHARED_PARAMETERS", "Notebook", "check_parameters",
-           "declared_defaults", "example_completions", "notebook_parameters", "notebooks_dir", "parse_value", "policy_source", "prepare",
-           "record", "results", "run_notebooks", "run_summary", "setup", "sweep"]
+           "declared_defaults", "example_completions", "notebook_parameters", "notebooks_dir", "parse_value",
+           "policy_source", "prepare", "record", "results", "run_notebooks", "run_summary", "setup", "sweep"]

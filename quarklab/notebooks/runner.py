@@ -104,8 +104,8 @@ def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None 
     notebooks run (checked here when none of them declares it); a QuarkConfig field that none of them declares
     goes into notebook 02's ``extra_config`` (``{"kl_coef": 0.1}`` trains with KL 0.1); any other name that
     none of them declares is a QuarkError before anything runs. ``config`` (a run config file, which every
-    notebook declares) is read here first, so a bad file stops before any notebook runs. A failing cell stops the sequence with one :class:`QuarkError` naming the
-    notebook, the cell and the error; the partly executed notebook stays in ``run_dir`` for
+    notebook declares) is read here first, so a bad file stops before any notebook runs. A failing cell stops
+    the sequence with one :class:`QuarkError` naming the notebook, the cell and the error; the partly executed notebook stays in ``run_dir`` for
     inspection. ``cell_timeout`` (seconds, None = no limit: training cells may run for hours) stops a
     cell that runs longer, with the same kind of error. Progress bars printed by a cell are kept in
     the executed notebook as their last state (one line each); transformers' and the hub's widget bars
