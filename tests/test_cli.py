@@ -206,9 +206,11 @@ def test_every_option_with_a_default_shows_it_once_and_as_the_parser_holds_it():
             if action.choices:
                 assert "{" + ",".join(action.choices) + "}" in block, (command, block)
     assert checked >= 15
+    from quarklab.config import PRESETS
+
     parsers = dict(_parsers(build_parser()))
     for command in ("train", "plan"):
-        assert "--preset {tiny,tldr-gpt2,tldr-gptj}" in parsers[f"quarklab {command}"].format_help()
+        assert f"--preset {{{','.join(sorted(PRESETS))}}}" in parsers[f"quarklab {command}"].format_help()
 
 
 def test_world_path_prints_the_folder_and_builds_nothing(world, tmp_path):
