@@ -108,7 +108,11 @@ def setup(name: str, *, run_dir: str | os.PathLike, config: str | os.PathLike | 
     config_fields, from_config = {}, {}
     if config is not None:
         config_fields = read_config_file(resolve_path(config))
-        defaults = declared_defaults(notebooks_dir() / f"{name}.ipynb")
+        source = notebooks_dir() / f"{name}.ipynb"
+        if not source.is_file():
+            raise QuarkError(f"setup: config takes the parameters still at their declared defaults, read from the "
+                             f"notebook {source}, which does not exist")
+        defaults = declared_defaults(source)
         from_config = {key: config_fields[key] for key, value in parameters.items()
                        if key in config_fields and key in defaults and value == defaults[key]
                        and not (key == "policy" and value == "auto")}
