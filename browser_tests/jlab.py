@@ -6,7 +6,6 @@ also comes from the server's REST API (what JupyterLab's own status bar shows).
 
 from __future__ import annotations
 
-import ast
 import re
 import time
 from pathlib import Path
@@ -77,19 +76,6 @@ class Checks:
         if self.problems:
             pytest.fail(f"{self.name}: {len(self.problems)} problem(s) seen in JupyterLab "
                         f"(screenshots in {shots}):\n  - " + "\n  - ".join(self.problems), pytrace=False)
-
-
-def notebook_parameters(path: Path) -> dict:
-    """The literal values of a notebook's parameters cell, as papermill reads the cell."""
-    import papermill as pm
-
-    values = {}
-    for name, p in pm.inspect_notebook(str(path)).items():
-        try:
-            values[name] = ast.literal_eval(p["default"])
-        except (ValueError, SyntaxError):
-            pass
-    return values
 
 
 def short(source: str, width: int = 70) -> str:

@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from jlab import NOTEBOOKS, Checks, Notebook, notebook_parameters
+from jlab import NOTEBOOKS, Checks, Notebook
 
 from quarklab import notebooks as ql_notebooks
 
@@ -71,7 +71,7 @@ def visit(browser, lab, shots, untouched, name: str, interact=None) -> None:
                         .nth(cell["index"]).locator(".jp-OutputArea"))
         written = sorted(p.name for p in NOTEBOOKS.iterdir()
                          if p not in untouched["existed"] and p.name != ".ipynb_checkpoints")
-        run_dir = notebook_parameters(NOTEBOOKS / name).get("run_dir")
+        run_dir = ql_notebooks.declared_defaults(NOTEBOOKS / name).get("run_dir")
         checks.expect(not written, f"the notebook wrote {written} into notebooks/: run_dir = {run_dir!r} was "
                                    "taken relative to the kernel's working directory (notebooks/, where JupyterLab "
                                    "starts it), not the project, so it misses the project's runs/")
@@ -168,7 +168,7 @@ def _regenerate(nb: Notebook, c: Checks, out, what: str) -> str | None:
 
 def compare_tokens(nb: Notebook, c: Checks) -> None:
     """03: the static table, then the widget: another prompt, a typed post, temperature, seed, greedy."""
-    params = notebook_parameters(NOTEBOOKS / nb.name)
+    params = ql_notebooks.declared_defaults(NOTEBOOKS / nb.name)
     k = int(params.get("num_quantiles", 5))
     static = nb.cell("comparison_html(").locator(".jp-OutputArea table.quarklab-compare").first
     if c.expect(static.count() == 1, "03: the static comparison table was not drawn"):

@@ -1,4 +1,9 @@
-"""The ``quarklab`` command."""
+"""The ``quarklab`` command.
+
+Every command reads a relative path (run dirs, ``--out``, ``--to``, ``--config`` files, model, reward and dataset
+folders and files, ``file.py:function`` rewards) from the project root (:mod:`quarklab.paths`): ``quarklab train
+--run-dir runs/x`` in ``notebooks/`` writes the folder it writes at the root, as the notebooks do.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,41 @@ import sys
 
 from . import __version__
 from .errors import QuarkError
+
+PATHS = "relative paths are read from the project root (the folder holding pyproject.toml and notebooks/)"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default, shown once, by the formatter: none for an unset (None), off (False) or empty one."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default == "" or default == [] or default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose help shows defaults by :class:`_HelpFormatter` (its subcommands' too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _assignment(text: str) -> str:
+    """A ``--set`` value: ``NAME=VALUE`` (one argument), else an argparse error that shows that form."""
+    if not text.partition("=")[0].strip() or "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE: write --set NAME=VALUE as one argument, "
+                                         "e.g. --set num_quantiles=3")
+    return text
+
+
+def _world_path(args) -> None:
+    from .world.build import WorldSpec, world_dir
+
+    folder = world_dir(WorldSpec(seed=args.seed))
+    print(folder if (folder / "world.json").exists() else f"{folder} (not built: quarklab world build)")
 
 
 def _world_build(args) -> None:
@@ -20,11 +60,24 @@ def _world_build(args) -> None:
           f"built in {info['build_seconds']} s")
 
 
+def _notebook_settings(args, pairs: list[tuple[str, str]] = ()) -> dict:
+    """The notebook parameters of ``-p NAME VALUE`` pairs, ``--set NAME=VALUE`` and ``--config FILE``, each value
+    read by :func:`quarklab.notebooks.parse_value`."""
+    from .notebooks import parse_value
+
+    given = [(name, value, "-p") for name, value in pairs]
+    given += [(*(part.strip() for part in item.split("=", 1)), "--set") for item in args.set]
+    settings = {name: parse_value(value, name, where=where) for name, value, where in given}
+    if args.config:
+        settings["config"] = args.config
+    return settings
+
+
 def _notebooks_run(args) -> None:
-    from .notebooks import parse_value, run_notebooks
+    from .notebooks import run_notebooks
     from .paths import resolve_path
 
-    params = {name: parse_value(value, name) for name, value in args.param}
+    params = _notebook_settings(args, args.param)
     for path in run_notebooks(args.run_dir, params, notebooks=args.only or None, cell_timeout=args.cell_timeout):
         print(f"executed {path}")
     run_dir = resolve_path(args.run_dir)
@@ -40,8 +93,7 @@ def _notebooks_sweep(args) -> None:
     if any(len(p) < 2 for p in args.param):
         raise QuarkError("each -p NAME needs at least one value: -p num_quantiles 3 5 7")
     grid = {p[0]: [parse_value(v, p[0]) for v in p[1:]] for p in args.param}
-    fixed = {name: parse_value(value, name, where="--set") for name, value in args.fixed}
-    table = sweep(args.out, grid, fixed, notebooks=args.only or None, cell_timeout=args.cell_timeout)
+    table = sweep(args.out, grid, _notebook_settings(args), notebooks=args.only or None, cell_timeout=args.cell_timeout)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(table.to_string(index=False))
     print(f"summary: {resolve_path(args.out) / 'summary.csv'}")
@@ -50,9 +102,11 @@ def _notebooks_sweep(args) -> None:
 def _config_of(args):
     """The config ``--preset``, ``--config FILE`` and ``--set`` say, in that order, each over the one before."""
     from .config import QuarkConfig, preset
+    from .paths import resolve_path
 
     base = preset(args.preset)
-    return QuarkConfig.from_file(args.config, base, args.set) if args.config else base.with_overrides(args.set)
+    return QuarkConfig.from_file(resolve_path(args.config), base, args.set) if args.config \
+        else base.with_overrides(args.set)
 
 
 def _train(args) -> None:
@@ -74,6 +128,7 @@ def _train(args) -> None:
         return
     import pandas as pd
 
+    from .paths import resolve_path
     from .quark import final_table, run
 
     if args.resume:
@@ -88,24 +143,26 @@ def _train(args) -> None:
         return
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print(final_table(metrics).to_string(index=False))
-    print(f"run: {os.path.abspath(run_dir)} (config.json, metrics.jsonl, checkpoints/, pool/, eval/; "
+    print(f"run: {resolve_path(run_dir)} (config.json, metrics.jsonl, checkpoints/, pool/, eval/; "
           "quarklab train --resume continues it)")
 
 
 def _seeds(args) -> None:
     import pandas as pd
 
+    from .paths import resolve_path
     from .seeds import INTERVAL_NOTE, seed_summary, summary_table
 
-    summary = seed_summary(args.run_dirs, by=args.by)
+    summary = seed_summary([resolve_path(d) for d in args.run_dirs], by=args.by)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
         print(summary_table(summary).to_string())
     print(f"at iteration {int(summary['iteration'].max())}; {INTERVAL_NOTE}")
     if args.csv:
         from .files import atomic_write_text
 
-        atomic_write_text(args.csv, summary.to_csv(index=False))
-        print(f"summary: {args.csv}")
+        csv = resolve_path(args.csv)
+        atomic_write_text(csv, summary.to_csv(index=False))
+        print(f"summary: {csv}")
 
 
 class _PresetAction(argparse.Action):
@@ -120,14 +177,15 @@ def _bench(args) -> None:
     import subprocess
     from pathlib import Path
 
+    from .paths import locate, resolve_path
+
     root = Path(__file__).resolve().parents[1]
     if not (root / "benchmarks" / "bench.py").is_file():
         raise QuarkError(f"quarklab bench runs the benchmarks/ folder of a source checkout; there is none at {root}")
-    model = os.path.abspath(args.model) if args.model and os.path.exists(args.model) else args.model  # from here
-    knobs = {k: v for k, v in (("quick", args.quick), ("model", model), ("device", args.device),
+    knobs = {k: v for k, v in (("quick", args.quick), ("model", locate(args.model)), ("device", args.device),
                                ("warmup", args.warmup), ("reps", args.reps), ("threads", args.threads))
              if v is not None}
-    out = os.path.abspath(args.out)
+    out = str(resolve_path(args.out))
     code = subprocess.call([sys.executable, "-m", "benchmarks.bench", json.dumps(knobs), out], cwd=root)
     if code:
         sys.exit(code)
@@ -194,8 +252,8 @@ def _export(args) -> None:
 
 def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None:
     parser.add_argument("--judge", choices=["rm", "lm", "http"], default="rm",
-                        help="rm: a reward model (default tiny-tldr); lm: a local causal LM comparing log p(' A') "
-                             "and log p(' B'); http: an OpenAI-compatible chat endpoint")
+                        help="rm: a reward model (tiny-tldr unless " + model_flag + " names one); lm: a local causal "
+                             "LM comparing log p(' A') and log p(' B'); http: an OpenAI-compatible chat endpoint")
     parser.add_argument(model_flag, dest="judge_model",
                         help="the judge's model: a reward (folder, hub id, 'module:function' or "
                              "'path/to/file.py:function') or causal LM (folder or hub id), or the endpoint's "
@@ -205,29 +263,56 @@ def _add_judge_options(parser: argparse.ArgumentParser, model_flag: str) -> None
                         help="http: the environment variable holding the API key (read, never written); '' for "
                              "none")
     parser.add_argument("--concurrency", type=int, default=8, metavar="N",
-                        help="http: requests in flight at once (default 8); each judgment is cached as it arrives")
+                        help="http: requests in flight at once; each judgment is cached as it arrives")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--preset, --config and --set: one run config, each over the one before (train and plan)."""
+    from .config import PRESETS
+
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), action=_PresetAction,
+                        help="tiny: the offline world on a CPU; tldr-gpt2: one 24 GB GPU; tldr-gptj: ALT's run")
+    parser.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json: field: value) over "
+                        "the preset; train --print-config starts one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_assignment,
+                        help="set a config field (repeatable, over --config); see quarklab train --help-config")
+
+
+def _add_notebook_options(parser: argparse.ArgumentParser) -> None:
+    """--set, --config, --only and --cell-timeout of quarklab notebooks run and sweep."""
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", type=_assignment,
+                        help="a notebook parameter (repeatable), or any QuarkConfig field, which goes to notebook "
+                             "02's extra_config (--set kl_coef=0.1 trains with KL 0.1); a config field's VALUE is "
+                             "read by the field's type (see quarklab train --help-config), any other as JSON when "
+                             "it parses, else as text")
+    parser.add_argument("--config", metavar="FILE", help="a run config (as quarklab train --config reads it) for "
+                        "every notebook: the parameters it sets, unless given otherwise; in notebook 02 also the "
+                        "rest of the run's config")
+    parser.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
+    parser.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                        help="stop a cell that runs longer than this (unset: no limit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, notebooks.")
+    parser = _Parser(prog="quarklab", description="Quark-style alignment research: tiny offline world, training, "
+                     f"notebooks. In every command, {PATHS}.")
     parser.add_argument("--version", action="version", version=f"quarklab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    world = sub.add_parser("world", help="build or locate the offline tiny TL;DR world")
+    world = sub.add_parser("world", help="the offline tiny TL;DR world: build it, or print its folder")
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
-    build = wsub.add_parser("build", help="build the tiny world into $QUARKLAB_HOME (about 2 minutes)")
-    build.add_argument("--seed", type=int, default=0)
+    build = wsub.add_parser("build", help="build the tiny world into $QUARKLAB_HOME (about 2 minutes; a built one "
+                            "is reused) and print its folder")
+    build.add_argument("--seed", type=int, default=0, help="the world's seed (data, tokenizer, SFT model)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     build.set_defaults(func=_world_build)
+    where = wsub.add_parser("path", help="print the tiny world's folder, building nothing (noted when not built)")
+    where.add_argument("--seed", type=int, default=0, help="the world's seed")
+    where.set_defaults(func=_world_path)
 
     train = sub.add_parser("train", help="run Quark iterations into a run directory (resumable)")
-    train.add_argument("--preset", default="tiny", action=_PresetAction,
-                       help="tiny (offline CPU), tldr-gpt2 (one 24 GB GPU) or tldr-gptj (ALT)")
+    _add_config_options(train)
     train.add_argument("--run-dir", help="where the run lives: config, pools, checkpoints, metrics")
-    train.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json: field: value) over "
-                       "the preset; --print-config starts one")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field (repeatable, over --config); see --help-config")
     train.add_argument("--print-config", action="store_true",
                        help="print the config (--preset, --config and --set applied) as YAML and exit")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or stopped run")
@@ -246,91 +331,84 @@ def build_parser() -> argparse.ArgumentParser:
     nbs = sub.add_parser("notebooks", help="run the notebooks with papermill, or a sweep of them")
     nsub = nbs.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
     nrun = nsub.add_parser("run", help="execute the notebooks in order into a run directory")
-    nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run "
-                      "(relative: from the project root, the folder holding notebooks/)")
+    nrun.add_argument("--run-dir", required=True, help="executed notebooks, figures, results and the Quark run")
     nrun.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                      help="a notebook parameter (repeatable); a config field's VALUE is read by the field's type "
-                           "(see quarklab train --help-config), any other as JSON when it parses, else as text")
-    nrun.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
-    nrun.add_argument("--cell-timeout", type=float, metavar="SECONDS",
-                      help="stop a cell that runs longer than this (default: no limit)")
+                      help="papermill's spelling of --set NAME=VALUE (repeatable)")
+    _add_notebook_options(nrun)
     nrun.set_defaults(func=_notebooks_run)
     nswp = nsub.add_parser("sweep", help="run the notebooks over a grid of parameters, one run dir each")
     nswp.add_argument("-p", "--param", nargs="+", action="append", required=True, metavar="NAME VALUE",
                       help="a parameter and the values to sweep: -p num_quantiles 3 5 7")
-    nswp.add_argument("--set", dest="fixed", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                      help="a parameter held fixed across the sweep")
-    nswp.add_argument("--out", required=True,
-                      help="folder for the run dirs and summary.csv (relative: from the project root)")
-    nswp.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks (file names)")
-    nswp.add_argument("--cell-timeout", type=float, metavar="SECONDS",
-                      help="stop a cell that runs longer than this (default: no limit)")
+    nswp.add_argument("--out", required=True, help="folder for the run dirs and summary.csv")
+    _add_notebook_options(nswp)
     nswp.set_defaults(func=_notebooks_sweep)
+
     pln = sub.add_parser("plan", help="memory per GPU and tokens per iteration of a config, with no weights loaded")
-    pln.add_argument("--preset", default="tldr-gptj", help="tldr-gptj (default), tldr-gpt2 or tiny")
-    pln.add_argument("--config", metavar="FILE", help="a run config (.yaml, .yml or .json) over the preset, as "
-                     "quarklab train --config reads it")
-    pln.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field (repeatable, over --config)")
-    pln.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs (default 1)")
-    pln.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
+    _add_config_options(pln)
+    pln.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs")
+    pln.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB")
     pln.add_argument("--prompt-tokens", type=int, default=512,
-                     help="prompt length a micro-batch pads to (default 512; TL;DR posts run to about 550)")
-    pln.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA row (default 16)")
+                     help="prompt length a micro-batch pads to (TL;DR posts run to about 550)")
+    pln.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA row")
     pln.add_argument("--sample-tokens-per-s", type=float, help="generation throughput, for a time estimate")
     pln.add_argument("--train-tokens-per-s", type=float, help="training throughput, for a time estimate")
-    pln.set_defaults(func=_plan)
+    pln.set_defaults(func=_plan, preset_given=False)
+
     jdg = sub.add_parser("judge", help="win rate of system A over system B on the same prompts, by a pairwise judge")
     jdg.add_argument("--a", required=True, metavar="SPEC", help="system A: RUN_DIR[:token=N,iteration=N|last,"
                      "mode=greedy|sampled,sample=N], RUN_DIR:reference, or file:PATH (.jsonl/.csv/.parquet with "
-                     "prompt and completion); relative paths from the project root")
+                     "prompt and completion)")
     jdg.add_argument("--b", required=True, metavar="SPEC", help="system B, written like --a")
     _add_judge_options(jdg, "--model")
     jdg.add_argument("--limit", type=int, help="judge at most this many prompts")
-    jdg.add_argument("--seed", type=int, default=0, help="seed of the bootstrap interval (default 0)")
-    jdg.add_argument("--out", help="run directory for judge/cache.jsonl and the results (default: system A's run)")
+    jdg.add_argument("--seed", type=int, default=0, help="seed of the bootstrap interval")
+    jdg.add_argument("--out", help="run directory for judge/cache.jsonl and the results (unset: system A's run)")
     jdg.set_defaults(func=_judge)
+
     evl = sub.add_parser("eval", help="evaluate a run, a checkpoint or a hub model under a named protocol "
                          "(alt-card: the ALT-Quark card's table): RM, PPL, Avg. len with 95 %% intervals")
     evl.add_argument("policy", metavar="POLICY", help="a run directory (its last checkpoint), a checkpoint folder "
-                     "or a hub id such as sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr; relative paths from the "
-                     "project root")
+                     "or a hub id such as sauc-abadal-lloret/gpt-j-6b-ALT-Quark-tldr")
     evl.add_argument("--protocol", default="alt-card", choices=["alt-card", "run"],
-                     help="alt-card (default): the card's protocol; run: the run's own evaluation settings")
-    evl.add_argument("--iteration", type=int, help="a run's checkpoint to evaluate (default: the last; 0: the "
+                     help="alt-card: the card's protocol; run: the run's own evaluation settings")
+    evl.add_argument("--iteration", type=int, help="a run's checkpoint to evaluate (unset: the last; 0: the "
                      "run's reference, the SFT model)")
     evl.add_argument("--reward", help="the reward: a folder, hub id, 'module:function' or 'path/to/file.py:function' "
-                                      "(default: the run's, else the protocol's)")
-    evl.add_argument("--reference", help="the perplexity reference (default: the run's, else the protocol's)")
-    evl.add_argument("--dataset", help="the prompts (default: the run's, else the protocol's)")
-    evl.add_argument("--prompts", type=int, help="only the first N prompts of the split (default: the "
+                                      "(unset: the run's, else the protocol's)")
+    evl.add_argument("--reference", help="the perplexity reference (unset: the run's, else the protocol's)")
+    evl.add_argument("--dataset", help="the prompts (unset: the run's, else the protocol's)")
+    evl.add_argument("--prompts", type=int, help="only the first N prompts of the split (unset: the "
                      "protocol's; alt-card: all)")
-    evl.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
-    evl.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals (default 0)")
-    evl.add_argument("--out", help="folder for samples.parquet, summary.json and table.md (default: "
+    evl.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    evl.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    evl.add_argument("--out", help="folder for samples.parquet, summary.json and table.md (unset: "
                      "RUN/evals/<protocol>-iter_NNN, or evals/<model>-<protocol>)")
     evl.add_argument("--against", metavar="SPEC", help="also judge these completions against system SPEC "
                      "(written as quarklab judge's --b), win rate with its 95 %% interval")
     _add_judge_options(evl, "--judge-model")
     evl.set_defaults(func=_eval)
+
     exp = sub.add_parser("export", help="a run's checkpoint as a model folder (weights, tokenizer) with a model "
                          "card README.md: hub metadata, how to prompt, the measured table, the config")
-    exp.add_argument("run", metavar="RUN", help="a run directory; relative paths from the project root")
-    exp.add_argument("--iteration", type=int, help="the checkpoint to export (default: the run's last)")
+    exp.add_argument("run", metavar="RUN", help="a run directory")
+    exp.add_argument("--iteration", type=int, help="the checkpoint to export (unset: the run's last)")
     exp.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must not exist or be empty)")
     exp.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this hub model repository "
                      "(needs HF_TOKEN or `hf auth login`)")
     exp.set_defaults(func=_export)
+
     bench = sub.add_parser("bench", help="measure sampling, training, reward and Quark-iteration throughput")
-    bench.add_argument("--model", help="a causal LM folder or hub id (default: the tiny world's SFT model)")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16, SDPA attention); vLLM is measured "
-                       "wherever it is installed")
+    bench.add_argument("--model", help="a causal LM folder or hub id (unset: the tiny world's SFT model)")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (bf16, SDPA attention); vLLM is "
+                       "measured wherever it is installed")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, 1 warm-up and 2 repetitions (for tests)")
-    bench.add_argument("--reps", type=int, help="repetitions per figure (default 3; --quick: 2)")
-    bench.add_argument("--warmup", type=int, help="warm-up runs per figure (default 1)")
-    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
-    bench.add_argument("--out", default="bench.json", help="where to write the JSON report (default bench.json)")
+    bench.add_argument("--reps", type=int, help="repetitions per figure (unset: 3; --quick: 2)")
+    bench.add_argument("--warmup", type=int, help="warm-up runs per figure (unset: 1)")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (unset: torch's, one per core)")
+    bench.add_argument("--out", default="bench.json", help="where to write the JSON report")
     bench.set_defaults(func=_bench)
+    for command in (train, seeds, nrun, nswp, pln, jdg, evl, exp, bench):
+        command.epilog = f"{PATHS[0].upper()}{PATHS[1:]}."
     return parser
 
 

@@ -49,7 +49,8 @@ class QuarkConfig:
         value-head RM folder/hub id, a value-head state-dict file (e.g. CarperAI's summarize_rlhf
         rm_checkpoint/pytorch_model.bin), or your own Python function f(prompts, completions) -> one float per
         row, as "module:function" (imported from the import path) or "path/to/file.py:function" (relative: from
-        the working directory; every process of the run, and --resume, loads it again from this text).""")
+        the project root; a run stores it absolute in config.json, so every process of the run, and --resume,
+        load that same file).""")
     reward_label: str | int | None = knob(None, """A classifier reward's label whose logit is the reward: its
         name in the model's id2label (any case) or its index. None = the last label.""")
     reward_base_model: str | None = knob(None, """Backbone (hub id or folder) of a bare value-head state-dict

@@ -1,11 +1,12 @@
 """Where relative paths point: the project root, and model, reward or dataset parameters read from it.
 
-Paths mean the same wherever a notebook, the judge or the CLI runs: a relative path in a notebook parameter
-(``run_dir``, a model, reward or dataset folder or file, ``extra_run_dirs``, ``seed_run_dirs``), and
-``--run-dir``/``--out`` of ``quarklab notebooks`` and ``quarklab judge``, is read from :func:`project_root`, the
-folder holding ``notebooks/`` and ``pyproject.toml`` (found upward from the working directory). So ``runs/demo``
-is the same folder for a kernel that JupyterLab starts in ``notebooks/``, for ``make demo`` at the root, and for
-a sweep writing elsewhere.
+Paths mean the same wherever a notebook, a run or the CLI starts: every relative path, in a notebook parameter
+(``run_dir``, a model, reward or dataset folder or file, ``extra_run_dirs``, ``seed_run_dirs``, ``config``), in a
+run's config (:func:`located`, applied by :func:`quarklab.run_quark`) and in every ``quarklab`` command (run dirs,
+``--out``, ``--to``, ``--config`` files, models, rewards, datasets), is read from :func:`project_root`, the folder
+holding ``notebooks/`` and ``pyproject.toml`` (found upward from the working directory; outside such a project, the
+working directory). So ``runs/demo`` is the same folder for a kernel that JupyterLab starts in ``notebooks/``, for
+``quarklab train --run-dir runs/demo`` in ``notebooks/`` or at the root, and for a sweep writing elsewhere.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .data import LOCAL_FORMATS
+from .config import QuarkConfig
 from .errors import QuarkError
-from .rewards import callable_spec
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -59,6 +59,9 @@ def locate(source: Any) -> Any:
     file's path made absolute the same way (``"module:function"`` is returned as given: the module is imported
     by name); anything else (a hub id, ``"tiny-tldr"``, ``"auto"``, None, a callable) is returned as given.
     """
+    from .data import LOCAL_FORMATS  # here: resolve_path alone (the CLI's) loads no pandas
+    from .rewards import callable_spec
+
     if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
         return source
     text = os.fspath(source)
@@ -70,3 +73,15 @@ def locate(source: Any) -> Any:
     looks_local = (Path(text).expanduser().is_absolute() or text.startswith(("./", "../"))
                    or Path(text).suffix.lower() in LOCAL_FORMATS)
     return str(resolved) if looks_local or resolved.exists() else source
+
+
+# The config fields that name a model, a reward or a dataset: a local one is a path.
+SOURCE_FIELDS = ("policy", "reference", "reward", "reward_base_model", "dataset")
+
+
+def located(config: QuarkConfig) -> QuarkConfig:
+    """``config`` with its model, reward and dataset fields (:data:`SOURCE_FIELDS`) read by :func:`locate`: a
+    relative local path, a ``path/to/file.py:function`` reward included, becomes absolute under the project root
+    (hub ids and names stay). A run stores this in its config.json, so every process of the run and ``--resume``,
+    from any working directory, load the same files as long as they stay where they are."""
+    return config.replace(**{name: locate(getattr(config, name)) for name in SOURCE_FIELDS})

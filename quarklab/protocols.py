@@ -290,13 +290,15 @@ def write_result(result: ProtocolResult, out: str | os.PathLike) -> Path:
 
 def default_out(target: Target, protocol: str, prompts: int | None = None) -> Path:
     """Where :func:`write_result` goes by default: ``RUN/evals/<protocol>-iter_NNN`` for a run, else
-    ``evals/<model slug>-<protocol>`` in the working directory; ``-nN`` after the protocol when only the first
-    ``prompts`` were evaluated."""
+    ``evals/<model slug>-<protocol>`` under the project root (:func:`quarklab.paths.resolve_path`); ``-nN`` after
+    the protocol when only the first ``prompts`` were evaluated."""
+    from .paths import resolve_path
+
     name = protocol if prompts is None else f"{protocol}-n{prompts}"
     if target.run is not None:
         return target.run / "evals" / f"{name}-iter_{target.iteration:03d}"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", target.label).strip("-")
-    return Path("evals") / f"{slug}-{name}"
+    return resolve_path(Path("evals") / f"{slug}-{name}")
 
 
 def run_under_protocol(run_dir: str | os.PathLike, protocol: str = "alt-card", *, prompts: int | None = None,

@@ -48,6 +48,7 @@ from .tokens import add_quantile_tokens, quantile_token_ids
 from .sampling import SamplingParams, sample
 from .tldr import encode_prompt, prompt_budget
 from .names import lookup
+from .paths import located, resolve_path
 from .train import TrainerState, table_rows, train_on_rows
 
 
@@ -131,14 +132,14 @@ def prepare_run_dir(run_dir: str | Path, config: QuarkConfig | None, resume: boo
     if resume:
         if not path.exists():
             raise QuarkError(f"nothing to resume in {str(run_dir)!r}: it has no config.json")
-        stored = runs.read_config(run_dir)
+        stored = located(runs.read_config(run_dir))  # a run stored before paths were: read by today's rule
         if config is not None and config != stored:
             raise QuarkError("--resume continues a run with its own config.json; drop --preset/--set")
         return stored
     if config is None:
         raise QuarkError("a new run needs a config (a preset)")
     if path.exists():
-        if runs.read_config(run_dir) != config:
+        if located(runs.read_config(run_dir)) != config:
             raise QuarkError(f"{str(run_dir)!r} holds another run (its config.json differs): pick a new --run-dir, "
                              "or continue it with --resume")
     else:
@@ -163,10 +164,12 @@ def check_resumable(config: QuarkConfig, run_dir: Path) -> None:
 def run(config: QuarkConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) a Quark training run in ``run_dir``; returns its metrics table.
 
+    Relative paths, ``run_dir`` and the config's model, reward and dataset folders and files, are read from the
+    project root (:mod:`quarklab.paths`), and config.json stores them absolute (:func:`quarklab.paths.located`).
     The run holds a lock on ``run_dir`` throughout: a second process on the same folder fails at once.
     """
-
-    run_dir = Path(run_dir)
+    run_dir = resolve_path(run_dir)
+    config = located(config) if config is not None else None
     if resume and not run_dir.is_dir():
         raise QuarkError(f"nothing to resume in {str(run_dir)!r}: no such folder")
     dist = Dist.from_env()

@@ -10,10 +10,11 @@
   {summary}<|endoftext|>"``, at most 550 tokens cut on the right, eos as the right padding,
   read at the token before the first eos; see :class:`quarklab.reward_models.ValueHeadReward`;
 * any Python callable ``f(prompts, completions) -> sequence of floats``, given as itself or by name:
-  ``"module:function"`` (a module on the import path) or ``"path/to/file.py:function"`` (a file, read
-  from the working directory when relative; :func:`quarklab.paths.locate` reads it from the project root), so
-  a run's config can name it (``quarklab train --set reward=my_rewards.py:score``) and every process that
-  reads the config loads the same function.
+  ``"module:function"`` (a module on the import path) or ``"path/to/file.py:function"`` (a file: a relative
+  path given here is read from the working directory, as Python reads it; a run, every ``quarklab`` command
+  and the notebooks read it from the project root first, :func:`quarklab.paths.locate`), so a run's config can
+  name it (``quarklab train --set reward=my_rewards.py:score``) and every process that reads the config loads
+  the same function.
 
 Every reward is wrapped so that a wrong length, NaN or inf is one clear error, and its scores are
 rounded to a stated precision (``precision=``: "float64", "float32" or "float16",
@@ -201,8 +202,9 @@ def callable_spec(spec: str | os.PathLike) -> tuple[str, str] | None:
 
 def import_callable(where: str | os.PathLike, attribute: str) -> Callable:
     """The callable ``attribute`` of the Python file ``where`` (ending in ``.py``; a relative path is read from
-    the working directory; the file is executed on each call, so an edited file is read afresh) or of the module
-    ``where`` (imported by name, from the import path). A missing file, module or attribute, a file that fails
+    the working directory, as Python reads it: runs and commands make it absolute from the project root first,
+    :func:`quarklab.paths.locate`; the file is executed on each call, so an edited file is read afresh) or of the
+    module ``where`` (imported by name, from the import path). A missing file, module or attribute, a file that fails
     to run, or an attribute that is not callable is one QuarkError naming it."""
     where = os.fspath(where)
     if where.lower().endswith(".py"):

@@ -78,8 +78,8 @@ def test_notebook_is_clean_thin_and_declares_only_what_it_uses(name):
     for cell in _code(book):
         tree = ast.parse(cell.source)
         call = _setup_call(cell, tree)
-        if call is not None:  # run_dir: where nb.record writes; nb.config: built from the config-named parameters
-            used |= {"run_dir"} | {k.arg for k in call.keywords if config_built and k.arg in field_specs()}
+        if call is not None:  # run_dir: where nb.record writes; config: setup reads the file; nb.config: built
+            used |= {"run_dir", "config"} | {k.arg for k in call.keywords if config_built and k.arg in field_specs()}
         given = {id(n) for k in (call.keywords if call else []) for n in ast.walk(k.value)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in given:
@@ -198,7 +198,7 @@ def test_the_cell_after_the_parameters_sets_the_notebook_up(name):
     assert call is not None and cell.cell_type == "code"
     assert [ast.literal_eval(a) for a in call.args] == [Path(name).stem]  # its results: results/<name>.json
     assert all(ast.unparse(k.value) == k.arg for k in call.keywords)  # each parameter as declared
-    setup_takes = set(field_specs()) | {"run_dir", *RUN_DIR_LISTS}
+    setup_takes = set(field_specs()) | {"run_dir", "config", *RUN_DIR_LISTS}
     assert {k.arg for k in call.keywords} == set(_assigned(params[0].source)) & setup_takes  # every one it checks
     assert sum(_setup_call(c) is not None for c in _code(book)) == 1
 

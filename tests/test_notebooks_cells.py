@@ -88,3 +88,25 @@ def test_a_relative_run_dir_is_made_under_the_project_root_from_any_folder_insid
     assert not (root / "notebooks" / "runs").exists()
     with pytest.raises(ql.QuarkError, match=re.escape(f"of {str(root.resolve() / 'runs' / 'new')!r}, and it has none")):
         policy_source("auto", "runs/new")
+
+
+# ------------------------------------------------------------------ a run config file: the notebooks' config parameter
+
+def test_a_config_file_sets_the_parameters_left_at_their_declared_defaults(tmp_path, monkeypatch):
+    """The file's values replace the parameters still at the notebook's declared defaults (01 declares num_quantiles 5,
+    seed 0); one given otherwise wins; 03's policy "auto" stays the run's checkpoint; in 02 the file's other fields are
+    the base of nb.config, under its parameters and extra_config. A relative file is read from the project root."""
+    root = project_folder(tmp_path)
+    (root / "run.yaml").write_text("num_quantiles: 3\nseed: 2\npolicy: tiny-tldr\nlr: 5e-4\nkl_coef: 0.2\n")
+    monkeypatch.chdir(root / "notebooks")
+    nb = setup("01_quantile_distributions", run_dir="runs/x", num_quantiles=5, seed=7, config="run.yaml")
+    assert (nb.num_quantiles, nb.seed, nb.from_config) == (3, 7, {"num_quantiles": 3})
+    with pytest.raises(ql.QuarkError, match=r"policy='auto' takes the latest checkpoint of .*runs/x'?, and it has"):
+        setup("03_compare_tokens", run_dir="runs/x", policy="auto", config="run.yaml")
+    nb = setup("02_training_iterations", run_dir="runs/x", num_quantiles=5, seed=0, samples_per_prompt=8,
+               config="run.yaml")
+    config = nb.config("tiny", kl_coef=0.1)
+    assert (config.num_quantiles, config.seed, config.samples_per_prompt, config.lr, config.kl_coef) == (3, 2, 8, 5e-4,
+                                                                                                      0.1)
+    assert nb.config("tiny").kl_coef == 0.2 and setup("02_training_iterations", run_dir="runs/x").config("tiny") == \
+        ql.preset("tiny")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,12 +80,14 @@ def test_a_failing_notebook_names_the_cell_and_exits_non_zero(world, tmp_path):
 
 
 def test_sweep_runs_the_grid_and_writes_one_summary(world, tmp_path):
+    """``--set NAME=VALUE`` holds a parameter fixed; ``--set kl_coef=0.1``, a config field no notebook declares,
+    reaches notebook 02's extra_config: the runs train with KL 0.1."""
     args = [sys.executable, "-m", "quarklab.cli", "notebooks", "sweep", "-p", "quantile_scope", "local", "global",
-            "--out", str(tmp_path), "--only", NOTEBOOKS[1], "--cell-timeout", str(CELL_TIMEOUT)]
+            "--out", str(tmp_path), "--only", NOTEBOOKS[1], "--cell-timeout", str(CELL_TIMEOUT), "--set", "kl_coef=0.1"]
     takes = notebook_parameters(notebooks_dir() / NOTEBOOKS[1])
     for name, value in SMALL.items():
         assert name in takes
-        args += ["--set", name, json.dumps(value)]
+        args += ["--set", f"{name}={json.dumps(value)}"]
     proc = subprocess.run(args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = pd.read_csv(tmp_path / "summary.csv")
@@ -93,6 +96,7 @@ def test_sweep_runs_the_grid_and_writes_one_summary(world, tmp_path):
     for run_dir in summary["run_dir"]:
         config = json.loads((Path(run_dir) / "config.json").read_text())
         assert config["quantile_scope"] == Path(run_dir).name.split("=")[1]
+        assert config["kl_coef"] == 0.1 and config["eval_prompts"] == SMALL["extra_config"]["eval_prompts"]
 
 
 def test_a_cell_past_its_timeout_stops_the_run_with_one_error(tmp_path):
@@ -103,3 +107,41 @@ def test_a_cell_past_its_timeout_stops_the_run_with_one_error(tmp_path):
         run_notebooks(tmp_path / "run", notebooks=["slow.ipynb"], source_dir=tmp_path / "src", progress=False,
                       cell_timeout=2)
     assert (tmp_path / "run" / "slow.ipynb").exists()  # the partly executed notebook stays
+
+
+# ------------------------------------------------------------------ a run config file for the notebooks
+
+def test_a_run_config_file_sets_the_notebooks_parameters_and_a_parameter_given_wins(world, tmp_path):
+    """``-p config run.yaml`` (the file that quarklab train --config reads) sets num_quantiles 3, seed 2 and lr in
+    notebooks 01 and 02: 01 draws K = 3 quantiles, 02's run config holds all three (lr: a field no notebook
+    declares, from the file) beside the parameters given (samples_per_prompt 6) and --set kl_coef=0.1 (to
+    extra_config). ``quarklab notebooks run --config run.yaml --set num_quantiles=4``: the parameter wins."""
+    (tmp_path / "run.yaml").write_text("num_quantiles: 3\nseed: 2\nlr: 5e-4\n")
+    small_01 = {"num_prompts": 4, "samples_per_prompt": 6, "max_new_tokens": 24, "ks": [2, 3]}
+    run = tmp_path / "run"
+    run_notebooks(run, {**small_01, **{k: v for k, v in SMALL.items() if k != "num_quantiles"}, "kl_coef": 0.1,
+                        "config": str(tmp_path / "run.yaml")}, notebooks=NOTEBOOKS[:2], progress=False,
+                  cell_timeout=CELL_TIMEOUT)
+    recorded = ql.notebooks.results(run)
+    assert len(recorded["01_quantile_distributions"]["quantile_mean_reward"]) == 3
+    config = json.loads((run / "config.json").read_text())
+    assert {k: config[k] for k in ("num_quantiles", "seed", "lr", "samples_per_prompt", "kl_coef", "eval_prompts")} \
+        == {"num_quantiles": 3, "seed": 2, "lr": 5e-4, "samples_per_prompt": 6, "kl_coef": 0.1, "eval_prompts": 6}
+
+    args = [sys.executable, "-m", "quarklab.cli", "notebooks", "run", "--run-dir", str(tmp_path / "given"),
+            "--config", str(tmp_path / "run.yaml"), "--only", NOTEBOOKS[0], "--set", "num_quantiles=4"]
+    for name, value in small_01.items():
+        args += ["-p", name, json.dumps(value)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(ql.notebooks.results(tmp_path / "given")["01_quantile_distributions"]["quantile_mean_reward"]) == 4
+
+
+def test_a_bad_run_config_file_is_one_error_naming_the_file_and_the_field_before_anything_runs(tmp_path):
+    for text, field in (("num_quantile: 3\n", r"unknown field 'num_quantile' \(did you mean 'num_quantiles'\?\)"),
+                        ("num_quantiles: 0\n", r"num_quantiles must be an integer >= 1, got 0")):
+        (tmp_path / "bad.yaml").write_text(text)
+        path = re.escape(str(tmp_path / "bad.yaml"))
+        with pytest.raises(ql.QuarkError, match=rf"^(config file ')?{path}'?: {field}"):
+            run_notebooks(tmp_path / "run", {"config": str(tmp_path / "bad.yaml")}, progress=False)
+        assert not (tmp_path / "run").exists()

@@ -98,6 +98,7 @@ def test_plan_command_for_alts_run_on_one_h100(tmp_path):
     for strategy in ("1 GPU", "DDP", "ZeRO-2", "ZeRO-3 / FSDP", "LoRA"):
         assert strategy in text
     assert "fits in 90% of 80 GiB: LoRA" in text  # full fine-tuning of 8 blocks needs checkpointing or more GPUs
-    more = subprocess.run([sys.executable, "-m", "quarklab.cli", "plan", "--gpus", "1", "--gpu-memory-gb", "80",
-                           "--set", "gradient_checkpointing=true"], capture_output=True, text=True, timeout=300)
+    more = subprocess.run([sys.executable, "-m", "quarklab.cli", "plan", "--preset", "tldr-gptj", "--gpus", "1",
+                           "--gpu-memory-gb", "80", "--set", "gradient_checkpointing=true"],
+                          capture_output=True, text=True, timeout=300)
     assert "fits in 90% of 80 GiB: 1 GPU" in more.stdout

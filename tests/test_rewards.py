@@ -169,7 +169,8 @@ def test_a_callable_reward_that_cannot_be_had_is_one_error(tmp_path, monkeypatch
 
 def test_a_run_trains_on_a_reward_file_and_a_dataset_whose_prompts_are_in_another_column(world, tmp_path, monkeypatch):
     """``quarklab train --set reward=my_rewards.py:score --set dataset=posts.jsonl --set dataset_prompt_column=text``,
-    relative paths from the working directory: the pool's rewards are the function's values on the pool's texts, and
+    relative paths from the project root (here, outside a project, the working directory), stored absolute in
+    config.json: the pool's rewards are the function's values on the pool's texts, and
     ``quarklab eval`` of the run (a second process reading config.json) loads the same function and column."""
     import json
     import os
@@ -194,7 +195,9 @@ def test_a_run_trains_on_a_reward_file_and_a_dataset_whose_prompts_are_in_anothe
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
-    assert (config["reward"], config["dataset_prompt_column"]) == ("my_rewards.py:score", "text")
+    folder = tmp_path.resolve()
+    assert (config["reward"], config["dataset"], config["dataset_prompt_column"]) == (
+        f"{folder / 'my_rewards.py'}:score", str(folder / "posts.jsonl"), "text")
     pool = pd.read_parquet(run / "pool" / "iter_001.parquet")
     assert len(pool) == 16 and set(pool["prompt"]) <= set(posts)
     assert pool["reward"].tolist() == [-float(len(c)) for c in pool["completion"]]

@@ -26,7 +26,7 @@ from ..paths import locate, resolve_path
 from ..files import atomic_write_json, atomic_write_text
 from ..runs import eval_files, iteration_of, latest_checkpoint, read_metrics
 from ..tokens import as_token
-from .parameters import check_parameters
+from .parameters import check_parameters, declared_defaults, notebooks_dir
 
 # Parameters that list other run directories (relative: from the project root); each must exist.
 RUN_DIR_LISTS = ("extra_run_dirs", "seed_run_dirs")
@@ -42,8 +42,11 @@ class Notebook:
     ``reward`` and ``dataset``); ``extra_run_dirs`` and ``seed_run_dirs`` lists of existing folders.
     """
 
-    def __init__(self, name: str, run_dir: Path, parameters: dict[str, Any]):
+    def __init__(self, name: str, run_dir: Path, parameters: dict[str, Any],
+                 config_fields: dict[str, Any] | None = None, from_config: dict[str, Any] | None = None):
         self.name, self.run_dir, self.parameters = name, run_dir, parameters
+        self.config_fields = dict(config_fields or {})  # every field the config file sets
+        self.from_config = dict(from_config or {})  # the parameters that took the file's value, as the file says
 
     def __getattr__(self, key: str) -> Any:
         parameters = self.__dict__.get("parameters", {})
@@ -67,8 +70,9 @@ class Notebook:
         return path
 
     def config(self, preset: str, **overrides: Any):
-        """The :class:`~quarklab.QuarkConfig` of ``preset`` with this notebook's config-named parameters
-        (policy, ..., samples_per_prompt, as resolved here) over it, and ``overrides`` (any other field)."""
+        """The :class:`~quarklab.QuarkConfig` of ``preset``, with the config file's fields over it (the ``config``
+        parameter, if any), then this notebook's config-named parameters (policy, ..., samples_per_prompt, as
+        resolved here), then ``overrides`` (any other field)."""
         from ..config import field_specs
         from ..config import preset as make_preset
 
@@ -77,10 +81,11 @@ class Notebook:
         if both:
             raise QuarkError(f"{', '.join(map(repr, both))}: set both as a notebook parameter and among the "
                              "overrides (extra_config); set it in one place")
-        return make_preset(preset, **fields, **overrides)
+        return make_preset(preset, **{**self.config_fields, **fields, **overrides})
 
 
-def setup(name: str, *, run_dir: str | os.PathLike, **parameters: Any) -> Notebook:
+def setup(name: str, *, run_dir: str | os.PathLike, config: str | os.PathLike | None = None,
+          **parameters: Any) -> Notebook:
     """A notebook's first call: check its parameters, resolve its paths, create ``run_dir``.
 
     ``name`` is the notebook's (``"01_quantile_distributions"``: its results go to
@@ -88,9 +93,30 @@ def setup(name: str, *, run_dir: str | os.PathLike, **parameters: Any) -> Notebo
     :class:`~quarklab.QuarkConfig` field, checked as the config checks that field, and ``extra_run_dirs``
     or ``seed_run_dirs``. A bad value is one QuarkError naming the parameter, raised before anything is
     written or loaded. Relative paths are read from the project root (:func:`quarklab.paths.resolve_path`).
-    """
-    from ..config import field_specs
 
+    ``config`` is a run config file (as ``quarklab train --config`` reads it; a bad field or value is one
+    QuarkError naming the file and the field). Each parameter it sets that is still at the default the
+    notebook declares (:func:`~quarklab.notebooks.declared_defaults` of ``notebooks/<name>.ipynb``) takes the
+    file's value; one given otherwise wins, as ``--set`` wins over ``--config`` (a parameter given equal to its
+    declared default cannot be told from one not given: the file's value is taken). A ``policy`` declared
+    ``"auto"`` (the run's latest checkpoint) stays so: a file's policy is where a run starts. Those values are
+    ``nb.from_config`` (the notebook copies them into its variables), and every field of the file is under
+    :meth:`Notebook.config`'s parameters.
+    """
+    from ..config import field_specs, read_config_file
+
+    config_fields, from_config = {}, {}
+    if config is not None:
+        config_fields = read_config_file(resolve_path(config))
+        source = notebooks_dir() / f"{name}.ipynb"
+        if not source.is_file():
+            raise QuarkError(f"setup: config takes the parameters still at their declared defaults, read from the "
+                             f"notebook {source}, which does not exist")
+        defaults = declared_defaults(source)
+        from_config = {key: config_fields[key] for key, value in parameters.items()
+                       if key in config_fields and key in defaults and value == defaults[key]
+                       and not (key == "policy" and value == "auto")}
+        parameters = {**parameters, **from_config}
     for key, value in parameters.items():
         if key in RUN_DIR_LISTS:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
@@ -112,7 +138,7 @@ def setup(name: str, *, run_dir: str | os.PathLike, **parameters: Any) -> Notebo
     for key in _SOURCES:
         if key in parameters:
             resolved[key] = locate(parameters[key])
-    return Notebook(name, prepare(folder), resolved)
+    return Notebook(name, prepare(folder), resolved, config_fields, from_config)
 
 
 def prepare(run_dir: str | os.PathLike) -> Path:

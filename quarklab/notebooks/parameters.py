@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from ..errors import QuarkError
@@ -59,3 +60,28 @@ def notebook_parameters(path: str | os.PathLike) -> list[str]:
     import papermill as pm
 
     return list(pm.inspect_notebook(str(path)))
+
+
+def declared_defaults(path: str | os.PathLike) -> dict[str, Any]:
+    """The default each parameter of a notebook declares in its ``parameters`` cell, as a Python value (one whose
+    default is not a literal is left out)."""
+    import ast
+
+    import papermill as pm
+
+    defaults = {}
+    for name, declared in pm.inspect_notebook(str(path)).items():
+        try:
+            defaults[name] = ast.literal_eval(declared["default"])
+        except (ValueError, SyntaxError):
+            pass
+    return defaults
+
+
+def notebooks_dir() -> Path:
+    """The project's ``notebooks/`` folder (beside the package in a source checkout)."""
+    folder = Path(__file__).resolve().parents[2] / "notebooks"
+    if not folder.is_dir():
+        raise QuarkError(f"no notebooks folder at {folder}: the notebooks ship with a source checkout of quarklab; "
+                         "run from one, or call quarklab.notebooks.run_notebooks(..., source_dir=DIR)")
+    return folder

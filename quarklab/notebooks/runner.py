@@ -17,30 +17,23 @@ from typing import Any
 import pandas as pd
 
 from ..errors import QuarkError
-from ..paths import project_root
+from ..paths import project_root, resolve_path
 from ..files import atomic_write_text
 from .cells import prepare, run_summary
-from .parameters import SHARED_PARAMETERS, check_parameters, notebook_parameters
+from .parameters import SHARED_PARAMETERS, check_parameters, notebook_parameters, notebooks_dir
 
 NOTEBOOKS = ["01_quantile_distributions.ipynb", "02_training_iterations.ipynb", "03_compare_tokens.ipynb",
              "04_tradeoffs.ipynb", "05_win_rates.ipynb"]
 
 
-def notebooks_dir() -> Path:
-    """The project's ``notebooks/`` folder (beside the package in a source checkout)."""
-    folder = Path(__file__).resolve().parents[2] / "notebooks"
-    if not folder.is_dir():
-        raise QuarkError(f"no notebooks folder at {folder}: the notebooks ship with a source checkout of quarklab; "
-                         "run from one, or call quarklab.notebooks.run_notebooks(..., source_dir=DIR)")
-    return folder
-
-
 def _sources(notebooks: list[str] | None, source_dir: str | os.PathLike | None,
              parameters: dict[str, Any], grid: dict[str, list[Any]] | None = None) -> dict[Path, list[str]]:
     """Each notebook to run with the parameters it declares; one QuarkError for a missing notebook, for a
-    parameter that none of them declares and is not shared (papermill would warn "Passed unknown
-    parameter" and ignore it), or for a bad value of a shared one that none of them declares (no
-    notebook would check it)."""
+    parameter that none of them declares, is not shared and is not a QuarkConfig field that goes to
+    ``extra_config`` (:func:`_routed`; papermill would warn "Passed unknown parameter" and ignore it), for a bad
+    value of a shared one or such a field (no notebook would check it), or for a bad ``config`` file."""
+    from ..config import field_specs, read_config_file
+
     source = Path(source_dir) if source_dir else notebooks_dir()
     declared = {}
     for name in notebooks or NOTEBOOKS:
@@ -50,15 +43,37 @@ def _sources(notebooks: list[str] | None, source_dir: str | os.PathLike | None,
         declared[src] = notebook_parameters(src)
     known = {p for names in declared.values() for p in names}
     values = {**{k: [v] for k, v in parameters.items()}, **(grid or {})}  # each name's value(s)
-    unknown = sorted(set(values) - set(SHARED_PARAMETERS) - known)
+    routed = set(field_specs()) - known - set(SHARED_PARAMETERS) if "extra_config" in known else set()
+    unknown = sorted(set(values) - set(SHARED_PARAMETERS) - known - routed)
     if unknown:
         listed = ", ".join(sorted(known))
+        fields = ("any other QuarkConfig field goes to extra_config" if routed else
+                  "a QuarkConfig field goes to 02_training_iterations's extra_config, not among these")
         raise QuarkError(f"{', '.join(map(repr, unknown))}: not a parameter of "
-                         f"{', '.join(p.name for p in declared)} (they take: {listed})")
-    for name in sorted(set(values) & set(SHARED_PARAMETERS) - known - {"run_dir"}):
+                         f"{', '.join(p.name for p in declared)} (they take: {listed}; {fields})")
+    for name in sorted(set(values) & (set(SHARED_PARAMETERS) | routed) - known - {"run_dir"}):
         for value in values[name]:
             check_parameters(**{name: value})
+    _routed({name: listed[0] for name, listed in values.items()}, known)  # set twice: an error, before any run
+    for path in values.get("config", []):
+        if path is not None:
+            read_config_file(resolve_path(path))
     return declared
+
+
+def _routed(params: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """``params`` with each QuarkConfig field that no notebook declares (nor shares) moved into ``extra_config``
+    (notebook 02's: the run's config), so ``--set kl_coef=0.1`` trains with KL 0.1."""
+    from ..config import field_specs
+
+    moved = {k: v for k, v in params.items() if k in field_specs() and k not in known | set(SHARED_PARAMETERS)}
+    if not moved:
+        return params
+    extra = dict(params.get("extra_config") or {})
+    both = sorted(set(moved) & set(extra))
+    if both:
+        raise QuarkError(f"{', '.join(map(repr, both))}: set both on its own and in extra_config; set it in one place")
+    return {**{k: v for k, v in params.items() if k not in moved}, "extra_config": {**extra, **moved}}
 
 
 # Set for the kernels run_notebooks starts (unless already set): transformers' and huggingface_hub's own
@@ -86,9 +101,11 @@ def run_notebooks(run_dir: str | os.PathLike, parameters: dict[str, Any] | None 
     ``run_dir`` and relative paths among the parameters are read from :func:`project_root` (the
     kernels work there, as a notebook opened in JupyterLab reads them). Each notebook gets only the
     parameters its ``parameters`` cell declares; a :data:`SHARED_PARAMETERS` name is accepted whichever
-    notebooks run (checked here when none of them declares it), any other name that none of them
-    declares is a QuarkError before anything runs. A failing cell stops the sequence with one :class:`QuarkError` naming the
-    notebook, the cell and the error; the partly executed notebook stays in ``run_dir`` for
+    notebooks run (checked here when none of them declares it); a QuarkConfig field that none of them declares
+    goes into notebook 02's ``extra_config`` (``{"kl_coef": 0.1}`` trains with KL 0.1); any other name that
+    none of them declares is a QuarkError before anything runs. ``config`` (a run config file, which every
+    notebook declares) is read here first, so a bad file stops before any notebook runs. A failing cell stops
+    the sequence with one :class:`QuarkError` naming the notebook, the cell and the error; the partly executed notebook stays in ``run_dir`` for
     inspection. ``cell_timeout`` (seconds, None = no limit: training cells may run for hours) stops a
     cell that runs longer, with the same kind of error. Progress bars printed by a cell are kept in
     the executed notebook as their last state (one line each); transformers' and the hub's widget bars
@@ -104,7 +121,7 @@ def _execute(declared: dict[Path, list[str]], run_dir, params: dict[str, Any], p
     import papermill as pm
 
     run_dir = prepare(run_dir)
-    params = {**params, "run_dir": str(run_dir)}
+    params = {**_routed(params, {p for names in declared.values() for p in names}), "run_dir": str(run_dir)}
     done = []
     for src, names in declared.items():
         out = run_dir / src.name
