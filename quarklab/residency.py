@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from typing import Callable, Iterator
 
 import torch
@@ -94,10 +95,12 @@ class Residency:
     @contextlib.contextmanager
     def phase(self, holder, name: str, iteration: int) -> Iterator[None]:
         where = placement(self.config, name, iteration, self.device, self.engine)
+        moved, start = self.moved, time.perf_counter()
         if self.rule != "keep":
             for model in sorted(MODELS, key=lambda m: where[m] == DEVICE):  # make room first, then bring back
                 self._put(holder, model, where[model])
-        with _watching({"iteration": iteration, "phase": name, **where}):
+        with _watching({"iteration": iteration, "phase": name, **where, "moved_bytes": self.moved - moved,
+                        "move_seconds": time.perf_counter() - start}):
             yield
 
     def idle_state(self, state: dict | None) -> dict | None:
@@ -143,10 +146,11 @@ def _to(value, device: torch.device):
 # ------------------------------------------------------------------ recording each phase
 
 class PhaseRecord:
-    """The phases entered under :func:`watch`: ``phases`` lists each one's iteration, name and where each model was;
+    """The phases entered under :func:`watch`: ``phases`` lists each one's iteration, name, where each model was, and
+    the bytes moved (or reloaded) and seconds spent arranging the models as it began;
     with ``memory``, ``peaks`` holds the peak resident memory of each phase name, in bytes above ``base`` (the
-    resident memory when the watch began). Linux: ``VmHWM`` of /proc/self/status, the kernel's peak having been
-    reset to the current resident size (``echo 5 > /proc/self/clear_refs``, Linux 4.0+) as the phase began."""
+    resident memory when the watch began). Linux: ``VmHWM`` of /proc/self/status, the kernel's peak having been reset to the current resident size
+    (``echo 5 > /proc/self/clear_refs``, Linux 4.0+) as the phase began."""
 
     def __init__(self, memory: bool):
         self.memory = memory
