@@ -12,7 +12,9 @@ so that a load change on a shared machine hits all cases alike. The sections, on
 3. :mod:`benchmarks.training`: completion tokens/s of quarklab's training step, NLL only and with
    KL + entropy, and TRL's ``SFTTrainer`` when installed (:mod:`benchmarks.trl_compare`);
 4. :mod:`benchmarks.iteration`: one tiny Quark iteration in a fresh process, with where its time goes
-   by the loop's own stage marks (:mod:`quarklab.stages`).
+   by the loop's own stage marks (:mod:`quarklab.stages`);
+5. :mod:`benchmarks.residency`: that iteration again with every model kept through every phase and with the
+   idle reference and reward model released: its time and each phase's peak memory, beside the plan's.
 
 What runs is a :class:`~benchmarks.settings.BenchSettings`: a :class:`quarklab.config.QuarkConfig`
 (``preset("tiny")`` with one iteration; ``--quick`` shrinks it) plus the bench's own knobs.
@@ -38,6 +40,7 @@ from .common import load_model, machine_info, process_seconds, quiet_hf, version
 from .iteration import bench_iteration
 from .prompts import synthetic_prompts
 from .report import finite, format_table, targets
+from .residency import compare
 from .reward import bench_reward
 from .sampling import bench_sampling
 from .settings import BenchSettings
@@ -98,6 +101,7 @@ def _run_bench(settings: BenchSettings, out: str | os.PathLike) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         _timed_section(report, "iteration", lambda: bench_iteration(settings, tmp))
+        _timed_section(report, "residency", lambda: compare(c, tmp / "residency", threads=settings.threads))
     report["setup_seconds"] = setup_seconds
     report["wall_seconds"] = time.perf_counter() - t_start
     report["process_seconds"] = process_seconds()  # with interpreter start and imports

@@ -194,8 +194,8 @@ def check(out: Path, small: bool, workdir: Path) -> dict:
     report["plan"] = {"prompt_tokens": prompt_tokens, "train_peak_gib": round(float(one["train_peak_gib"]), 2),
                       "sample_peak_gib": round(float(one["sample_peak_gib"]), 2),
                       "kv_cache_gib": round(float(one["kv_cache_gib"]), 2), "note": (
-                          "plan counts the policy, the reference (the same folder, loaded again by a run) and the "
-                          "reward model resident; sample.hf and train here hold the policy alone")}
+                          "each plan phase holds the models quarklab.residency puts on the GPU for it (idle_models; "
+                          f"here {config.idle_models!r}); sample.hf and train here hold the policy alone")}
     out.write_text(json.dumps(report, indent=1))
     return report
 

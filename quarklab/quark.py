@@ -42,6 +42,7 @@ from .evaluation import every_token, scored_samples, summary_table
 from .hub import resolve_model
 from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
 from .quantiles import assign_by_scope, select_per_quantile
+from .residency import Residency
 from .rewards import config_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
@@ -69,6 +70,7 @@ class Session:
     trainer_state: TrainerState | None = None  # optimizer and schedule spanning iterations (pool_strategy "quark")
     dist: Dist = field(default_factory=Dist)  # this process among the run's processes
     tracker: tracking.Tracking | None = None  # the main process's trackers (config.report_to), mirroring metrics
+    residency: Residency | None = None  # which models each phase holds on the device (config.idle_models)
 
     @classmethod
     def open(cls, config: QuarkConfig, run_dir: Path, dist: Dist | None = None) -> "Session":
@@ -78,9 +80,10 @@ class Session:
             from .vllm_backend import require_vllm
             require_vllm()
         device = dist.device or resolve_device(config.device)
-        reference = load_policy(config.reference or config.policy, dtype=config.reference_dtype or config.dtype,
-                                device=device)
-        reference.requires_grad_(False)
+        loaders = {"reference": lambda: load_policy(config.reference or config.policy, device=device,
+                                                    dtype=config.reference_dtype or config.dtype).requires_grad_(False),
+                   "reward": lambda: config_reward(config, device)}
+        reference = loaders["reference"]()
         latest = runs.latest_checkpoint(run_dir)
         if latest:
             done, folder = latest
@@ -93,10 +96,14 @@ class Session:
             policy, tokenizer = load_policy(source, dtype=config.dtype, device=device), load_tokenizer(source)
             control_ids = add_quantile_tokens(policy, tokenizer, config.num_quantiles, seed=config.seed,
                                               init=config.token_init)
-        reward = config_reward(config, device)
-        return cls(config, run_dir, policy, reference, tokenizer, control_ids, reward,
+        return cls(config, run_dir, policy, reference, tokenizer, control_ids, loaders["reward"](),
                    config_prompts(config, config.train_split),
-                   config_prompts(config, config.eval_split, limit=config.eval_prompts), done, state, dist)
+                   config_prompts(config, config.eval_split, limit=config.eval_prompts), done, state, dist,
+                   residency=Residency(config, device, loaders, engine=dist.has_engine))
+
+    def holding(self, phase: str, iteration: int):
+        """Enter ``phase`` with the models it uses on the device, the others parked (:mod:`quarklab.residency`)."""
+        return self.residency.phase(self, phase, iteration)
 
 
 def check_processes(config: QuarkConfig, dist: Dist) -> None:
@@ -204,7 +211,7 @@ def _run(config: QuarkConfig, run_dir: Path, dist: Dist, tracker: tracking.Track
     start = time.perf_counter()
     if not dist.decide(lambda: runs.has_metrics(run_dir, 0, "eval")):
         with stage("evaluate"):
-            _evaluate(s, 0, s.reference, [None], "reference", progress)
+            _evaluate(s, 0, [None], "reference", progress)
         _summary(s, 0, start, progress)
     for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
         start = time.perf_counter()
@@ -214,7 +221,7 @@ def _run(config: QuarkConfig, run_dir: Path, dist: Dist, tracker: tracking.Track
             _train(s, it, progress)
         if not dist.decide(lambda: runs.has_metrics(run_dir, it, "eval")):
             with stage("evaluate"):
-                _evaluate(s, it, s.policy, None, "policy", progress)
+                _evaluate(s, it, None, "policy", progress)
             _summary(s, it, start, progress)
     if config.final_protocol:
         device = s.dist.device or resolve_device(config.device)
@@ -248,13 +255,12 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
     # the first pass explores with the reference, without a token (and never generates one); later ones, the policy
     # on token 0; quantile tokens are never generated
     on = dict(suppress=s.control_ids) | ({} if it == 1 else dict(token=0, prefix_token_id=s.control_ids[0]))
-    with stage("sample"):
+    with stage("sample"), s.holding("sample", it):
         if c.sampler == "vllm":
             pool, engine = _sample_vllm(s, it, mine, params, on)
         else:
-            engine = f"transformers {transformers.__version__} ({s.policy.device.type})"
-            pool = sample(s.reference if it == 1 else s.policy, s.tokenizer, mine, params, progress=progress, **on)
-    with stage("score"):
+            pool, engine = _sample_hf(s, s.reference if it == 1 else s.policy, mine, params, on, progress)
+    with stage("score"), s.holding("score", it):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
         pool = s.dist.gather_rows(pool, prompts)
@@ -264,6 +270,14 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
             pool["sampler"] = engine  # who sampled it: "transformers 5.19.0 (cpu)", "vllm 0.32.0 (cuda)"
             files.write_parquet(runs.pool_path(s.run_dir, it), pool)
         s.dist.barrier()
+
+
+def _sample_hf(s: Session, model, prompts: pd.DataFrame, params: SamplingParams, on: dict, progress: bool
+               ) -> tuple[pd.DataFrame, str]:
+    """The pool from ``model`` through transformers, and which engine (no reference to the model outlives the
+    sampling phase: the scoring phase may release it)."""
+    engine = f"transformers {transformers.__version__} ({model.device.type})"
+    return sample(model, s.tokenizer, prompts, params, progress=progress, **on), engine
 
 
 def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams, on: dict
@@ -320,11 +334,12 @@ def _train(s: Session, it: int, progress: bool) -> None:
     with stage("pool"):
         rows = training_rows(c, s.run_dir, it)
     records = table_rows(rows, c.train_targets, tok, c.max_new_tokens)
-    log, state = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id,
-                               tok.eos_token_id, seed=_seed(c, it, 3), progress=progress, state=s.trainer_state,
-                               dist=s.dist)
-    if c.pool_strategy == "quark":  # the optimizer and schedule go on into the next iteration
-        s.trainer_state = state
+    with s.holding("train", it):
+        log, state = train_on_rows(s.policy, s.reference, records, c, s.control_ids, tok.pad_token_id,
+                                   tok.eos_token_id, seed=_seed(c, it, 3), progress=progress, state=s.trainer_state,
+                                   dist=s.dist)
+    if c.pool_strategy == "quark":  # the optimizer and schedule go on into the next iteration, parked while idle
+        s.trainer_state = replace(state, optimizer=s.residency.idle_state(state.optimizer))
     folder = runs.checkpoint_path(s.run_dir, it)
     if s.dist.is_main:
         eos_rows = sum(r["finished"] for r in records)  # rows trained with EOS after the completion
@@ -346,7 +361,13 @@ def _train(s: Session, it: int, progress: bool) -> None:
     s.done = it
 
 
-def _evaluate(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
+def _evaluate(s: Session, it: int, tokens: list | None, name: str, progress: bool) -> None:
+    """Evaluate the session's model ``name`` ("reference" or "policy") at iteration ``it``."""
+    with s.holding("evaluate", it):
+        _evaluate_held(s, it, getattr(s, name), tokens, name, progress)
+
+
+def _evaluate_held(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
     c = s.config
     modes = [SamplingParams.from_config(c, "greedy")]
     if c.eval_sampled_n:

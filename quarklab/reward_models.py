@@ -110,6 +110,11 @@ class SequenceClassifierReward:
                              "one output, use score='logit'")
         self.max_length = _check_max_length(max_length, context_length(model.config, self.tokenizer), None)
 
+    def to(self, device) -> "SequenceClassifierReward":
+        """Move the model to ``device`` (:mod:`quarklab.residency` parks it there between phases)."""
+        self.model.to(device)
+        return self
+
     def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         texts = format_texts(self.template, prompts, completions)
         out = []
@@ -190,6 +195,12 @@ class ValueHeadReward:
         self.tokenizer.truncation_side = "right"
         self.max_length = _check_max_length(max_length, context_length(backbone.config, self.tokenizer),
                                             CARPER_MAX_LENGTH)
+
+    def to(self, device) -> "ValueHeadReward":
+        """Move the backbone and the head to ``device`` (:mod:`quarklab.residency` parks them there between phases)."""
+        self.backbone.to(device)
+        self.v_head_weight = self.v_head_weight.to(device)
+        return self
 
     def features(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """The float32 last hidden states ``(rows, hidden)`` that the v_head reads, one row per text, for fitting a

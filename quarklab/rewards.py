@@ -104,6 +104,12 @@ class CheckedReward:
                for i in range(0, len(prompts), step)]
         return round_rewards(np.concatenate(out), self.precision, f"reward {self.name!r}")
 
+    def to(self, device) -> "CheckedReward":
+        """Move the wrapped reward's model, if it has one, to ``device``."""
+        if hasattr(self.fn, "to"):
+            self.fn.to(device)
+        return self
+
     def __repr__(self) -> str:
         return f"CheckedReward({self.name!r})" if self.precision == "float64" else \
             f"CheckedReward({self.name!r}, precision={self.precision!r})"

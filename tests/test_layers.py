@@ -23,9 +23,9 @@ LAYERS = [
     ["hub", "models"],
     # 4 prompts: the TL;DR layout, prompt sources
     ["tldr", "data"],
-    # 5 the core of Quark: rewards, sampling, scoring, training (its precision and schedule), evaluation
+    # 5 the core of Quark: rewards, sampling, scoring, training (its precision and schedule), evaluation, which models each phase holds
     ["value_head_files", "reward_models", "rewards", "sampling", "vllm_backend", "scoring", "trainable", "precision", "schedule", "train",
-     "evaluation"],
+     "evaluation", "residency"],
     # 6 the offline tiny world, above the core it is built with (it registers "tiny-tldr" in names)
     ["world", "world.build", "world.reward", "world.synth"],
     # 7 what runs Quark and what plans it; the stand-ins; where relative paths point

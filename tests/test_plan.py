@@ -102,3 +102,25 @@ def test_plan_command_for_alts_run_on_one_h100(tmp_path):
                            "--gpu-memory-gb", "80", "--set", "gradient_checkpointing=true"],
                           capture_output=True, text=True, timeout=300)
     assert "fits in 90% of 80 GiB: 1 GPU" in more.stdout
+
+
+def test_one_80gb_gpu_fits_alts_full_run_with_checkpointing_when_each_phase_holds_only_its_models():
+    """tldr-gptj (kl_coef 0, an fp32 reference) with gradient checkpointing on one 80 GiB GPU: with every model kept
+    through every phase, training holds all three (44.7 GiB of weights, 80.9 GiB peak: no fit); with idle models
+    offloaded (the default on a GPU) it holds the policy alone, and every phase fits with room."""
+    config = preset("tldr-gptj", gradient_checkpointing=True)
+    new, totals = plan(config)
+    old, old_totals = plan(config.replace(idle_models="keep"))
+    new, old = new.set_index("strategy").loc["1 GPU"], old.set_index("strategy").loc["1 GPU"]
+    assert old["weights_gib"] == pytest.approx(44.7, abs=0.05) and old["train_peak_gib"] == pytest.approx(80.9, abs=0.05)
+    assert not old["fits"] and old_totals["moved_bytes"] == 0
+    assert new["weights_gib"] == pytest.approx(11.3, abs=0.05)  # the policy alone: the reference and RM are parked
+    assert old["train_peak_gib"] - new["train_peak_gib"] == pytest.approx(old["weights_gib"] - new["weights_gib"])
+    peaks = new[["sample_peak_gib", "score_peak_gib", "train_peak_gib", "eval_peak_gib"]]
+    assert new["fits"] and peaks.max() < 0.8 * 80  # room to spare under the 90% headroom
+    assert peaks["eval_peak_gib"] == peaks.max()  # evaluation holds all three models
+    assert totals["holds"]["train", 2] == ("policy",) and totals["holds"]["score", 2] == ("reward",)
+    assert totals["holds"]["sample", 1] == ("reference",) and totals["holds"]["sample", 2] == ("policy",)
+    # per iteration: the reference and RM out and in around training and evaluation, the policy out for scoring
+    assert totals["moved_bytes"] / GB == pytest.approx(2 * (22.5 + 10.9) + 2 * (11.3 + 10.9), abs=0.3)
+    assert 4 < totals["move_seconds"] < 6  # at 25 GB/s

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.torch import load_file
 import quarklab as ql
 from quarklab import runs
 from quarklab.config import preset
-from quarklab.testing import carper_reward_model, gptj_standin
+from quarklab.testing import tldr_gptj_hub_cache
 from quarklab.tokens import quantile_token_ids
 
 SFT, RM = "CarperAI/openai_summarize_tldr_sft", "CarperAI/openai_summarize_tldr_rm_checkpoint"
@@ -30,26 +29,9 @@ SIZES = ["dataset=tiny-tldr", "iterations=2", "prompts_per_iteration=3", "sample
          "dtype=bfloat16", "final_protocol=None"]  # the card's protocol is run below on 4 prompts, not all 400
 
 
-def cache_repo(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
-    """Put ``files`` into ``cache`` as huggingface_hub lays out a downloaded snapshot (refs/main -> snapshot)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    for name, src in files.items():
-        shutil.copy(src, snapshot / name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-
-
 @pytest.fixture(scope="module")
 def hub_cache(world, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("standins")
-    sft = gptj_standin(root / "sft")
-    rm = carper_reward_model(root / "rm" / "pytorch_model.bin", base_model=sft)
-    cache = root / "hub"
-    cache_repo(cache, SFT, {f.name: f for f in sft.iterdir()})
-    cache_repo(cache, RM, {"pytorch_model.bin": rm})
-    return cache
+    return tldr_gptj_hub_cache(tmp_path_factory.mktemp("standins"), world=world)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def _engine_cores(root) -> set[int]:
 
 def test_a_tiny_run_samples_each_pool_with_its_own_engine_stopped_before_the_run_goes_on(world, tmp_path):
     run_dir = tmp_path / "run"
-    settings = TINY_RUN + ["sampler=vllm"]
+    settings = TINY_RUN + ["sampler=vllm", "idle_models=release"]  # the reference and reward model leave for sampling
     iterations = int(dict(s.split("=") for s in settings)["iterations"])
     args = [sys.executable, "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir", str(run_dir)]
     with open(tmp_path / "stderr.txt", "w") as err:

@@ -192,3 +192,35 @@ def gptj_standin(folder: str | os.PathLike, *, n_layer: int = 28, n_embd: int = 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(folder)
+
+
+TLDR_GPTJ_IDS = ("CarperAI/openai_summarize_tldr_sft", "CarperAI/openai_summarize_tldr_rm_checkpoint")
+"""The hub repositories of the ``tldr-gptj`` preset's policy and value-head reward model."""
+
+
+def cache_repo(cache: str | os.PathLike, repo_id: str, files: dict[str, Path]) -> None:
+    """Put ``files`` (name: source path) into the hub cache ``cache`` as huggingface_hub lays out a downloaded
+    snapshot of model repository ``repo_id`` (``refs/main`` naming the snapshot)."""
+    import shutil
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name, src in files.items():
+        shutil.copy(src, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def tldr_gptj_hub_cache(root: str | os.PathLike, *, n_embd: int = 64, n_rows: int = 64,
+                        world: World | None = None) -> Path:
+    """A hub cache under ``root`` that answers the ``tldr-gptj`` preset's model ids offline with stand-ins: a
+    :func:`gptj_standin` of width ``n_embd`` as the SFT policy and a :func:`carper_reward_model` on it, fitted on
+    ``n_rows`` posts, as the reward. Run with ``HF_HUB_CACHE`` set to the returned folder and ``HF_HUB_OFFLINE=1``."""
+    root = Path(root)
+    sft = gptj_standin(root / "sft", n_embd=n_embd, world=world)
+    rm = carper_reward_model(root / "rm" / "pytorch_model.bin", base_model=sft, world=world, n_rows=n_rows)
+    cache = root / "hub"
+    cache_repo(cache, TLDR_GPTJ_IDS[0], {f.name: f for f in sft.iterdir()})
+    cache_repo(cache, TLDR_GPTJ_IDS[1], {"pytorch_model.bin": rm})
+    return cache

@@ -1,0 +1,124 @@
+"""Residency by phase, measured on CPU: each phase's peak memory with every model kept (``idle_models="keep"``)
+and with the idle reference and reward model released (``"release"``), beside ``quarklab plan``'s prediction for
+the same sizes (``plan(..., device="cpu")``: on a CPU an offloaded model is still in memory, a released one not).
+
+Each configuration runs :func:`quarklab.run_quark` in a fresh process (so one run's freed memory does not hide the
+next one's peak) inside :func:`quarklab.residency.watch` with ``memory=True``: as a phase begins the kernel's peak
+resident size is reset to the current one (``echo 5 > /proc/self/clear_refs``), and as it ends ``VmHWM`` is read;
+a phase's figure is that peak above the resident size as the run began, after a warm-up in the same process
+(:func:`warm_up`: the libraries a run imports, its tokenizers and reward loaded once and dropped), so that what
+the run's models and tensors take is measured, not the interpreter and libraries (as a GPU plan leaves out the
+CUDA context). Weights loaded from safetensors become resident as they are first read, so a model's bytes count
+from its first use. glibc is told to return
+freed blocks above 64 KiB to the kernel (``MALLOC_MMAP_THRESHOLD_``), so resident memory follows live memory.
+Linux only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from quarklab.config import QuarkConfig
+from quarklab.errors import QuarkError
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ("keep", "release")
+MIB = 2 ** 20
+
+
+def measure(config: QuarkConfig, run_dir: str | os.PathLike, env: dict | None = None, threads: int | None = None
+            ) -> dict:
+    """Run ``config`` in ``run_dir`` in a fresh process (``env`` added to its environment); what it measured:
+    ``peaks`` (bytes above the starting resident size, per phase), ``phases`` (per phase entered: where each model
+    was, bytes moved and seconds spent moving), ``run_seconds``, ``prompt_tokens`` (the longest pool prompt), and
+    ``planned`` (the plan's GiB per phase for a CPU at that prompt length, from the model configs the run read)."""
+    out = Path(run_dir).with_suffix(".json")
+    cmd = [sys.executable, "-m", "benchmarks.residency", json.dumps(config.to_dict()), str(run_dir), str(out),
+           str(threads or 0)]
+    path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, **(env or {}), "PYTHONPATH": path, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    if proc.returncode != 0 or not out.exists():
+        raise QuarkError(f"residency measurement failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+def warm_up(config: QuarkConfig) -> None:
+    """Import what a run of ``config`` imports and load its tokenizer and reward once, then drop them: the
+    libraries' memory is then in the process before a measurement begins."""
+    import gc
+
+    from quarklab.distributed import Dist
+    from quarklab.models import load_policy, load_tokenizer
+    from quarklab.rewards import config_reward
+
+    Dist.from_env()  # accelerate, and DeepSpeed where installed
+    held = [load_tokenizer(config.policy), load_policy(config.policy, dtype=config.dtype, device="cpu"),
+            config_reward(config, "cpu")]
+    del held
+    gc.collect()
+
+
+def _child(config_json: str, run_dir: str, out: str, threads: int) -> None:
+    import pandas as pd
+    import torch
+
+    from quarklab import quark, residency, runs
+    from quarklab.files import atomic_write_json
+    from quarklab.plan import PHASE_COLUMNS, plan
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = QuarkConfig.from_dict(json.loads(config_json))
+    warm_up(config)
+    with residency.watch(memory=True) as record:
+        t0 = time.perf_counter()
+        quark.run(config, run_dir, progress=False)
+        seconds = time.perf_counter() - t0
+    prompt_tokens = int(pd.read_parquet(runs.pool_path(run_dir, 1))["prompt_ids"].map(len).max())
+    table, _ = plan(config, prompt_tokens=prompt_tokens, device="cpu")
+    one = table.set_index("strategy").loc["1 GPU"]
+    atomic_write_json(out, {"peaks": record.peaks, "phases": record.phases, "run_seconds": seconds,
+                            "prompt_tokens": prompt_tokens,
+                            "planned": {p: float(one[c]) for p, c in PHASE_COLUMNS.items()}})
+
+
+def compare(config: QuarkConfig, tmp: str | os.PathLike, env: dict | None = None, threads: int | None = None
+            ) -> dict:
+    """Measure ``config`` under each of :data:`RULES` and put the plan's per-phase prediction beside each: under
+    ``rules``, per rule ``measured_mib``, ``planned_mib`` (phase: MiB), ``run_seconds``, ``moved_mib`` and
+    ``move_seconds``, and where each model was in training."""
+    report = {}
+    for rule in RULES:
+        got = measure(config.replace(idle_models=rule), Path(tmp) / f"run-{rule}", env, threads)
+        report[rule] = {"measured_mib": {p: v / MIB for p, v in got["peaks"].items()},
+                        "planned_mib": {p: v * 1024 for p, v in got["planned"].items()},
+                        "run_seconds": got["run_seconds"], "prompt_tokens": got["prompt_tokens"],
+                        "moved_mib": sum(p["moved_bytes"] for p in got["phases"]) / MIB,
+                        "move_seconds": sum(p["move_seconds"] for p in got["phases"]),
+                        "train_holds": [{m: p[m] for m in ("policy", "reference", "reward")}
+                                        for p in got["phases"] if p["phase"] == "train"]}
+    return {"rules": report, "how": __doc__.split("\n\n")[1].replace("\n", " ")}
+
+
+def format_residency(section: dict) -> str:
+    """:func:`compare`'s section as text: per phase, measured and planned MiB under each rule."""
+    report = section["rules"]
+    lines = [f"{'phase':<10}" + "".join(f"{r + ' measured':>18}{r + ' planned':>17}" for r in report)]
+    for phase in next(iter(report.values()))["planned_mib"]:
+        lines.append(f"{phase:<10}" + "".join(f"{r['measured_mib'].get(phase, float('nan')):>18.0f}"
+                                               f"{r['planned_mib'][phase]:>17.0f}" for r in report.values()))
+    lines.append("run seconds: " + ", ".join(f"{k} {r['run_seconds']:.1f} (moving {r['move_seconds']:.1f}, "
+                                             f"{r['moved_mib']:.0f} MiB)" for k, r in report.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the child: python -m benchmarks.residency CONFIG_JSON RUN_DIR OUT_JSON THREADS
+    if len(sys.argv) != 5:
+        sys.exit("usage: python -m benchmarks.residency CONFIG_JSON RUN_DIR OUT_JSON THREADS (internal)")
+    _child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
