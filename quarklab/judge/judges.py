@@ -22,7 +22,6 @@ import numpy as np
 
 from ..errors import QuarkError
 from ..tasks import get_task
-from ..tldr import JUDGE_PROMPT, post_of  # noqa: F401  (the TL;DR task's, re-exported)
 
 VERDICTS = ("A", "B", "tie", "malformed")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
