@@ -49,14 +49,14 @@ DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "'auto', 'cpu', 'mps', 'cuda' or '
 @dataclass
 class QuarkConfig:
     # --- Models and data ---------------------------------------------------------------
-    task: TaskName = knob("tldr", """What the prompts are and how they are read (quarklab.tasks): "tldr" (a Reddit
-        post in the TL;DR layout, summarized after "TL;DR:"; a too-long prompt loses the start of its post) or
-        "continuation" (the opening of a text, continued; a too-long prompt keeps its end). It sets how prompts
-        are cut, shown and judged, and the reward and dataset when they are not given.""")
     policy: str = knob("tiny-tldr", """Starting policy: a hub id, a local folder, or "tiny-tldr" (the offline
         world's SFT GPT-J).""")
     reference: str | None = knob(None, """Frozen reference for the KL term, perplexity and iteration 1's samples;
         None = same as policy.""")
+    task: TaskName = knob("tldr", """What the prompts are and how they are read (quarklab.tasks): "tldr" (a Reddit
+        post in the TL;DR layout, summarized after "TL;DR:"; a too-long prompt loses the start of its post) or
+        "continuation" (the opening of a text, continued; a too-long prompt keeps its end). It sets how prompts
+        are cut, shown and judged, and the reward and dataset when they are not given.""")
     reward: str | None = knob(None, """Reward spec for quarklab.load_reward: None = the task's ("tiny-tldr" for
         tldr, "repetition" for continuation); "tiny-tldr", "repetition" (model-free: the completion's diversity
         prod over n=2..4 of (1 - rep_n), rep_n the share of repeated word n-grams (Welleck et al.), times
@@ -509,7 +509,7 @@ def describe() -> str:
 
 
 SECTIONS: dict[str, str] = {
-    "Models and data": "task", "Quantiles and pool": "num_quantiles", "Iterations": "iterations",
+    "Models and data": "policy", "Quantiles and pool": "num_quantiles", "Iterations": "iterations",
     "Sampling: each iteration's pool (exploration)": "samples_per_prompt", "Training": "lr",
     "Evaluation: prompts and sampling": "eval_prompts", "Evaluation: scores and run": "perplexity"}
 """The config's sections, each title with its first field, in the order of the fields."""
