@@ -42,6 +42,7 @@ class Task:
     post_of: Callable[[str], str]  # what the judge reads of a prompt
     judge_template: str  # the judging prompt, with {post}, {a} and {b}
     free_text: str  # what becomes of free text, in words (widgets)
+    example: str  # a prompt's shape, for a model card
     alt_card: bool  # whether the ALT model card's TL;DR figures are comparable with this task's runs
 
     @property
@@ -89,10 +90,12 @@ def opening_words(prompt: str, words: int = 8) -> str:
 
 TASKS: dict[str, Task] = {
     "tldr": Task("tldr", tldr.as_prompt, tldr.encode_prompt, tldr.shorten, tldr.title_of, tldr.post_of,
-                 tldr.JUDGE_PROMPT, free_text='"TL;DR:" is appended if missing', alt_card=True),
+                 tldr.JUDGE_PROMPT, free_text='"TL;DR:" is appended if missing',
+                 example="SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:", alt_card=True),
     "continuation": Task("continuation", continuation_prompt, encode_end, shorten_middle, opening_words,
                          continuation_prompt, CONTINUATION_JUDGE_PROMPT,
-                         free_text="the text is continued as written", alt_card=False),
+                         free_text="the text is continued as written", example="The opening of a text to continue.",
+                         alt_card=False),
 }
 """The tasks by name; a run's ``task`` field names one."""
 

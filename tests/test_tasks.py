@@ -14,6 +14,7 @@ import quarklab as ql
 from conftest import TINY_RUN, train_tiny
 from quarklab.config import TASK_DEFAULTS, TaskName
 from quarklab.errors import QuarkError
+from quarklab.export import model_card
 from quarklab.rewards import diversity
 from quarklab.tasks import TASKS, get_task
 
@@ -57,7 +58,8 @@ def test_continuation_free_text_shortening_and_title():
     short = task.shorten(long, 100)
     assert len(short) <= 102 and short.startswith("start") and short.endswith("the end") and " … " in short
     assert task.shorten("short", 100) == "short"
-    assert task.title_of("one two three four five six seven eight nine") == "one two three four five six seven eight …"
+    assert task.title_of("one two three four five six seven eight nine") == \
+        "one two three four five six seven eight …"
 
 
 def test_continuation_judge_prompt_asks_for_fluency_and_the_strict_answer():
@@ -144,3 +146,5 @@ def test_train_continuation_end_to_end(world, tmp_path):
     np.testing.assert_array_equal(pool["reward"].to_numpy(), expected)
     metrics = ql.runs.read_metrics(run)
     assert set(metrics[metrics["kind"] == "eval"]["iteration"]) == {0, 1, 2}
+    card = model_card(run, 2)  # the exported model card prompts as the task does
+    assert json.dumps(get_task("continuation").example) in card and "SUBREDDIT" not in card
