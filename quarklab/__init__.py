@@ -21,7 +21,8 @@ from .world import World, WorldSpec, build_world, quarklab_home, tiny_world  # r
 __version__ = "0.1.0"
 
 _SUBMODULES = {"analysis": ".analysis", "compare": ".compare", "config": ".config", "metrics": ".metrics",
-               "notebooks": ".notebooks", "quantiles": ".quantiles", "runs": ".runs", "tldr": ".tldr", "tokens": ".tokens",
+               "notebooks": ".notebooks", "quantiles": ".quantiles", "runs": ".runs", "tasks": ".tasks", "tldr": ".tldr",
+               "tokens": ".tokens",
                "files": ".files", "paths": ".paths", "names": ".names",
                "figures": ".present.figures", "quantile_plots": ".present.quantile_plots",
                "run_plots": ".present.run_plots", "seeds": ".seeds", "seed_plots": ".present.seed_plots",
@@ -40,6 +41,7 @@ _NAMES = {  # public name -> (module, its name there)
     "sample": (".sampling", "sample"), "add_quantile_tokens": (".tokens", "add_quantile_tokens"),
     "quantile_token": (".tokens", "quantile_token"), "compare_tokens": (".compare", "compare_tokens"),
     "comparison_html": (".present.html", "comparison_html"), "evaluate_policy": (".protocols", "evaluate_policy"),
+    "get_task": (".tasks", "get_task"),
 }
 
 

@@ -31,8 +31,8 @@ COLUMNS = ["prompt_id", "prompt", "column", "token", "source", "completion", "re
 
 def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, reference_tokenizer=None,
                    num_quantiles: int | None = None, do_sample: bool = False, temperature: float = 1.0,
-                   top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0, perplexity: str = "alt"
-                   ) -> pd.DataFrame:
+                   top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0, perplexity: str = "alt",
+                   task: str = "tldr") -> pd.DataFrame:
     """One completion per quantile token (and one without) for every prompt, scored.
 
     ``prompts`` is a list of str or a DataFrame with ``prompt`` (and optionally ``prompt_id``).
@@ -43,7 +43,8 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
     ``"policy, no token"``). Perplexity is under ``reference`` (the policy when there is none),
     given the prompt without a token, computed as ``perplexity`` says (see :mod:`quarklab.evaluation`;
     "alt" re-tokenizes each completion's text with the reference's tokenizer). ``do_sample=False`` is greedy decoding; sampling is seeded,
-    so the same arguments give the same table.
+    so the same arguments give the same table. ``task`` says how a prompt is cut to the context
+    (:mod:`quarklab.tasks`).
 
     Returns one row per (prompt, column), prompts in the order given and columns
     ``token 0`` .. ``token K-1`` then the unconditioned one: ``prompt_id``, ``prompt``,
@@ -64,7 +65,7 @@ def compare_tokens(policy, tokenizer, prompts, reward, *, reference=None, refere
                          f"has {rows_in_model} rows: load the model saved with this tokenizer, or call "
                          "quarklab.tokens.add_quantile_tokens(policy, tokenizer, K)")
     params = SamplingParams(n=1, do_sample=bool(do_sample), temperature=float(temperature), top_p=float(top_p),
-                            max_new_tokens=int(max_new_tokens), seed=int(seed))
+                            max_new_tokens=int(max_new_tokens), seed=int(seed), task=task)
 
     ref_model = reference if reference is not None else policy
     ref_tok = (reference_tokenizer if reference_tokenizer is not None else tokenizer) if reference is not None \

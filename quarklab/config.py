@@ -35,6 +35,13 @@ IdleModels = Literal["auto", "keep", "offload", "release"]
 FinalProtocol = Literal["alt-card"]  # quarklab.protocols.PROTOCOLS
 DType = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 RewardPrecision = Literal["float64", "float32", "float16"]
+TaskName = Literal["tldr", "continuation"]  # quarklab.tasks.TASKS
+
+TASK_DEFAULTS: dict[str, dict[str, str]] = {
+    "tldr": {"reward": "tiny-tldr", "dataset": "tiny-tldr"},
+    "continuation": {"reward": "repetition", "dataset": "tiny-continuation"}}
+"""Each task's ``reward`` and ``dataset``, what a config takes when they are not given (:mod:`quarklab.tasks`
+owns the rest of a task)."""
 
 DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
 
@@ -46,7 +53,14 @@ class QuarkConfig:
         world's SFT GPT-J).""")
     reference: str | None = knob(None, """Frozen reference for the KL term, perplexity and iteration 1's samples;
         None = same as policy.""")
-    reward: str = knob("tiny-tldr", """Reward spec for quarklab.load_reward: "tiny-tldr", a classifier or
+    task: TaskName = knob("tldr", """What the prompts are and how they are read (quarklab.tasks): "tldr" (a Reddit
+        post in the TL;DR layout, summarized after "TL;DR:"; a too-long prompt loses the start of its post) or
+        "continuation" (the opening of a text, continued; a too-long prompt keeps its end). It sets how prompts
+        are cut, shown and judged, and the reward and dataset when they are not given.""")
+    reward: str | None = knob(None, """Reward spec for quarklab.load_reward: None = the task's ("tiny-tldr" for
+        tldr, "repetition" for continuation); "tiny-tldr", "repetition" (model-free: the completion's diversity
+        prod over n=2..4 of (1 - rep_n), rep_n the share of repeated word n-grams (Welleck et al.), times
+        min(1, words / 16) so that a completion of fewer than 16 words cannot score best), a classifier or
         value-head RM folder/hub id, a value-head state-dict file (e.g. CarperAI's summarize_rlhf
         rm_checkpoint/pytorch_model.bin), or your own Python function f(prompts, completions) -> one float per
         row, as "module:function" (imported from the import path) or "path/to/file.py:function" (relative: from
@@ -72,8 +86,9 @@ class QuarkConfig:
         error apart almost always become equal), "float16" (ALT's fp16 reward model: steps of 2**-9, about 0.002,
         for scores between 2 and 4, so ties are common), "float64" (as computed). Quantiles give tied scores by
         row order: the earlier sample takes the better quantile.""")
-    dataset: str = knob("tiny-tldr", """Prompt source for quarklab.load_prompts: "tiny-tldr", a local file or a
-        hub dataset id.""")
+    dataset: str | None = knob(None, """Prompt source for quarklab.load_prompts: None = the task's ("tiny-tldr" for
+        tldr, "tiny-continuation" for continuation: the first sentence of each tiny-tldr post's body, the rest of
+        the body as its label), "tiny-tldr", "tiny-continuation", a local file or a hub dataset id.""")
     dataset_prompt_column: str = knob("prompt", """The column of ``dataset`` that holds the prompts (read as
         "prompt"; a "label" column, when there is one, is kept as the reference).""")
     dataset_subset: str | None = knob(None, """A hub dataset's config (subset) name, as datasets.load_dataset's
@@ -223,6 +238,9 @@ class QuarkConfig:
         bad field. Whole numbers given to float fields become floats."""
         for f in fields(self):
             setattr(self, f.name, check_field(f.name, getattr(self, f.name)))
+        for name, default in TASK_DEFAULTS[self.task].items():  # None: the task's, written out from here on
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         if self.quantile_scope == "local" and self.samples_per_prompt < self.num_quantiles:
             raise QuarkError(
                 f"config: samples_per_prompt ({self.samples_per_prompt}) must be >= num_quantiles "
@@ -241,6 +259,9 @@ class QuarkConfig:
             raise QuarkError(f"config: precision={self.precision!r} does not fit dtype={self.dtype!r}: half-precision "
                              f"weights compute in their own dtype; set precision='auto' (or dtype='float32' to "
                              "compute under autocast)")
+        if self.final_protocol == "alt-card" and self.task != "tldr":
+            raise QuarkError(f"config: final_protocol='alt-card' measures the ALT card's TL;DR table, and this run's "
+                             f"task is {self.task!r}: set final_protocol=None")
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -260,7 +281,9 @@ class QuarkConfig:
         return cls.from_dict({**{k: v for k, v in BEFORE_FIELD.items() if k not in d}, **d})
 
     def replace(self, **changes) -> "QuarkConfig":
-        return self.from_dict({**self.to_dict(), **changes})
+        """This config with ``changes``; a change of ``task`` takes the new task's reward and dataset where this
+        config has the old task's (:func:`follow_task`)."""
+        return self.from_dict(follow_task(self.to_dict(), changes))
 
     def with_overrides(self, assignments: list[str]) -> "QuarkConfig":
         """Apply ``key=value`` strings, each value read by its field's type (:func:`parse_field`)."""
@@ -275,7 +298,7 @@ class QuarkConfig:
         them) on top; the rules between fields are checked once, on the result."""
         changes = {**read_config_file(path), **parse_assignments(overrides)}
         try:
-            return cls.from_dict({**(base if base is not None else cls()).to_dict(), **changes})
+            return cls.from_dict(follow_task((base if base is not None else cls()).to_dict(), changes))
         except QuarkError as exc:
             raise QuarkError(f"{exc} (the config of {os.fspath(path)}{' with --set' if overrides else ''})") from None
 
@@ -300,6 +323,20 @@ class QuarkConfig:
 BEFORE_FIELD: dict[str, Any] = dict(per_quantile_draw="uniform", adam_beta1=0.9, adam_beta2=0.999,
                                     loss_vocab="no-quantile-tokens", perplexity="sampled-ids", warmup_shape="linear",
                                     reward_precision="float64", strip_prompts=False, train_targets="sampled")
+
+
+def follow_task(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``current`` (a config as a dict) with ``changes`` over it. When ``changes`` sets another ``task``, a
+    ``reward`` or ``dataset`` that ``changes`` leaves alone and that is the old task's default
+    (:data:`TASK_DEFAULTS`) becomes None, the new task's: ``--preset tiny --set task=continuation`` scores with
+    the repetition reward."""
+    merged = {**current, **changes}
+    old = current.get("task", "tldr")
+    if "task" in changes and changes["task"] != old and old in TASK_DEFAULTS:
+        for name, default in TASK_DEFAULTS[old].items():
+            if name not in changes and current.get(name) == default:
+                merged[name] = None
+    return merged
 
 
 # ------------------------------------------------------------------ field specs (quarklab.knobs, for this class)

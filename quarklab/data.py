@@ -3,18 +3,23 @@
 Every source yields the CarperAI ``openai_summarize_tldr`` layout: a ``prompt`` column
 (``SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...\\nTL;DR:``) and, where present, a ``label``; a source whose
 prompts are in another column is read with ``prompt_column=`` (a run's ``dataset_prompt_column``).
+``"tiny-continuation"`` is the continuation task's: the tiny world's posts cut after their first sentence.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import QuarkError, describe
 from .names import TINY, lookup
+from .tldr import parse
 
+TINY_CONTINUATION = "tiny-continuation"
+"""The continuation task's offline prompts, derived from the tiny world's (:func:`continuation_table`)."""
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -23,7 +28,8 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
                  subset: str | None = None, revision: str | None = None) -> pd.DataFrame:
     """Load prompts as a DataFrame with ``prompt_id``, ``prompt`` and (when the source has it) ``label``.
 
-    ``source`` is ``"tiny-tldr"`` (the offline world; ``split`` train/valid/test), a local
+    ``source`` is ``"tiny-tldr"`` (the offline world; ``split`` train/valid/test), ``"tiny-continuation"`` (the
+    same posts as openings to continue: :func:`continuation_table`), a local
     ``.jsonl``/``.csv``/``.parquet`` file (``split`` ignored), or a hub dataset id such as
     ``CarperAI/openai_summarize_tldr`` (``split`` train/valid/test; ``subset``: its config name, ``revision``: a
     branch, tag or commit, both passed to ``datasets.load_dataset`` and for hub datasets only). ``limit`` keeps
@@ -33,8 +39,9 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
     ``prompt_column`` is the source's column read as ``prompt``; ``label_column`` the one kept as ``label``
     (the default "label" when the source has it; another name must be there; None: no label).
     """
-    named = lookup(source, seed=seed)
     where = os.fspath(source)
+    continuation = where == TINY_CONTINUATION
+    named = lookup(TINY if continuation else source, seed=seed)
     if named is not None:
         source, split = named.data_file(split), None
     hub = named is None and is_hub_source(os.fspath(source))
@@ -44,6 +51,8 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
                              f"{'a registered name' if named is not None else 'a local file'}")
     df = read_table(os.fspath(source), split, subset=subset, revision=revision) if hub else \
         read_table(os.fspath(source), split)
+    if continuation:
+        df = continuation_table(df)
     columns = list(df.columns)
     if not columns:
         raise QuarkError(f"dataset {where!r} is empty")
@@ -64,6 +73,15 @@ def load_prompts(source: str | os.PathLike = TINY, split: str = "test", *, limit
         df["prompt"] = df["prompt"].map(str.strip)  # Python's strip, as ALT's
     df.insert(0, "prompt_id", range(len(df)))
     return df.head(limit).copy() if limit is not None else df
+
+
+def continuation_table(posts: pd.DataFrame) -> pd.DataFrame:
+    """Openings to continue, from TL;DR prompts (``posts["prompt"]``), one per post in its order: ``prompt`` the
+    first sentence of the post's body (up to the first ".", "!" or "?" followed by a space), ``label`` the rest
+    of the body (empty when the body is one sentence)."""
+    bodies = [parse(p).body.strip() for p in posts["prompt"]]
+    cut = [re.split(r"(?<=[.!?])\s+", body, maxsplit=1) + [""] for body in bodies]
+    return pd.DataFrame({"prompt": [c[0] for c in cut], "label": [c[1] for c in cut]})
 
 
 def is_hub_source(source: str) -> bool:

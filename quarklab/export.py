@@ -14,6 +14,7 @@ from . import runs
 from .errors import QuarkError
 from .files import atomic_dir
 from .names import is_named
+from .tasks import get_task
 from .tokens import quantile_token
 
 TAGS = ["quark", "quantile-tokens", "text-generation", "reinforcement-learning", "quarklab"]
@@ -121,7 +122,7 @@ def model_card(run_dir: str | os.PathLike, iteration: int, tokenizer=None, repo:
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(where)})\n"
         f"model = AutoModelForCausalLM.from_pretrained({json.dumps(where)})\n"
-        f"prompt = {json.dumps(quantile_token(0))} + \"SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...\\nTL;DR:\"\n"
+        f"prompt = {json.dumps(quantile_token(0))} + {json.dumps(get_task(config.task).example)}\n"
         "inputs = tokenizer(prompt, return_tensors=\"pt\")\n"
         f"out = model.generate(**inputs, max_new_tokens={config.eval_max_new_tokens}, do_sample=False, "
         "pad_token_id=tokenizer.eos_token_id)\n"

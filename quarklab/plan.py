@@ -173,12 +173,12 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
 
 
 def reward_model(spec: str) -> Model | None:
-    """A sequence-classification reward's backbone counted on the meta device; None for the tiny-tldr reward, a
-    Python callable, or a model whose config cannot be read (offline and not in :data:`KNOWN_CONFIGS`)."""
+    """A sequence-classification reward's backbone counted on the meta device; None for the tiny-tldr or repetition
+    reward, a Python callable, or a model whose config cannot be read (offline and not in :data:`KNOWN_CONFIGS`)."""
     from .names import is_named
-    from .rewards import callable_spec
+    from .rewards import REPETITION, callable_spec
 
-    if is_named(spec) or callable_spec(spec) is not None:
+    if is_named(spec) or spec == REPETITION or callable_spec(spec) is not None:
         return None
     try:
         return meta_model(spec, head=False)

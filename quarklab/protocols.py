@@ -245,7 +245,8 @@ def evaluate_policy(policy: str | os.PathLike, protocol: str | Protocol = "alt-c
                          prompt_column=models.get("dataset_prompt_column") or "prompt",
                          subset=models.get("dataset_subset"), revision=models.get("dataset_revision"))
     params = SamplingParams(do_sample=False, max_new_tokens=proto.eval_max_new_tokens,
-                            batch_size=proto.eval_batch_size)
+                            batch_size=proto.eval_batch_size,  # prompts cut as a run's task cuts them
+                            task=target.config.task if target.config is not None else "tldr")
     samples = scored_samples(model, tokenizer, table, reward_fn, reference=ref, control_ids=control_ids,
                              tokens=[token], params=params, perplexity=proto.perplexity, progress=progress)
     if proto.length == "text":

@@ -47,7 +47,8 @@ from .rewards import config_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
 from .sampling import SamplingParams, sample
-from .tldr import encode_prompt, prompt_budget
+from .tasks import get_task
+from .tldr import prompt_budget
 from .names import lookup
 from .paths import located, resolve_path
 from .train import TrainerState, table_rows, train_on_rows
@@ -300,6 +301,7 @@ def _add_prompt_ids(s: Session) -> None:
     import pyarrow.parquet as pq
 
     budget = prompt_budget(s.policy, s.config.max_new_tokens)
+    encode_prompt = get_task(s.config.task).encode_prompt
     for path in runs.pool_files(s.run_dir):
         if "prompt_ids" not in pq.read_schema(path).names:
             pool = runs.read_pool(s.run_dir, runs.iteration_of(path))

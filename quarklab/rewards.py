@@ -3,6 +3,7 @@
 ``load_reward(spec)`` accepts
 
 * ``"tiny-tldr"``: the offline TL;DR summary reward (:mod:`quarklab.world.reward`), the default;
+* ``"repetition"``: the continuation task's model-free reward, the completion's diversity (:func:`diversity`);
 * a hub id or folder of an ``AutoModelForSequenceClassification`` checkpoint (pick the
   ``label`` whose logit or probability is the reward);
 * a trlx/ALT-style value-head reward model (causal-LM backbone plus a linear ``v_head``), fed
@@ -78,6 +79,33 @@ def round_rewards(values: np.ndarray, precision: str, name: str = "reward") -> n
     return rounded
 
 
+REPETITION = "repetition"
+"""The name of the model-free repetition reward (:func:`repetition_reward`)."""
+REPETITION_MIN_WORDS = 16
+"""Words a completion needs for its full diversity: fewer scale it down (:func:`diversity`)."""
+
+
+def diversity(text: str, min_words: int = REPETITION_MIN_WORDS) -> float:
+    """The diversity of ``text``, Quark's repetition-unlearning reward (Lu et al. 2022, §4.3, after Welleck et al.
+    2020): the product over n = 2, 3, 4 of ``1 - rep_n``, ``rep_n = 1 - unique n-grams / n-grams`` over the
+    whitespace-separated words (a text with no n-grams of a size has ``rep_n = 0``), times
+    ``min(1, words / min_words)``: a text of fewer than ``min_words`` words, which has few n-grams to repeat,
+    scores below a varied one of ``min_words`` words (an empty text scores 0). In [0, 1]; 1 is no repeated
+    2-gram in at least ``min_words`` words."""
+    words = str(text).split()
+    score = min(1.0, len(words) / min_words)
+    for n in (2, 3, 4):
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        if grams:
+            score *= len(set(grams)) / len(grams)
+    return score
+
+
+def repetition_reward(prompts: list[str], completions: list[str]) -> np.ndarray:
+    """The ``"repetition"`` reward: each completion's :func:`diversity` (the prompt is not read)."""
+    return np.array([diversity(c) for c in completions], dtype=np.float64)
+
+
 class CheckedReward:
     """Wraps any reward callable: checks its inputs and output, scores in batches, rounds the scores to
     ``precision`` (:func:`round_rewards`; "float64" = as computed)."""
@@ -122,14 +150,14 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
                 precision: str | None = None) -> CheckedReward:
     """Return a checked, batched :class:`RewardFn` for ``spec``.
 
-    ``kind`` is ``"auto"`` (guess from ``spec``), ``"tiny-tldr"``, ``"seq-classification"``,
+    ``kind`` is ``"auto"`` (guess from ``spec``), ``"tiny-tldr"``, ``"repetition"``, ``"seq-classification"``,
     ``"value-head"`` or ``"callable"``. For model rewards, ``template`` formats the text the
     model reads from ``{prompt}``, ``{completion}``, ``{post}`` and ``{summary}`` (ALT's split at
     "TL;DR:"; default: :data:`~quarklab.reward_models.CARPER_TEMPLATE` for a value head,
     ``"{completion}"`` for a classifier); ``max_length`` caps its tokens, cut on the right
     (default: 550 for a value head, as ALT, else the model's context); ``dtype`` is the model's
     weights (scores are float64 either way); ``label`` and ``score`` pick the classifier output;
-    ``base_model`` names the backbone of a bare value-head state dict. The tiny-tldr reward and
+    ``base_model`` names the backbone of a bare value-head state dict. The tiny-tldr and repetition rewards and
     callables ignore these options (a ``label`` for them is an error). A string ``"module:function"`` or
     ``"path/to/file.py:function"`` is a callable too (:func:`callable_spec`, :func:`import_callable`). Every kind
     takes ``precision`` (:data:`PRECISIONS`), the float each score is rounded to (None: "float64", as computed;
@@ -153,11 +181,13 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
                          f"'path/to/file.py:function', got {spec!r}")
     spec_s = os.fspath(spec)
     if kind == "auto":
-        kind = TINY if is_named(spec_s) else _guess_model_kind(spec_s)
-    if label is not None and kind in (TINY, "value-head"):
+        kind = REPETITION if spec_s == REPETITION else TINY if is_named(spec_s) else _guess_model_kind(spec_s)
+    if label is not None and kind in (TINY, REPETITION, "value-head"):
         raise QuarkError(f"label={label!r} picks a sequence classifier's output, and reward {spec_s!r} is "
-                         f"{'a ' + kind if kind != TINY else 'the tiny-tldr'} reward: drop the label "
+                         f"{'a value-head' if kind == 'value-head' else 'the ' + kind} reward: drop the label "
                          "(reward_label)")
+    if kind == REPETITION:
+        return CheckedReward(repetition_reward, name=REPETITION, batch_size=None, precision=precision)
     if kind == TINY:
         named = lookup(spec_s if is_named(spec_s) else TINY)
         return CheckedReward(named.reward(), name=TINY, batch_size=None, precision=precision)
@@ -170,7 +200,7 @@ def load_reward(spec: str | os.PathLike | Callable = "tiny-tldr", *, kind: str =
     if kind == "value-head":
         return CheckedReward(reward_models.ValueHeadReward(spec_s, base_model=base_model, **common), name=spec_s,
                              precision=precision)
-    raise QuarkError(f"unknown reward kind {kind!r}: use 'auto', 'tiny-tldr', 'seq-classification', "
+    raise QuarkError(f"unknown reward kind {kind!r}: use 'auto', 'tiny-tldr', 'repetition', 'seq-classification', "
                      "'value-head' or 'callable'")
 
 

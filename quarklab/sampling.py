@@ -1,10 +1,10 @@
 """Sampling completions: batched, left-padded ``generate`` with a KV cache, n samples per prompt.
 
-Prompts are tokenized once, cut to fit the context (from the left of the post body,
-keeping the ``SUBREDDIT``/``TITLE`` head when possible and always the trailing
-``TL;DR:``), optionally prefixed with a quantile token (no space), sorted by length so
-each batch carries little padding, and generated under ``inference_mode``. The result
-is a table with one row per completion, in the order of the prompts given; it carries the
+Prompts are tokenized once, cut to fit the context as their task says (TL;DR: from the left of the post
+body, keeping the ``SUBREDDIT``/``TITLE`` head when possible and always the trailing ``TL;DR:``;
+continuation: keeping the end; :mod:`quarklab.tasks`), optionally prefixed with a quantile token (no
+space), sorted by length so each batch carries little padding, and generated under ``inference_mode``. The
+result is a table with one row per completion, in the order of the prompts given; it carries the
 encoded prompt (``prompt_ids``), so nothing downstream (training, perplexity) encodes it again.
 """
 
@@ -21,7 +21,8 @@ import torch
 from .config import QuarkConfig, check_field
 from .errors import QuarkError
 from .models import position_ids_from_mask
-from .tldr import encode_prompt, prompt_budget, prompt_lists
+from .tasks import get_task
+from .tldr import prompt_budget, prompt_lists
 
 COLUMNS = ["prompt_id", "sample", "prompt", "token", "completion", "completion_ids", "finished",
            "prompt_ids", "prompt_truncated", "num_tokens"]
@@ -32,7 +33,8 @@ Purpose = Literal["explore", "greedy", "sampled"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``do_sample=False`` is greedy decoding (temperature, top-p, top-k unused).
+    """How to sample. ``do_sample=False`` is greedy decoding (temperature, top-p, top-k unused). ``task`` says how
+    a prompt is cut to the context (:mod:`quarklab.tasks`).
 
     Each field is checked as the config field it comes from (:data:`CONFIG_FIELDS`, the same rules and
     wording); :meth:`from_config` builds the settings a run samples with."""
@@ -45,6 +47,7 @@ class SamplingParams:
     max_new_tokens: int = 48
     batch_size: int = 64
     seed: int = 0
+    task: str = "tldr"
 
     def __post_init__(self):
         for name, (field_name, called) in CONFIG_FIELDS.items():
@@ -60,19 +63,21 @@ class SamplingParams:
         c = config
         if purpose == "explore":
             return cls(n=c.samples_per_prompt, do_sample=True, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                       max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size, seed=seed)
+                       max_new_tokens=c.max_new_tokens, batch_size=c.sample_batch_size, seed=seed, task=c.task)
         if purpose == "greedy":
-            return cls(do_sample=False, max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=seed)
+            return cls(do_sample=False, max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=seed,
+                       task=c.task)
         if purpose == "sampled":
             return cls(n=c.eval_sampled_n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                       max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=seed)
+                       max_new_tokens=c.eval_max_new_tokens, batch_size=c.eval_batch_size, seed=seed, task=c.task)
         raise QuarkError(f"purpose must be one of 'explore', 'greedy', 'sampled', got {purpose!r}")
 
 
 CONFIG_FIELDS: dict[str, tuple[str, str]] = {
     "n": ("samples_per_prompt", "n (samples per prompt)"), "temperature": ("temperature", "temperature"),
     "top_p": ("top_p", "top_p"), "top_k": ("top_k", "top_k"), "max_new_tokens": ("max_new_tokens", "max_new_tokens"),
-    "batch_size": ("sample_batch_size", "batch_size (sequences per generate call)"), "seed": ("seed", "seed")}
+    "batch_size": ("sample_batch_size", "batch_size (sequences per generate call)"), "seed": ("seed", "seed"),
+    "task": ("task", "task")}
 """Each :class:`SamplingParams` field checked as a :class:`~quarklab.config.QuarkConfig` field: ``(config field,
 name in the message)``."""
 
@@ -80,20 +85,23 @@ name in the message)``."""
 @dataclass
 class EncodedPrompts:
     """Prompts as every sampler encodes them: their texts and ids, and each text's token ids, cut to fit the
-    context with room for the completion, and whether it was cut (:func:`quarklab.tldr.encode_prompt`)."""
+    context with room for the completion, and whether it was cut (the task's ``encode_prompt``,
+    :mod:`quarklab.tasks`)."""
 
     texts: list[str]
     ids: list
     encoded: list[tuple[list[int], bool]]
 
 
-def encode_prompts(tokenizer, prompts, model, max_new_tokens: int) -> EncodedPrompts:
+def encode_prompts(tokenizer, prompts, model, max_new_tokens: int, task: str = "tldr") -> EncodedPrompts:
     """``prompts`` (strings or a table with ``prompt`` and ``prompt_id``) encoded for ``model`` (anything
-    :func:`quarklab.tldr.prompt_budget` reads: a model, or a vLLM sampler), each distinct text once."""
+    :func:`quarklab.tldr.prompt_budget` reads: a model, or a vLLM sampler) as ``task`` cuts them, each distinct
+    text once."""
     texts, pids = prompt_lists(prompts)
     budget = prompt_budget(model, max_new_tokens)
+    encode = get_task(task).encode_prompt
     seen: dict[str, tuple[list[int], bool]] = {}
-    return EncodedPrompts(texts, pids, [seen.get(t) or seen.setdefault(t, encode_prompt(tokenizer, t, budget))
+    return EncodedPrompts(texts, pids, [seen.get(t) or seen.setdefault(t, encode(tokenizer, t, budget))
                                         for t in texts])
 
 
@@ -135,7 +143,7 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
     from .progress import tqdm
 
     params = replace(params or SamplingParams(), **overrides)
-    enc = encode_prompts(tokenizer, prompts, model, params.max_new_tokens)
+    enc = encode_prompts(tokenizer, prompts, model, params.max_new_tokens, params.task)
     encoded = enc.encoded
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

@@ -28,6 +28,19 @@ TLDR_TAIL = "\n" + TLDR_MARK
 POST_MARK = "\nPOST:"
 _LAYOUT = re.compile(r"^SUBREDDIT: r/(\S+)\nTITLE: (.*?)\nPOST: (.*)\nTL;DR:\s*$", re.S)
 
+# The GPT-4 judging prompt for TL;DR summaries of Rafailov et al. 2023, "Direct Preference Optimization"
+# (arXiv:2305.18290), its appendix on GPT-4 evaluation: the "GPT-4 (C)" (concise) prompt, the one ALT (Abadal Lloret
+# et al. 2024, arXiv:2407.16970) follows for TL;DR. Checked against public copies of it (e.g. judging scripts that
+# quote arxiv.org/pdf/2305.18290); only the blank lines between its parts vary between copies.
+JUDGE_PROMPT = (
+    "Which of the following summaries does a better job of summarizing the most important points in the given "
+    "forum post, without including unimportant or irrelevant details? A good summary is both precise and concise."
+    "\n\nPost:\n{post}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\n"
+    "FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and why. "
+    "SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. Your response should use the format:"
+    "\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">"
+)
+
 
 @dataclass(frozen=True)
 class Post:
@@ -93,6 +106,12 @@ def shorten(prompt: str, max_chars: int = 600) -> str:
     left = room // 2
     right = room - left
     return f"{head}{body[:left].rstrip()} … {body[len(body) - right:].lstrip()}{tail}"
+
+
+def post_of(prompt: str) -> str:
+    """The post a judge reads: the prompt without its trailing ``TL;DR:`` scaffolding."""
+    text = prompt.rstrip()
+    return text[: -len(TLDR_MARK)].rstrip() if text.endswith(TLDR_MARK) else text
 
 
 def prompt_table(prompts) -> pd.DataFrame:

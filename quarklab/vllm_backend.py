@@ -13,8 +13,8 @@ Each sampler starts one vLLM engine (processes of its own holding the weights an
 vLLM starts its engine by spawning a process, so a script that builds a sampler needs an
 ``if __name__ == "__main__":`` guard.
 
-Prompts are encoded and cut exactly as :func:`quarklab.sample` does (same budget, same
-``TL;DR:`` tail), and the result has the same columns: ``prompt_id``, ``sample``, ``prompt``,
+Prompts are encoded and cut exactly as :func:`quarklab.sample` does (same budget, as ``params.task`` says:
+the ``TL;DR:`` tail kept for TL;DR), and the result has the same columns: ``prompt_id``, ``sample``, ``prompt``,
 ``token``, ``completion``, ``completion_ids``, ``finished``, ``prompt_ids``, ``prompt_truncated``,
 ``num_tokens``. Greedy completions equal :func:`quarklab.sample`'s in float32; sampled ones differ
 for the same seed (vLLM draws with its own per-request generator).
@@ -165,7 +165,7 @@ class VLLMSampler:
         if self.llm is None:
             raise QuarkError("this VLLMSampler is closed: its engine was stopped; create a new one to sample")
         params = replace(params or SamplingParams(), **overrides)
-        enc = encode_prompts(self.tokenizer, prompts, self, params.max_new_tokens)
+        enc = encode_prompts(self.tokenizer, prompts, self, params.max_new_tokens, params.task)
         prefix = [] if prefix_token_id is None else [prefix_token_id]
         inputs = [{"prompt_token_ids": prefix + ids} for ids, _ in enc.encoded]
         outputs = self.llm.generate(inputs, self._sampling_params(params, suppress, params.seed), use_tqdm=False)

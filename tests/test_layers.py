@@ -21,8 +21,8 @@ LAYERS = [
     ["tokens", "metrics", "quantiles", "runs", "tracking"],
     # 3 where models come from, and loading them
     ["hub", "models"],
-    # 4 prompts: the TL;DR layout, prompt sources
-    ["tldr", "data"],
+    # 4 prompts: the TL;DR layout, the tasks (how each reads, cuts, shows and judges a prompt), prompt sources
+    ["tldr", "tasks", "data"],
     # 5 the core of Quark: rewards, sampling, scoring, training (its precision and schedule), evaluation, which models each phase holds
     ["value_head_files", "reward_models", "rewards", "sampling", "vllm_backend", "scoring", "trainable", "precision", "schedule", "train",
      "evaluation", "residency"],

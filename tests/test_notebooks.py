@@ -350,3 +350,43 @@ def test_a_figure_shows_itself_as_its_png_and_is_freed_like_any_object(tmp_path)
     del fig, ax
     gc.collect()
     assert ref() is None  # nothing else holds it
+
+
+# ------------------------------------------------------------------ the continuation task
+
+def test_all_five_notebooks_run_the_continuation_task_from_the_command_line(world, tmp_path):
+    """``quarklab notebooks run -p task continuation``: the task's prompts, reward and judging prompt throughout;
+    the ALT card's TL;DR rows, protocol and win rates left out with a note, not drawn beside this task's runs."""
+    run_dir = tmp_path / "continuation"
+    params = [a for k, v in {"task": "continuation", **SMALL}.items()
+              for a in ("-p", k, v if isinstance(v, str) else json.dumps(v))]
+    proc = subprocess.run([sys.executable, "-m", "quarklab.cli", "notebooks", "run", "--run-dir", str(run_dir),
+                           *params, "--cell-timeout", str(CELL_TIMEOUT)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = [run_dir / name for name in NOTEBOOKS]
+    for path in paths:
+        outputs = _outputs(path)
+        assert not [o for _, o in outputs if o.get("output_type") == "error"], path.name
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and "save_figure(" in cell.source:
+                assert [o for o in cell.outputs if o.get("data", {}).get("image/png", "").startswith("iVBORw0KGgo")]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["task"], config["reward"], config["dataset"]) == ("continuation", "repetition",
+                                                                    "tiny-continuation")
+    got = results(run_dir)
+    assert got["01_quantile_distributions"]["num_samples"] == 4 * 6
+    assert got["04_tradeoffs"]["quoted"] == 0 and got["04_tradeoffs"]["protocol"] is None
+    w = got["05_win_rates"]
+    assert w["judge"] == "rm:repetition" and w["prompts"] == 6 and w["quoted"] == 0
+    said = "".join(t for path in paths[3:] for _, o in _outputs(path) for t in _texts(o))
+    for name in ("quoted_rows", "quoted_win_rates"):
+        assert f"task 'continuation': {name} is the ALT model card's (TL;DR)" in said
+    assert "Quoted, not measured" not in said
+    # what the notebooks show are the task's openings, as they are: no TL;DR layout added
+    import html
+
+    openings = ql.load_prompts("tiny-continuation", "test", limit=4)["prompt"]
+    compared = (run_dir / "03_compare_tokens.html").read_text()
+    assert all(html.escape(p) in compared for p in openings[:4]) and "SUBREDDIT" not in compared
+    pairs = "".join(o.get("data", {}).get("text/html", "") for _, o in _outputs(paths[4]))
+    assert html.escape(openings[0]) in pairs and "SUBREDDIT" not in pairs

@@ -8,14 +8,14 @@
     print(result)                                              # win rate, 95 % interval, counts
     result.records                                             # one row per pair, both raw answers
 
-Systems (:mod:`.systems`), judges and the judging prompt (:mod:`.judges`), the cache, outcomes and the
+Systems (:mod:`.systems`), judges (:mod:`.judges`; the judging prompts are the tasks', :mod:`quarklab.tasks`), the cache, outcomes and the
 bootstrap (:mod:`.winrate`), figures and tables (:mod:`.present`, loaded on first use: it needs matplotlib).
 The tiny world's models are no judges of quality: with them, a win rate shows the machinery works, not which
 summary is better.
 """
 
-from .judges import (JUDGE_PROMPT, HTTPJudge, LMJudge, RewardJudge, judge_prompt, make_judge, parse_answer,
-                     post_of)
+from ..tldr import JUDGE_PROMPT, post_of  # the TL;DR task's judging prompt and what it reads of a prompt
+from .judges import HTTPJudge, LMJudge, RewardJudge, judge_prompt, make_judge, parse_answer
 from .systems import System, SystemSpec, load_system, pair_systems, parse_system
 from .winrate import JudgmentCache, WinRate, bootstrap_interval, judge_orders, outcomes, summarize, win_rate
 

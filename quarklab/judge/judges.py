@@ -1,4 +1,5 @@
-"""Three judges behind one small interface, and the TL;DR judging prompt with its strict answer format.
+"""Three judges behind one small interface; each task's judging prompt (:mod:`quarklab.tasks`: TL;DR's, and the
+continuation task's in the same strict answer format).
 
 A judge has an ``id`` (what it is: kind and model, and for HTTP the base URL; never a key), a
 ``batch_size`` (how many judgments it makes per call; the cache is written after each call) and
@@ -20,35 +21,23 @@ import time
 import numpy as np
 
 from ..errors import QuarkError
-from ..tldr import TLDR_MARK
+from ..tasks import get_task
 
-# The GPT-4 judging prompt for TL;DR summaries of Rafailov et al. 2023, "Direct Preference Optimization"
-# (arXiv:2305.18290), its appendix on GPT-4 evaluation: the "GPT-4 (C)" (concise) prompt, the one ALT (Abadal Lloret
-# et al. 2024, arXiv:2407.16970) follows for TL;DR. Checked against public copies of it (e.g. judging scripts that
-# quote arxiv.org/pdf/2305.18290); only the blank lines between its parts vary between copies.
-JUDGE_PROMPT = (
-    "Which of the following summaries does a better job of summarizing the most important points in the given "
-    "forum post, without including unimportant or irrelevant details? A good summary is both precise and concise."
-    "\n\nPost:\n{post}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\n"
-    "FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and why. "
-    "SECOND, on a new line, state only \"A\" or \"B\" to indicate your choice. Your response should use the format:"
-    "\nComparison: <one-sentence comparison and explanation>\nPreferred: <\"A\" or \"B\">"
-)
 VERDICTS = ("A", "B", "tie", "malformed")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONCURRENCY = 8  # requests an HTTP judge keeps in flight at once
 _PREFERRED = re.compile(r"^\s*Preferred:\s*\"?([AB])\"?\s*\.?\s*$")
 
 
-def post_of(prompt: str) -> str:
-    """The post a judge reads: the prompt without its trailing ``TL;DR:`` scaffolding."""
-    text = prompt.rstrip()
-    return text[: -len(TLDR_MARK)].rstrip() if text.endswith(TLDR_MARK) else text
+def judge_prompt(prompt: str, a: str, b: str, task: str = "tldr") -> str:
+    """The judging prompt of ``task`` (:mod:`quarklab.tasks`) for ``prompt`` and the two texts shown as A and B."""
+    return get_task(task).judge_prompt(prompt, a, b)
 
 
-def judge_prompt(prompt: str, a: str, b: str) -> str:
-    """The judging prompt for the post of ``prompt`` and the summaries shown as A and B."""
-    return JUDGE_PROMPT.format(post=post_of(prompt), a=a.strip(), b=b.strip())
+def task_suffix(task) -> str:
+    """What a judge's id adds for its task: nothing for TL;DR (the ids of judgments cached before tasks), else
+    ``"|task=<name>"``, so a judgment under one task's prompt is never read back for another's."""
+    return "" if task.name == "tldr" else f"|task={task.name}"
 
 
 def parse_answer(text: str) -> str:
@@ -87,13 +76,14 @@ class LMJudge:
     ``"\\nPreferred:"`` (the log-probability of each answer's tokens, summed). A prompt longer than the
     model's context keeps its end (the summaries and the instruction) and loses the start of the post."""
 
-    def __init__(self, model="tiny-tldr", *, device="auto", batch_size: int = 8):
+    def __init__(self, model="tiny-tldr", *, device="auto", batch_size: int = 8, task: str = "tldr"):
         from ..hub import resolve_model
         from ..models import load_policy, load_tokenizer
 
         source = resolve_model(model)
+        self.task = get_task(task)
         self.model, self.tokenizer = load_policy(source, device=device), load_tokenizer(source)
-        self.id, self.batch_size = f"lm:{os.fspath(source)}", batch_size
+        self.id, self.batch_size = f"lm:{os.fspath(source)}{task_suffix(self.task)}", batch_size
         self.answers = {k: self.tokenizer(f" {k}", add_special_tokens=False)["input_ids"] for k in ("A", "B")}
 
     def judge(self, items):
@@ -101,7 +91,7 @@ class LMJudge:
         from ..scoring import completion_nll
 
         room = context_length(self.model, self.tokenizer) - max(map(len, self.answers.values()))
-        prompts = [self.tokenizer(judge_prompt(*item) + "\nPreferred:", add_special_tokens=False)["input_ids"]
+        prompts = [self.tokenizer(self.task.judge_prompt(*item) + "\nPreferred:", add_special_tokens=False)["input_ids"]
                    for item in items]
         prompts = [ids[-room:] for ids in prompts]
         if all(len(ids) == 1 for ids in self.answers.values()):
@@ -161,7 +151,7 @@ class HTTPJudge:
     def __init__(self, model: str, base_url: str = DEFAULT_BASE_URL, *,
                  api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = DEFAULT_CONCURRENCY,
                  max_tries: int = 6, backoff_s: float = 1.0, max_wait_s: float = 120.0, timeout_s: float = 120.0,
-                 max_tokens: int = 256):
+                 max_tokens: int = 256, task: str = "tldr"):
         if not model or not isinstance(model, str):
             raise QuarkError("the HTTP judge needs the endpoint's model name (--model on the command line, judge_model "
                              "in notebook 05), e.g. gpt-4o")
@@ -177,7 +167,8 @@ class HTTPJudge:
         self.backoff_s, self.max_wait_s = backoff_s, max_wait_s
         self.timeout_s, self.max_tokens = timeout_s, max_tokens
         self.url = f"{self.base_url}/chat/completions"
-        self.id = f"http:{self.base_url}|{model}"
+        self.task = get_task(task)
+        self.id = f"http:{self.base_url}|{model}{task_suffix(self.task)}"
         self.waits: list[float] = []
         self._hold = threading.Lock()
         self._resume_at = 0.0  # time.monotonic() before which no request starts (a 429's Retry-After)
@@ -230,7 +221,8 @@ class HTTPJudge:
         with self._client() as client:
             pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)), thread_name_prefix="http-judge")
             try:
-                pending = {pool.submit(self.ask, judge_prompt(*item), client): i for i, item in enumerate(items)}
+                pending = {pool.submit(self.ask, self.task.judge_prompt(*item), client): i
+                           for i, item in enumerate(items)}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -325,20 +317,21 @@ def _seconds(value: str | None) -> float | None:
 
 def make_judge(kind: str, model: str | None = None, *, base_url: str | None = None,
                api_key_env: str | None = "OPENAI_API_KEY", device: str = "auto", concurrency: int | None = None,
-               **options):
+               task: str = "tldr", **options):
     """A judge by kind: ``"rm"`` (a reward model, default ``"tiny-tldr"``), ``"lm"`` (a local causal LM,
     default the tiny world's SFT model) or ``"http"`` (an OpenAI-compatible endpoint; ``model`` needed).
     ``concurrency``: the HTTP judge's requests in flight at once (None: :data:`DEFAULT_CONCURRENCY`); the local
-    judges batch instead and ignore it."""
+    judges batch instead and ignore it. ``task`` (:mod:`quarklab.tasks`): the judging prompt of the "lm" and
+    "http" judges (the "rm" judge reads its reward, not a prompt)."""
     from ..paths import locate
 
     if kind == "rm":
         return RewardJudge(locate(model or "tiny-tldr"), **options)
     if kind == "lm":
-        return LMJudge(locate(model or "tiny-tldr"), device=device, **options)
+        return LMJudge(locate(model or "tiny-tldr"), device=device, task=task, **options)
     if kind == "http":
         if concurrency is not None:
             options["concurrency"] = concurrency
-        return HTTPJudge(model, base_url or DEFAULT_BASE_URL, api_key_env=api_key_env, **options)
+        return HTTPJudge(model, base_url or DEFAULT_BASE_URL, api_key_env=api_key_env, task=task, **options)
     raise QuarkError(f"unknown judge {kind!r}: use 'rm' (a reward model), 'lm' (a local causal LM) or 'http' "
                      "(an OpenAI-compatible endpoint)")

@@ -9,7 +9,7 @@ import pandas as pd
 from ..errors import QuarkError
 from ..present.figures import new_figure, palette
 from ..present.html import TABLE_STYLE, fmt_number
-from ..tldr import shorten
+from ..tasks import get_task
 
 
 def win_rate_figure(summaries: list[dict], title: str | None = None):
@@ -45,9 +45,10 @@ def win_rate_figure(summaries: list[dict], title: str | None = None):
 
 
 def pairs_html(records: pd.DataFrame, n: int = 3, *, system_a: str = "A", system_b: str = "B",
-               max_prompt_chars: int = 500) -> str:
-    """The first ``n`` judged pairs as a static HTML table: the prompt, each system's summary, and the
-    judge's answer in both orders with the pair's outcome (for system A). All text is escaped."""
+               max_prompt_chars: int = 500, task: str = "tldr") -> str:
+    """The first ``n`` judged pairs as a static HTML table: the prompt (shortened as ``task`` shortens it), each
+    system's text, and the judge's answer in both orders with the pair's outcome (for system A). All text is
+    escaped."""
     need = {"prompt", "completion_a", "completion_b", "raw_ab", "verdict_ab", "raw_ba", "verdict_ba", "outcome"}
     if not isinstance(records, pd.DataFrame) or need - set(records.columns):
         raise QuarkError(f"pairs_html needs win_rate's records (columns {sorted(need)})")
@@ -60,7 +61,7 @@ def pairs_html(records: pd.DataFrame, n: int = 3, *, system_a: str = "A", system
                     f" · B first: {esc(str(r['verdict_ba']))}</span>"
                     f"<span class=\"meta\">{esc(str(r['raw_ab'])[:300])}</span>"
                     f"<span class=\"meta\">{esc(str(r['raw_ba'])[:300])}</span>")
-        rows.append(f'<tr><td class="prompt">{esc(shorten(str(r["prompt"]), max_prompt_chars))}</td>'
+        rows.append(f'<tr><td class="prompt">{esc(get_task(task).shorten(str(r["prompt"]), max_prompt_chars))}</td>'
                     f'<td class="completion">{esc(str(r["completion_a"]))}</td>'
                     f'<td class="completion">{esc(str(r["completion_b"]))}</td>'
                     f'<td class="completion">{verdicts}</td></tr>')

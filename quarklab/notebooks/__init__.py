@@ -11,11 +11,12 @@ checks, command-line values, a notebook's declared parameters), :mod:`.runner` (
 """
 
 from .cells import (RUN_DIR_LISTS, Notebook, example_completions, policy_source, prepare, record, results,
-                    run_summary, setup)
+                    run_summary, setup, tldr_only)
 from .parameters import (SHARED_PARAMETERS, check_parameters, declared_defaults, notebook_parameters, notebooks_dir,
                          parse_value)
 from .runner import KERNEL_ENV, NOTEBOOKS, run_notebooks, sweep
 
 __all__ = ["KERNEL_ENV", "NOTEBOOKS", "RUN_DIR_LISTS", "SHARED_PARAMETERS", "Notebook", "check_parameters",
            "declared_defaults", "example_completions", "notebook_parameters", "notebooks_dir", "parse_value",
-           "policy_source", "prepare", "record", "results", "run_notebooks", "run_summary", "setup", "sweep"]
+           "policy_source", "prepare", "record", "results", "run_notebooks", "run_summary", "setup", "sweep",
+           "tldr_only"]

@@ -25,6 +25,7 @@ from ..errors import QuarkError
 from ..paths import locate, resolve_path
 from ..files import atomic_write_json, atomic_write_text
 from ..runs import eval_files, iteration_of, latest_checkpoint, read_metrics
+from ..tasks import get_task
 from ..tokens import as_token
 from .parameters import check_parameters, declared_defaults, notebooks_dir
 
@@ -39,7 +40,8 @@ class Notebook:
     Each parameter given to :func:`setup` is an attribute (``nb.num_quantiles``), with these resolved:
     ``run_dir`` an absolute :class:`~pathlib.Path` (created); ``policy`` the latest checkpoint of the run
     in ``run_dir`` for ``"auto"``, else as :func:`quarklab.paths.locate` reads it (so are ``reference``,
-    ``reward`` and ``dataset``); ``extra_run_dirs`` and ``seed_run_dirs`` lists of existing folders.
+    ``reward`` and ``dataset``; a None ``reward`` or ``dataset`` is the ``task``'s, :mod:`quarklab.tasks`);
+    ``extra_run_dirs`` and ``seed_run_dirs`` lists of existing folders.
     """
 
     def __init__(self, name: str, run_dir: Path, parameters: dict[str, Any],
@@ -101,7 +103,8 @@ def setup(name: str, *, run_dir: str | os.PathLike, config: str | os.PathLike | 
     declared default cannot be told from one not given: the file's value is taken). A ``policy`` declared
     ``"auto"`` (the run's latest checkpoint) stays so: a file's policy is where a run starts. Those values are
     ``nb.from_config`` (the notebook copies them into its variables), and every field of the file is under
-    :meth:`Notebook.config`'s parameters.
+    :meth:`Notebook.config`'s parameters. ``reward=None`` or ``dataset=None`` is the task's (``task``, default
+    "tldr"; :mod:`quarklab.tasks`).
     """
     from ..config import field_specs, read_config_file
 
@@ -135,10 +138,22 @@ def setup(name: str, *, run_dir: str | os.PathLike, config: str | os.PathLike | 
                 raise QuarkError(f"notebook parameter: {key}: {exc}") from None
     if "policy" in parameters:
         resolved["policy"] = policy_source(parameters["policy"], folder)
+    task = get_task(parameters.get("task", "tldr"))
     for key in _SOURCES:
         if key in parameters:
-            resolved[key] = locate(parameters[key])
+            resolved[key] = locate(getattr(task, key) if key != "reference" and parameters[key] is None
+                                   else parameters[key])
     return Notebook(name, prepare(folder), resolved, config_fields, from_config)
+
+
+def tldr_only(task: str, value, name: str):
+    """``value`` (a parameter naming what the ALT model card measured on TL;DR: its quoted rows, its protocol) for
+    a task whose runs those figures compare with (``"tldr"``); for another task, nothing ([] for a list, else
+    None), with a printed note naming the parameter left out."""
+    if get_task(task).alt_card or not value:
+        return value
+    print(f"task {task!r}: {name} is the ALT model card's (TL;DR), not comparable with this task's runs: left out.")
+    return [] if isinstance(value, list) else None
 
 
 def prepare(run_dir: str | os.PathLike) -> Path:

@@ -18,8 +18,8 @@ from ..errors import QuarkError
 
 # The parameters that describe a run, and mean the same wherever a notebook declares them. A run or sweep
 # accepts them whichever notebooks it runs (a notebook that does not use one does not declare it).
-SHARED_PARAMETERS = ["run_dir", "policy", "reference", "reward", "dataset", "num_quantiles", "quantile_scope",
-                     "seed", "device"]
+SHARED_PARAMETERS = ["run_dir", "task", "policy", "reference", "reward", "dataset", "num_quantiles",
+                     "quantile_scope", "seed", "device"]
 
 
 def check_parameters(**parameters: Any) -> None:

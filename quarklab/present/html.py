@@ -13,7 +13,7 @@ from matplotlib.colors import to_hex, to_rgb
 from ..compare import REFERENCE
 from ..errors import QuarkError
 from ..tokens import as_token, quantile_token, token_label
-from ..tldr import shorten
+from ..tasks import get_task
 
 _VIRIDIS = colormaps["viridis"]  # colour-blind safe, perceptually uniform, sequential
 
@@ -82,10 +82,11 @@ def fmt_number(x, digits: int = 3, missing: str = "–") -> str:
     return format(x, f".{digits}g")
 
 
-def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: str | None = None) -> str:
+def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: str | None = None,
+                    task: str = "tldr") -> str:
     """A static HTML table of :func:`compare_tokens` output: one row per prompt, the prompt first
-    (shortened in the middle of its post), then one cell per column (token 0..K-1, then the
-    reference or the unconditioned policy): the completion and ``reward · ppl · tokens``.
+    (shortened in the middle as ``task`` shortens it: TL;DR, of its post), then one cell per column (token
+    0..K-1, then the reference or the unconditioned policy): the completion and ``reward · ppl · tokens``.
 
     All text is HTML-escaped. Reward cells carry a viridis colour (dark = low, yellow = high,
     scaled over the whole table). Self-contained: a scoped ``<style>`` block, no scripts.
@@ -150,7 +151,7 @@ def comparison_html(df: pd.DataFrame, *, max_prompt_chars: int = 600, caption: s
     body = []
     for (pid, prompt), by_col in groups.items():
         cells = [f'<td class="prompt" title="prompt {html.escape(str(pid))}">'
-                 f"{html.escape(shorten(str(prompt), max_prompt_chars))}</td>"]
+                 f"{html.escape(get_task(task).shorten(str(prompt), max_prompt_chars))}</td>"]
         for col in columns:
             rows = by_col.get(col, [])
             if not rows:

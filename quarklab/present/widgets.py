@@ -19,16 +19,17 @@ from ..compare import compare_tokens
 from ..errors import QuarkError
 from ..quantiles import assign_by_scope, check_scope, quantile_table
 from ..tokens import quantile_token_ids
-from ..tldr import as_prompt, title_of
+from ..tasks import get_task
 from .html import comparison_html, fmt_number
 from .figures import png_bytes
 from .figures import reward_label as figure_label
 from .quantile_plots import quantile_comparison
 
 
-def _prompt_label(i: int, prompt: str, width: int = 70) -> str:
-    """``"3 · <title>"`` from the TITLE line (else the first line), truncated to ``width`` characters."""
-    title = title_of(prompt)
+def _prompt_label(i: int, prompt: str, width: int = 70, task: str = "tldr") -> str:
+    """``"3 · <title>"``, the task's title of the prompt (TL;DR: the TITLE line, else the first line), truncated to
+    ``width`` characters."""
+    title = get_task(task).title_of(prompt)
     if len(title) > width:
         title = title[: width - 1].rstrip() + "…"
     return f"{i} · {title}"
@@ -44,12 +45,13 @@ class TokenComparer:
 
     The controls start at the values given (a notebook passes its parameters: ``greedy``,
     ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``); a slider's range widens to hold a value
-    outside its usual range rather than clipping it.
+    outside its usual range rather than clipping it. ``task`` (:mod:`quarklab.tasks`) says how the prompts are
+    titled, cut and shown, and what free text becomes.
     """
 
     def __init__(self, policy, tokenizer, reward, prompts, *, reference=None, num_quantiles: int | None = None,
                  greedy: bool = False, max_new_tokens: int = 48, temperature: float = 0.9, top_p: float = 0.9,
-                 seed: int = 0):
+                 seed: int = 0, task: str = "tldr"):
         if isinstance(prompts, str):
             prompts = [prompts]
         if isinstance(prompts, pd.DataFrame):
@@ -65,6 +67,7 @@ class TokenComparer:
         if not isinstance(greedy, (bool, np.bool_)):
             raise QuarkError(f"greedy must be True or False, got {greedy!r}")
         self.policy, self.tokenizer, self.reward, self.reference = policy, tokenizer, reward, reference
+        self.task = get_task(task)
         self.prompts = [str(t) for t in texts]
         self.prompt_ids = ids
         self.token_ids = quantile_token_ids(tokenizer, num_quantiles)  # fails early on a checkpoint without tokens
@@ -75,10 +78,11 @@ class TokenComparer:
 
         style = {"description_width": "110px"}
         wide = widgets.Layout(width="420px")
-        self.picker = widgets.Dropdown(options=[(_prompt_label(i, p), i) for i, p in enumerate(self.prompts)],
+        self.picker = widgets.Dropdown(options=[(_prompt_label(i, p, task=self.task), i)
+                                                for i, p in enumerate(self.prompts)],
                                        value=0, description="prompt", style=style, layout=widgets.Layout(width="640px"))
         self.free_text = widgets.Textarea(value="", placeholder="…or type a post here (used instead of the picked "
-                                          "prompt when not empty; \"TL;DR:\" is appended if missing)",
+                                          f"prompt when not empty; {self.task.free_text})",
                                           description="your post", style=style,
                                           layout=widgets.Layout(width="640px", height="90px"))
         t, p, m = float(temperature), float(top_p), int(max_new_tokens)
@@ -116,7 +120,7 @@ class TokenComparer:
         """(prompt_id, prompt) the controls select: the free text when not blank, else the picked prompt."""
         text = self.free_text.value or ""
         if text.strip():
-            return "free text", as_prompt(text)
+            return "free text", self.task.as_prompt(text)
         i = int(self.picker.value)
         return self.prompt_ids[i], self.prompts[i]
 
@@ -134,8 +138,8 @@ class TokenComparer:
                 self.policy, self.tokenizer, pd.DataFrame({"prompt_id": [pid], "prompt": [prompt]}), self.reward,
                 reference=self.reference, num_quantiles=self.num_quantiles, do_sample=not self.greedy.value,
                 temperature=float(self.temperature.value), top_p=float(self.top_p.value),
-                max_new_tokens=int(self.max_new_tokens.value), seed=int(self.seed.value))
-            self.output.value = comparison_html(table)
+                max_new_tokens=int(self.max_new_tokens.value), seed=int(self.seed.value), task=self.task.name)
+            self.output.value = comparison_html(table, task=self.task.name)
         except Exception as exc:  # a widget callback must not raise into the front end
             self.error = exc
             kind = "" if isinstance(exc, QuarkError) else f"{type(exc).__name__}: "
