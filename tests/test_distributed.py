@@ -168,10 +168,13 @@ def test_each_engine_really_runs_and_leaves_a_run_like_one_process(engine_runs, 
     assert len(out) == 1 and out["num_tokens"].iloc[0] > 0
 
 
-def test_a_deepspeed_launch_of_one_process_still_trains_with_deepspeed(world, tmp_path):
-    """``--num_processes 1`` (one GPU with ZeRO offload, say) is no reason to drop the engine the config names."""
+@pytest.mark.parametrize("idle", ["auto", "release"])
+def test_a_deepspeed_launch_of_one_process_still_trains_with_deepspeed(world, tmp_path, idle):
+    """``--num_processes 1`` (one GPU with ZeRO offload, say) is no reason to drop the engine the config names; with
+    ``idle_models=release`` the reference and reward model leave and come back around the engine's training phase
+    while the engine keeps the policy."""
     cmd = [*launch_head("zero2", 1), "-m", "quarklab.cli", "train", "--preset", "tiny", "--run-dir",
-           str(tmp_path / "run"), *[a for s in [*SMALL, "iterations=1"] for a in ("--set", s)]]
+           str(tmp_path / "run"), *[a for s in [*SMALL, "iterations=1", f"idle_models={idle}"] for a in ("--set", s)]]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained_by = runs.read_trained_by(tmp_path / "run", 1)
