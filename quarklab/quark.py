@@ -46,9 +46,7 @@ from .residency import Residency
 from .rewards import config_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
-from .sampling import SamplingParams, sample
-from .tasks import get_task
-from .tldr import prompt_budget
+from .sampling import SamplingParams, encode_prompts, sample
 from .names import lookup
 from .paths import located, resolve_path
 from .train import TrainerState, table_rows, train_on_rows
@@ -300,12 +298,12 @@ def _add_prompt_ids(s: Session) -> None:
     """Give pools written before they stored ``prompt_ids`` the ids sampling would have stored (once, in place)."""
     import pyarrow.parquet as pq
 
-    budget = prompt_budget(s.policy, s.config.max_new_tokens)
-    encode_prompt = get_task(s.config.task).encode_prompt
     for path in runs.pool_files(s.run_dir):
         if "prompt_ids" not in pq.read_schema(path).names:
             pool = runs.read_pool(s.run_dir, runs.iteration_of(path))
-            ids = {p: encode_prompt(s.tokenizer, p, budget)[0] for p in pool["prompt"].unique()}
+            enc = encode_prompts(s.tokenizer, list(pool["prompt"].unique()), s.policy, s.config.max_new_tokens,
+                                 s.config.task)
+            ids = {text: encoded[0] for text, encoded in zip(enc.texts, enc.encoded)}
             files.write_parquet(path, pool.assign(prompt_ids=pool["prompt"].map(ids.get)))
 
 
