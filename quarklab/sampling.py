@@ -177,7 +177,8 @@ def sample(model, tokenizer, prompts, params: SamplingParams | None = None, *, t
             cache = None
             if width > 1:  # prefill all but the last prompt token once per prompt, then share it n ways
                 out = model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
-                            position_ids=position_ids_from_mask(mask[:, :-1]), use_cache=True)
+                            position_ids=position_ids_from_mask(mask[:, :-1]), use_cache=True,
+                            logits_to_keep=1)  # only the cache is used: no logits over every prompt position
                 cache = getattr(out, cache_kw)
                 if params.n > 1:
                     cache.batch_repeat_interleave(params.n)
