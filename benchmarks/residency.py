@@ -9,8 +9,9 @@ a phase's figure is that peak above the resident size as the run began, after a 
 (:func:`warm_up`: the libraries a run imports, its tokenizers and reward loaded once and dropped), so that what
 the run's models and tensors take is measured, not the interpreter and libraries (as a GPU plan leaves out the
 CUDA context). Weights loaded from safetensors become resident as they are first read, so a model's bytes count
-from its first use. glibc is told to return
-freed blocks above 64 KiB to the kernel (``MALLOC_MMAP_THRESHOLD_``), so resident memory follows live memory.
+from its first use. glibc is told to return freed blocks above 64 KiB to the kernel (``MALLOC_MMAP_THRESHOLD_``),
+so resident memory follows live memory. The plan's figure has the host baseline added (what the run's tokenizers
+and prompt tables take, measured by :func:`warm_up`), which a CPU run holds and a GPU plan has no reason to count.
 Linux only.
 """
 
@@ -48,20 +49,36 @@ def measure(config: QuarkConfig, run_dir: str | os.PathLike, env: dict | None = 
     return json.loads(out.read_text())
 
 
-def warm_up(config: QuarkConfig) -> None:
-    """Import what a run of ``config`` imports and load its tokenizer and reward once, then drop them: the
-    libraries' memory is then in the process before a measurement begins."""
+def warm_up(config: QuarkConfig) -> int:
+    """Import what a run of ``config`` imports and load its models, tokenizers and reward once, then drop them: the
+    libraries' memory is then in the process before a measurement begins. Returns the host baseline: the bytes
+    that the run's tokenizers (the policy's, the reward's) and prompt tables add to the resident size, loaded again
+    alone and dropped. A CPU run holds them through every phase; a GPU's memory never does, so the plan leaves
+    them out."""
     import gc
 
+    from quarklab.data import config_prompts
     from quarklab.distributed import Dist
     from quarklab.models import load_policy, load_tokenizer
+    from quarklab.residency import _status
     from quarklab.rewards import config_reward
 
     Dist.from_env()  # accelerate, and DeepSpeed where installed
-    held = [load_tokenizer(config.policy), load_policy(config.policy, dtype=config.dtype, device="cpu"),
-            config_reward(config, "cpu")]
-    del held
+    reward = config_reward(config, "cpu")
+    reward_tokenizer = getattr(reward.fn, "tokenizer", None)
+    held = [load_tokenizer(config.policy), load_policy(config.policy, dtype=config.dtype, device="cpu"), reward]
+    del held, reward
     gc.collect()
+    before = _status("VmRSS")
+    host = [load_tokenizer(config.policy), config_prompts(config, config.train_split),
+            config_prompts(config, config.eval_split, limit=config.eval_prompts)]
+    if reward_tokenizer is not None:
+        host.append(load_tokenizer(reward_tokenizer.name_or_path))
+    gc.collect()
+    baseline = _status("VmRSS") - before
+    del host, reward_tokenizer
+    gc.collect()
+    return baseline
 
 
 def _child(config_json: str, run_dir: str, out: str, threads: int) -> None:
@@ -75,7 +92,7 @@ def _child(config_json: str, run_dir: str, out: str, threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
     config = QuarkConfig.from_dict(json.loads(config_json))
-    warm_up(config)
+    host = warm_up(config)
     with residency.watch(memory=True) as record:
         t0 = time.perf_counter()
         quark.run(config, run_dir, progress=False)
@@ -84,20 +101,22 @@ def _child(config_json: str, run_dir: str, out: str, threads: int) -> None:
     table, _ = plan(config, prompt_tokens=prompt_tokens, device="cpu")
     one = table.set_index("strategy").loc["1 GPU"]
     atomic_write_json(out, {"peaks": record.peaks, "phases": record.phases, "run_seconds": seconds,
-                            "prompt_tokens": prompt_tokens,
+                            "prompt_tokens": prompt_tokens, "host_bytes": host,
                             "planned": {p: float(one[c]) for p, c in PHASE_COLUMNS.items()}})
 
 
 def compare(config: QuarkConfig, tmp: str | os.PathLike, env: dict | None = None, threads: int | None = None
             ) -> dict:
     """Measure ``config`` under each of :data:`RULES` and put the plan's per-phase prediction beside each: under
-    ``rules``, per rule ``measured_mib``, ``planned_mib`` (phase: MiB), ``run_seconds``, ``moved_mib`` and
+    ``rules``, per rule ``measured_mib``, ``planned_mib`` (phase: MiB; the plan plus ``host_mib``, the host
+    baseline that :func:`warm_up` measured), ``run_seconds``, ``moved_mib`` and
     ``move_seconds``, and where each model was in training."""
     report = {}
     for rule in RULES:
         got = measure(config.replace(idle_models=rule), Path(tmp) / f"run-{rule}", env, threads)
         report[rule] = {"measured_mib": {p: v / MIB for p, v in got["peaks"].items()},
-                        "planned_mib": {p: v * 1024 for p, v in got["planned"].items()},
+                        "planned_mib": {p: v * 1024 + got["host_bytes"] / MIB for p, v in got["planned"].items()},
+                        "host_mib": got["host_bytes"] / MIB,
                         "run_seconds": got["run_seconds"], "prompt_tokens": got["prompt_tokens"],
                         "moved_mib": sum(p["moved_bytes"] for p in got["phases"]) / MIB,
                         "move_seconds": sum(p["move_seconds"] for p in got["phases"]),
@@ -113,6 +132,8 @@ def format_residency(section: dict) -> str:
     for phase in next(iter(report.values()))["planned_mib"]:
         lines.append(f"{phase:<10}" + "".join(f"{r['measured_mib'].get(phase, float('nan')):>18.0f}"
                                                f"{r['planned_mib'][phase]:>17.0f}" for r in report.values()))
+    lines.append("planned: the plan's peak plus the host baseline (the run's tokenizers and prompts): " + ", ".join(
+        f"{k} {r['host_mib']:.0f} MiB" for k, r in report.items()))
     lines.append("run seconds: " + ", ".join(f"{k} {r['run_seconds']:.1f} (moving {r['move_seconds']:.1f}, "
                                              f"{r['moved_mib']:.0f} MiB)" for k, r in report.items()))
     return "\n".join(lines)

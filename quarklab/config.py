@@ -51,8 +51,8 @@ class QuarkConfig:
     # --- Models and data ---------------------------------------------------------------
     policy: str = knob("tiny-tldr", """Starting policy: a hub id, a local folder, or "tiny-tldr" (the offline
         world's SFT GPT-J).""")
-    reference: str | None = knob(None, """Frozen reference for the KL term, perplexity and iteration 1's samples;
-        None = same as policy.""")
+    reference: str | None = knob(None, """Frozen reference for the KL term, perplexity, iteration 1's samples and
+        iteration 0's evaluation; None = same as policy.""")
     task: TaskName = knob("tldr", """What the prompts are and how they are read (quarklab.tasks): "tldr" (a Reddit
         post in the TL;DR layout, summarized after "TL;DR:"; a too-long prompt loses the start of its post) or
         "continuation" (the opening of a text, continued; a too-long prompt keeps its end). It sets how prompts
@@ -106,9 +106,11 @@ class QuarkConfig:
         "mps".""", DEVICE)
     dtype: DType = knob("auto", """Weights and compute dtype: "auto" = bfloat16 on a GPU with it (float16 on
         other GPUs), float32 on CPU.""")
-    reference_dtype: DType | None = knob(None, """The reference model's dtype (perplexity, KL, iteration 1's samples);
-        None = ``dtype``. "float32" keeps an fp32 perplexity reference beside half-precision training, as ALT
-        loads its perplexity model.""")
+    reference_dtype: DType | None = knob(None, """The reference model's dtype (perplexity, KL); None = ``dtype``.
+        When it differs from ``dtype`` and the reference is the policy's model, the untrained policy generates
+        iteration 1's samples and iteration 0's evaluation in ``dtype`` instead (half the KV cache in bf16).
+        "float32" keeps an fp32 perplexity reference beside half-precision training, as ALT loads its perplexity
+        model.""")
     idle_models: IdleModels = knob("auto", """Where a model waits through a phase of the loop that does not use it
         (quarklab.residency): sampling uses the sampler's model, scoring the reward model, training the policy (and
         the reference when kl_coef > 0), evaluation all three. "keep" = on the device through every phase; "offload"

@@ -9,13 +9,24 @@ the rest is arithmetic over the config, per GPU:
   in its dtype (the reference in ``reference_dtype``);
 * training adds fp32 master weights (for half-precision weights), gradients (the model's, plus fp32 in
   the masters), AdamW's two fp32 moments, and the activations of one micro-batch;
-* sampling adds the KV cache of one ``generate`` call (``sample_batch_size`` sequences), or with
-  ``sampler="vllm"`` the engine's share of the GPU (``vllm_gpu_memory_utilization``: its weights and KV cache;
-  the engine is started for each iteration's sampling and stopped after it); evaluation the KV cache of one
-  ``eval_batch_size`` call or the perplexity's completion logits (whichever is larger); scoring the reward model's weights alone (its activations are small beside them);
+* sampling adds, in the sampling model's dtype (at iteration 1 the starting model's:
+  :func:`~quarklab.residency.start_model`), the KV cache of one ``generate`` call (``sample_batch_size``
+  sequences), the forward pass that fills it, and a sampling step's work on the next token's logits
+  (:data:`SAMPLING_BYTES_PER_LOGIT` per vocabulary entry of each sequence: float32 logits, top-p's sort with
+  int64 indices, softmax, cumulative sum; measured at 39 with transformers 5 on CPU). With ``sampler="vllm"``
+  it adds the engine's share of the GPU instead (``vllm_gpu_memory_utilization``: its weights and KV cache; the
+  engine is started for each iteration's sampling and stopped after it);
+* scoring adds the reward model's forward pass over one batch (:data:`~quarklab.reward_models.REWARD_BATCH_SIZE`
+  texts of ``reward_max_length`` tokens, or the model's context);
+* evaluation adds the largest of one ``eval_batch_size`` generation, the perplexity's completion logits and a
+  reward batch;
 * models moved between phases cross PCIe at :data:`PCIE_BYTES_PER_S` (per iteration: bytes and seconds).
 
-Activations per transformer block are ``27 * B * S * H`` values (measured with autograd's saved-tensor
+A forward pass without gradient holds about ``5 * B * S * F`` values at its peak, F the blocks' MLP width (the
+MLP's input and its activation function's temporaries; measured on GPT-J blocks under SDPA attention on CPU: 5.0
+to 5.3 at widths 256 and 512, in fp16 and fp32, over 275 and 550 tokens), whatever the depth: no block keeps its
+keys and values (the reward models run without a KV cache). In training, activations per transformer block are
+``27 * B * S * H`` values (measured with autograd's saved-tensor
 hooks on GPT-J under SDPA attention, which keeps no S x S matrix), or one ``B * S * H`` input per block
 plus one block recomputed with ``gradient_checkpointing``; the loss keeps about 12 bytes per completion
 logit (float32 log-softmax, its exponent, the kept-vocabulary copy). S is ``prompt_tokens`` plus the
@@ -36,11 +47,14 @@ import pandas as pd
 
 from .config import QuarkConfig
 from .errors import QuarkError
-from .residency import CPU, DEVICE, MODELS, idle_rule, placement
+from .reward_models import REWARD_BATCH_SIZE
+from .residency import CPU, DEVICE, MODELS, idle_rule, placement, start_model
 from .schedule import schedule_steps
 
 GB = 1024 ** 3
 ACTIVATION_VALUES_PER_BLOCK = 27  # x B * S * H, see the module docstring
+FORWARD_VALUES = 5  # x B * S * F (the MLP width) at the peak of a forward pass without gradient, see the docstring
+SAMPLING_BYTES_PER_LOGIT = 40  # per vocabulary entry of each sequence a sampling step draws for, see the docstring
 LOSS_BYTES_PER_LOGIT = 12
 PERPLEXITY_BATCH = 32  # rows per reference forward of evaluation's perplexity (quarklab.evaluation)
 HEADROOM = 0.9  # of a GPU's memory usable: CUDA context, allocator fragmentation
@@ -63,6 +77,8 @@ class Model:
     trainable: int
     blocks: int
     hidden: int
+    ffn: int  # the width of a block's MLP
+    context: int  # tokens it reads at once
     vocab: int
     block_params: int  # parameters of one transformer block
     lora_params: int   # rank-1 LoRA parameters over the trained blocks' linear layers (scale by the rank)
@@ -154,6 +170,7 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
+    from .models import context_length
     from .trainable import set_trainable, trained_blocks, transformer_blocks
 
     config = model_config(name)
@@ -167,8 +184,9 @@ def meta_model(name: str, trainable_fraction: float = 1.0, *, head: bool = True)
     vocab = model.get_input_embeddings().num_embeddings
     ends = {id(p): p for m in (model.get_input_embeddings(), model.get_output_embeddings() if head else None)
             if m is not None for p in m.parameters()}.values()  # a tied head shares the input rows
-    return Model(name, sum(p.numel() for p in model.parameters()), trainable, n_layers, config.hidden_size,
-                 vocab, sum(p.numel() for p in blocks[0].parameters()), lora,
+    ffn = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * config.hidden_size
+    return Model(name, sum(p.numel() for p in model.parameters()), trainable, n_layers, config.hidden_size, ffn,
+                 context_length(config), vocab, sum(p.numel() for p in blocks[0].parameters()), lora,
                  sum(p.numel() for p in ends) // vocab, sum(p.numel() for p in ends if p.requires_grad) // vocab)
 
 
@@ -217,12 +235,20 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     block_act = ACTIVATION_VALUES_PER_BLOCK * B * S * policy.hidden * wb
     activations = (policy.blocks * B * S * policy.hidden * wb + block_act if config.gradient_checkpointing
                    else policy.blocks * block_act) + LOSS_BYTES_PER_LOGIT * B * (C + 1) * policy.vocab
-    kv_cache = config.sample_batch_size * (prompt_tokens + C + 1) * policy.blocks * 2 * policy.hidden * wb
-    if config.sampler == "vllm":  # the engine's reservation holds its weights and KV cache
-        kv_cache = config.vllm_gpu_memory_utilization * gpu_memory_gb * GB
-    eval_cache = config.eval_batch_size * (prompt_tokens + config.eval_max_new_tokens + 1) * policy.blocks * 2 \
-        * policy.hidden * wb
-    perplexity = PERPLEXITY_BATCH * (config.eval_max_new_tokens + 1) * reference.vocab * LOSS_BYTES_PER_LOGIT
+    # sampling: the KV cache of one generate call and the forward pass filling it (one prompt per n samples), from
+    # the starting model at iteration 1 and the policy after; vLLM: the engine's reservation (its weights and KV cache)
+    samplers = {1: (reference, fb) if start_model(config) == "reference" else (policy, wb), 2: (policy, wb)}
+    prompts_per_call = max(1, config.sample_batch_size // config.samples_per_prompt)
+    kv_cache = {it: _kv_cache(m, config.sample_batch_size, prompt_tokens + C + 1, b) for it, (m, b) in samplers.items()}
+    sampling = {it: kv_cache[it] + _forward(m, prompts_per_call, prompt_tokens, b)
+                + SAMPLING_BYTES_PER_LOGIT * config.sample_batch_size * m.vocab for it, (m, b) in samplers.items()}
+    if config.sampler == "vllm":
+        kv_cache = sampling = dict.fromkeys(sampling, config.vllm_gpu_memory_utilization * gpu_memory_gb * GB)
+    scoring = _forward(reward, REWARD_BATCH_SIZE, config.reward_max_length or reward.context, rb) if reward else 0
+    evaluating = max(_kv_cache(policy, config.eval_batch_size, prompt_tokens + config.eval_max_new_tokens + 1, wb)
+                     + _forward(policy, config.eval_batch_size, prompt_tokens, wb),
+                     PERPLEXITY_BATCH * (config.eval_max_new_tokens + 1) * reference.vocab * LOSS_BYTES_PER_LOGIT,
+                     scoring)
     weights = {"policy": policy.params * wb, "reference": reference.params * fb,
                "reward": reward.params * rb if reward else 0}
     rule = idle_rule(config, device)
@@ -242,13 +268,15 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
         optimizer = trained * 8 / shard
         # pool_strategy "quark" keeps AdamW's moments between iterations: on the device unless parked
         idle = optimizer if config.pool_strategy == "quark" and (rule == "keep" or device == "cpu") else 0
-        extra = {"sample": kv_cache, "score": 0, "train": masters + grads + optimizer + activations - idle,
-                 "evaluate": max(eval_cache, perplexity)}  # every strategy samples and evaluates with the whole policy
+        extra = {"sample": sampling, "score": scoring, "train": masters + grads + optimizer + activations - idle,
+                 "evaluate": evaluating}  # every strategy samples and evaluates with the whole policy
         peaks = {p: max(sum((training if p == "train" else weights)[m] for m in held[p, it])
-                        for q, it in PHASE_ITERATIONS if q == p) + extra[p] + idle for p in PHASE_COLUMNS}
+                        + (extra[p][it] if p == "sample" else extra[p]) for q, it in PHASE_ITERATIONS if q == p)
+                 + idle for p in PHASE_COLUMNS}
         rows.append({"strategy": strategy, "gpus": n, "weights_gib": resident / GB, "masters_gib": masters / GB,
                      "grads_gib": grads / GB, "optimizer_gib": optimizer / GB, "activations_gib": activations / GB,
-                     "kv_cache_gib": kv_cache / GB, **{PHASE_COLUMNS[p]: v / GB for p, v in peaks.items()},
+                     "kv_cache_gib": max(kv_cache.values()) / GB,
+                     **{PHASE_COLUMNS[p]: v / GB for p, v in peaks.items()},
                      "fits": max(peaks.values()) <= HEADROOM * gpu_memory_gb * GB})
     table = pd.DataFrame(rows)
     prompts = config.prompts_per_iteration
@@ -272,8 +300,18 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
     return table, totals
 
 
+def _kv_cache(model: Model, rows: int, tokens: int, nbytes: int) -> float:
+    """Bytes of the keys and values of ``rows`` sequences of ``tokens`` in every block of ``model``."""
+    return rows * tokens * model.blocks * 2 * model.hidden * nbytes
+
+
+def _forward(model: Model, rows: int, tokens: int, nbytes: int) -> float:
+    """Bytes at the peak of a forward pass of ``model`` without gradient over ``rows`` x ``tokens``."""
+    return FORWARD_VALUES * rows * tokens * model.ffn * nbytes
+
+
 PHASE_ITERATIONS = (("sample", 1), ("sample", 2), ("score", 2), ("train", 2), ("evaluate", 2))
-"""The phases a plan looks at: iteration 1 samples from the reference, later ones from the policy."""
+"""The phases a plan looks at: iteration 1 samples from the starting model, later ones from the policy."""
 
 
 def _held(config: QuarkConfig, phase: str, iteration: int, device: str, engine: bool = False) -> tuple[str, ...]:
@@ -333,6 +371,8 @@ def report(table: pd.DataFrame, totals: dict, config: QuarkConfig, gpus: int, gp
              * bool(table["train_peak_gib"].min() > limit)
              + ["for sampling: a smaller sample_batch_size (the KV cache), or a larger GPU"]
              * bool(table["sample_peak_gib"].min() > limit)
+             + ["for evaluation: a smaller eval_batch_size, a reference_dtype in half precision, or a larger GPU"]
+             * bool(table["eval_peak_gib"].min() > limit)
              + ["idle_models='offload' (each phase holds only the models it uses)"] * (totals["idle_models"] == "keep"))
     lines.append(f"fits in {HEADROOM:.0%} of {gpu_memory_gb:g} GiB: " + (", ".join(fitting) if fitting else
                  "none; try " + "; ".join(hints)))

@@ -1,9 +1,11 @@
 """The Quark loop: sample, score, assign quantiles, pool, train, evaluate; resumable at any point.
 
-Iteration 0 evaluates the reference (SFT) model. Iteration ``i >= 1``:
+Iteration 0 evaluates the starting (SFT) model, recorded as "reference". Iteration ``i >= 1``:
 
 1. sample ``prompts_per_iteration x samples_per_prompt`` completions: iteration 1 from the
-   reference without a token, later ones from the policy conditioned on token 0;
+   starting model without a token (the reference, or the untrained policy when the reference is the
+   same model in another dtype: :func:`~quarklab.residency.start_model`), later ones from the policy
+   conditioned on token 0;
 2. score them, assign quantiles (local per prompt or global) and write the pool file;
 3. train on the pool (ALT: this iteration's rows, ``per_quantile_per_prompt`` drawn per quantile
    per prompt, finished completions first, with a fresh optimizer; Quark: every pool so far,
@@ -42,7 +44,7 @@ from .evaluation import every_token, scored_samples, summary_table
 from .hub import resolve_model
 from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
 from .quantiles import assign_by_scope, select_per_quantile
-from .residency import Residency
+from .residency import Residency, start_model
 from .rewards import config_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
@@ -210,7 +212,7 @@ def _run(config: QuarkConfig, run_dir: Path, dist: Dist, tracker: tracking.Track
     start = time.perf_counter()
     if not dist.decide(lambda: runs.has_metrics(run_dir, 0, "eval")):
         with stage("evaluate"):
-            _evaluate(s, 0, [None], "reference", progress)
+            _evaluate(s, 0, progress)
         _summary(s, 0, start, progress)
     for it in tqdm(range(1, config.iterations + 1), desc="Quark iterations", disable=not progress):
         start = time.perf_counter()
@@ -220,7 +222,7 @@ def _run(config: QuarkConfig, run_dir: Path, dist: Dist, tracker: tracking.Track
             _train(s, it, progress)
         if not dist.decide(lambda: runs.has_metrics(run_dir, it, "eval")):
             with stage("evaluate"):
-                _evaluate(s, it, None, "policy", progress)
+                _evaluate(s, it, progress)
             _summary(s, it, start, progress)
     if config.final_protocol:
         device = s.dist.device or resolve_device(config.device)
@@ -258,7 +260,8 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         if c.sampler == "vllm":
             pool, engine = _sample_vllm(s, it, mine, params, on)
         else:
-            pool, engine = _sample_hf(s, s.reference if it == 1 else s.policy, mine, params, on, progress)
+            pool, engine = _sample_hf(s, getattr(s, start_model(c) if it == 1 else "policy"), mine, params, on,
+                                      progress)
     with stage("score"), s.holding("score", it):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
@@ -281,7 +284,7 @@ def _sample_hf(s: Session, model, prompts: pd.DataFrame, params: SamplingParams,
 
 def _sample_vllm(s: Session, it: int, prompts: pd.DataFrame, params: SamplingParams, on: dict
                  ) -> tuple[pd.DataFrame, str]:
-    """The pool from a vLLM engine, and which engine: iteration 1 from the reference, later ones from the previous
+    """The pool from a vLLM engine, and which engine: iteration 1 from the starting model, later ones from the previous
     iteration's checkpoint (``on``: the token and the suppressed ids); one engine per iteration, stopped as soon
     as it has sampled (training and evaluation get its memory back)."""
     from .vllm_backend import VLLMSampler
@@ -361,19 +364,22 @@ def _train(s: Session, it: int, progress: bool) -> None:
     s.done = it
 
 
-def _evaluate(s: Session, it: int, tokens: list | None, name: str, progress: bool) -> None:
-    """Evaluate the session's model ``name`` ("reference" or "policy") at iteration ``it``."""
+def _evaluate(s: Session, it: int, progress: bool) -> None:
+    """Evaluate iteration ``it``: at 0 the starting model without a token (recorded as "reference"), after it the
+    policy on every token and none."""
     with s.holding("evaluate", it):
-        _evaluate_held(s, it, getattr(s, name), tokens, name, progress)
+        _evaluate_held(s, it, progress)
 
 
-def _evaluate_held(s: Session, it: int, model, tokens: list | None, name: str, progress: bool) -> None:
+def _evaluate_held(s: Session, it: int, progress: bool) -> None:
     c = s.config
+    # iteration 0 is evaluated before any training (the policy is the starting model while nothing is trained)
+    model = getattr(s, "policy" if it > 0 or s.done == 0 and start_model(c) == "policy" else "reference")
+    name, tokens = ("reference", [None]) if it == 0 else ("policy", every_token(s.control_ids))
     modes = [SamplingParams.from_config(c, "greedy")]
     if c.eval_sampled_n:
         modes.append(SamplingParams.from_config(c, "sampled", seed=_seed(c, it, 4)))
-    control_ids = s.control_ids if tokens is None else []
-    tokens = tokens if tokens is not None else every_token(control_ids)
+    control_ids = s.control_ids if model is s.policy else []  # the policy's quantile tokens: suppressed
     summaries, samples = [], []
     for params in modes:  # each process scores its share of the prompts; the main process summarizes them all
         mode = "sampled" if params.do_sample else "greedy"

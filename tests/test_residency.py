@@ -17,9 +17,12 @@ TINY = ["iterations=2", "prompts_per_iteration=6", "samples_per_prompt=8", "max_
 
 def test_each_phase_holds_only_the_models_it_uses_on_a_gpu():
     alt = preset("tldr-gptj")  # kl_coef 0, as ALT
-    assert needs(alt, "sample", 1) == ("reference",) and needs(alt, "sample", 2) == ("policy",)
+    # the starting model generates as the untrained policy in its bf16, not as the fp32 perplexity reference
+    assert needs(alt, "sample", 1) == ("policy",) and needs(alt, "sample", 2) == ("policy",)
     assert needs(alt, "score", 3) == ("reward",) and needs(alt, "train", 3) == ("policy",)
-    assert needs(alt, "evaluate", 0) == ("reference", "reward")
+    assert needs(alt, "evaluate", 0) == needs(alt, "evaluate", 1) == ("policy", "reference", "reward")
+    for same in (alt.replace(reference_dtype=None), alt.replace(reference="EleutherAI/gpt-j-6b")):
+        assert needs(same, "sample", 1) == ("reference",) and needs(same, "evaluate", 0) == ("reference", "reward")
     assert needs(alt.replace(kl_coef=0.05), "train", 3) == ("policy", "reference")
     assert needs(alt.replace(sampler="vllm"), "sample", 2) == ()  # the engine loads the checkpoint itself
     assert placement(alt, "train", 2, "cuda") == {"policy": DEVICE, "reference": CPU, "reward": CPU}  # auto: offload
@@ -62,8 +65,10 @@ def test_released_models_are_gone_in_training_and_the_run_is_the_same_bytes(worl
     assert json.loads((tmp_path / "release" / runs.CONFIG).read_text())["idle_models"] == "release"
 
 
-# The tldr-gptj preset on its stand-ins (28 GPT-J blocks, GPT-J 6B's 50,400-row vocabulary) 256 wide, one iteration
-STANDIN = ["dataset=tiny-tldr", "iterations=1", "prompts_per_iteration=3", "samples_per_prompt=10", "max_new_tokens=10",
+# The tldr-gptj preset on its stand-ins (28 GPT-J blocks, GPT-J 6B's 50,400-row vocabulary) 256 wide, one iteration.
+# The random stand-in samples filler entries whose text re-tokenizes to ~11 ids each, so ALT's re-tokenized targets
+# and perplexity would train and score 115 tokens where 10 were sampled: the sampled ids keep the sizes the plan counts.
+STANDIN = ["train_targets=sampled", "perplexity=sampled-ids", "dataset=tiny-tldr", "iterations=1", "prompts_per_iteration=3", "samples_per_prompt=10", "max_new_tokens=10",
            "eval_prompts=4", "eval_max_new_tokens=10", "sample_batch_size=30", "eval_batch_size=8", "dtype=bfloat16",
            "final_protocol=None", "gradient_checkpointing=true", "epochs_per_iteration=1", "device=cpu"]
 
@@ -91,14 +96,16 @@ def test_released_reference_and_reward_model_leave_trainings_memory(measured):
     assert keep["moved_mib"] == 0 and release["moved_mib"] > planned  # released before training, loaded again after
 
 
-def test_what_releasing_saves_in_each_phase_is_within_a_quarter_of_the_plan(measured):
-    """Per phase, the peak saved by releasing the idle models (kept minus released, measured) against the plan's
-    difference: the models each phase lets go of. The absolute peaks on CPU also hold a few hundred MiB the plan
-    does not model (the tokenizers and data the run loads, allocator slack; benchmarks.residency reports them)."""
+def test_each_phases_measured_peak_is_within_a_quarter_of_the_plan(measured):
+    """Per phase and rule, the peak resident memory the run reached against the plan's figure for the same sizes
+    (plus the host baseline: the run's tokenizers and prompt tables, which a CPU run holds and a GPU plan leaves
+    out; measured on its own, about 40 MiB here). Before the reward models ran without a KV cache and the plan
+    counted the reward's forward pass, scoring measured twice its plan."""
+    for rule, got in measured.items():
+        for phase, planned in got["planned_mib"].items():
+            peak = got["measured_mib"][phase]
+            assert abs(peak - planned) <= 0.25 * planned, (rule, phase, peak, planned)
+    assert 0 < measured["keep"]["host_mib"] < 150
     keep, release = measured["keep"], measured["release"]
-    for phase in ("sample", "score", "train"):
-        saved = keep["measured_mib"][phase] - release["measured_mib"][phase]
-        planned = keep["planned_mib"][phase] - release["planned_mib"][phase]
-        assert planned > 50 and abs(saved - planned) <= 0.25 * planned, (phase, saved, planned)
     assert abs(keep["measured_mib"]["evaluate"] - release["measured_mib"]["evaluate"]) < 0.1 * \
         keep["measured_mib"]["evaluate"]  # evaluation holds all three either way
