@@ -126,7 +126,9 @@ def test_every_process_holds_the_same_weights_as_one_process_accumulating(world,
 ENGINES = {"zero2": {"engine": "deepspeed", "distributed_type": "DEEPSPEED", "zero_stage": 2, "held_fraction": 1.0},
            "zero3": {"engine": "deepspeed", "distributed_type": "DEEPSPEED", "zero_stage": 3, "held_fraction": 0.5},
            "fsdp": {"engine": "fsdp", "distributed_type": "FSDP", "zero_stage": None, "held_fraction": 0.5}}
-ENGINE_SETS = {"fsdp": ("dtype=float32",)}  # FSDP keeps float32 shards as master weights
+# FSDP keeps float32 shards as master weights. ZeRO-3 and FSDP release the reference and reward model whenever a phase
+# does not use them (the engine keeps its shards of the policy), so that path runs under a sharding engine too.
+ENGINE_SETS = {"zero3": ("idle_models=release",), "fsdp": ("dtype=float32", "idle_models=release")}
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,7 @@ def test_each_engine_really_runs_and_leaves_a_run_like_one_process(engine_runs, 
     checkpoint (the policy's dtype) that loads and generates."""
     run_dir, (one, _, _) = engine_runs[config], two_runs
     assert runs.read_trained_by(run_dir, 2) == {**ENGINES[config], "processes": 2, "backend": "gloo"}
+    assert runs.read_config(run_dir).idle_models == ("release" if config in ENGINE_SETS else "auto")
     m, m1 = runs.read_metrics(run_dir), runs.read_metrics(one)
     key = ["iteration", "kind", "mode", "token", "n"]
     ev, ev1 = (x[x["kind"] == "eval"][key].astype(str).reset_index(drop=True) for x in (m, m1))
