@@ -4,7 +4,6 @@ unreachable, a folder without weights: each one clear error, at once; a hub id i
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import quarklab as ql
+from quarklab.testing import cache_repo
 
 
 @pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing", "a/b/c"])
@@ -39,13 +39,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def _hub_cache(root: Path, repo_id: str, repo_type: str, files: dict[str, Path]) -> Path:
     """A local hub cache holding ``repo_id`` at COMMIT, laid out as huggingface_hub writes it."""
-    repo = root / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for name, src in files.items():
-        shutil.copy(src, snapshot / name)
+    cache_repo(root, repo_id, files, repo_type=repo_type, commit=COMMIT)
     return root
 
 

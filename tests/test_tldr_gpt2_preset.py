@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +20,11 @@ from safetensors.torch import load_file
 import quarklab as ql
 from quarklab import runs
 from quarklab.config import preset
+from quarklab.testing import cache_repo
 
 POLICY, RM = "gpt2", "OpenAssistant/reward-model-deberta-v3-large-v2"
 SIZES = ["dataset=tiny-tldr", "iterations=1", "prompts_per_iteration=3", "samples_per_prompt=10",
          "max_new_tokens=10", "eval_prompts=4", "eval_max_new_tokens=10", "sample_batch_size=30", "eval_batch_size=8"]
-
-
-def cache_repo(cache: Path, repo_id: str, folder: Path) -> None:
-    """Put ``folder``'s files into ``cache`` as huggingface_hub lays out a downloaded snapshot (refs/main)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    for f in folder.iterdir():
-        shutil.copy(f, snapshot / f.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
 
 
 def standins(world, root: Path) -> tuple[Path, Path]:
@@ -66,8 +55,8 @@ def hub_cache(world, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gpt2-standins")
     policy, rm = standins(world, root)
     cache = root / "hub"
-    cache_repo(cache, POLICY, policy)
-    cache_repo(cache, RM, rm)
+    for repo_id, folder in ((POLICY, policy), (RM, rm)):
+        cache_repo(cache, repo_id, {f.name: f for f in folder.iterdir()})
     return cache
 
 

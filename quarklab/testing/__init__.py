@@ -2,6 +2,6 @@
 tiny world in seconds: what the suite and the GPU rehearsal load through the same code paths as the real ones.
 Nothing in the library imports this package."""
 
-from .standins import carper_reward_model, gptj_standin, tldr_gptj_hub_cache
+from .standins import cache_repo, carper_reward_model, gptj_standin, tldr_gptj_hub_cache
 
-__all__ = ["carper_reward_model", "gptj_standin", "tldr_gptj_hub_cache"]
+__all__ = ["cache_repo", "carper_reward_model", "gptj_standin", "tldr_gptj_hub_cache"]

@@ -198,18 +198,20 @@ TLDR_GPTJ_IDS = ("CarperAI/openai_summarize_tldr_sft", "CarperAI/openai_summariz
 """The hub repositories of the ``tldr-gptj`` preset's policy and value-head reward model."""
 
 
-def cache_repo(cache: str | os.PathLike, repo_id: str, files: dict[str, Path]) -> None:
+def cache_repo(cache: str | os.PathLike, repo_id: str, files: dict[str, Path], *, repo_type: str = "model",
+               commit: str = "0" * 40) -> None:
     """Put ``files`` (name: source path) into the hub cache ``cache`` as huggingface_hub lays out a downloaded
-    snapshot of model repository ``repo_id`` (``refs/main`` naming the snapshot)."""
+    snapshot of repository ``repo_id`` (``repo_type`` "model" or "dataset") at ``commit``, which ``refs/main``
+    names; more files may be added to the same snapshot by another call."""
     import shutil
 
-    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
+    repo = Path(cache) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
     for name, src in files.items():
         shutil.copy(src, snapshot / name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
 
 
 def tldr_gptj_hub_cache(root: str | os.PathLike, *, n_embd: int = 64, n_rows: int = 64,
