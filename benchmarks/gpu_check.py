@@ -20,9 +20,15 @@ Stages, each in the order a Quark iteration meets them:
    and the dtypes it used;
 6. ``zero2``: ``accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 1 quarklab train``
    for one iteration of one optimizer step: its wall time, its peak device memory, and what trained it
-   (``trained_by.json``: DeepSpeed, stage 2).
+   (``trained_by.json``: DeepSpeed, stage 2);
+7. ``residency``: one iteration of the ``tldr-gptj`` loop on its stand-ins (28 GPT-J blocks, 1,024 wide; the
+   CarperAI value-head reward model on the same backbone; ``--small``: 64 wide) under ``idle_models`` "keep",
+   "offload" and "release" (``--small``: "keep" and "release"), each in a fresh process
+   (:mod:`benchmarks.residency`): each phase's peak beside the plan's for the same sizes, where each model was,
+   and the bytes and seconds the moves took.
 
-Peak memory is torch's peak allocation in this process for stages 2-3, and the device's (GPU: ``nvidia-smi``'s
+Peak memory is torch's peak allocation in this process for stages 2-3 and per phase in stage 7 (on a CPU, the
+resident set above the run's start), and the device's (GPU: ``nvidia-smi``'s
 memory.used, sampled every 0.2 s; CPU: the resident set of the process tree) for stages 4-5, whose memory lives
 in other processes. The plan's figures are for one GPU, the same settings and the measured prompt length.
 """
@@ -187,6 +193,7 @@ def check(out: Path, small: bool, workdir: Path) -> dict:
     stages["sample.vllm"] = vllm_stage(folder, prompts, params, config, device)
     stages["protocol"] = protocol_stage(folder, device, prompts=2 if small else 16)
     stages["zero2"] = zero2_stage(config, workdir, device)
+    stages["residency"] = residency_stage(workdir, device, small)
 
     gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB if device.type == "cuda" else 80.0
     table, _ = plan(config, gpus=1, gpu_memory_gb=gpu_gib, prompt_tokens=prompt_tokens)
@@ -261,6 +268,25 @@ def zero2_stage(config, workdir: Path, device: torch.device) -> dict:
         return {"failed": err[-2000:]}
     return {"seconds": round(seconds, 1), "device_peak_gib": round(mem.peak, 2),
             "trained_by": runs.read_trained_by(run_dir, 1)}
+
+
+def residency_stage(workdir: Path, device: torch.device, small: bool) -> dict:
+    """Each phase's peak of one stand-in ``tldr-gptj`` iteration under each ``idle_models`` rule, beside the plan's."""
+    from benchmarks.residency import STANDIN, compare
+    from quarklab.testing import tldr_gptj_hub_cache
+
+    cache = tldr_gptj_hub_cache(workdir / "standins", n_embd=64 if small else 1024, n_rows=8)
+    config = preset("tldr-gptj").with_overrides(STANDIN + [f"device={device.type}"])
+    rules = ("keep", "release") if small else ("keep", "offload", "release")
+    t0 = time.perf_counter()
+    try:
+        report = compare(config, workdir / "residency", env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
+                         rules=rules)
+    except Exception as exc:  # a failed measurement is a finding of the check, not the end of it
+        from quarklab.errors import describe
+
+        return {"failed": describe(exc)}
+    return {"seconds": round(time.perf_counter() - t0, 1), **report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,12 +30,20 @@ from quarklab.errors import QuarkError
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("keep", "release")
 MIB = 2 ** 20
+STANDIN = ["train_targets=sampled", "perplexity=sampled-ids", "dataset=tiny-tldr", "iterations=1",
+           "prompts_per_iteration=3", "samples_per_prompt=10", "max_new_tokens=10", "eval_prompts=4",
+           "eval_max_new_tokens=10", "sample_batch_size=30", "eval_batch_size=8", "dtype=bfloat16",
+           "final_protocol=None", "gradient_checkpointing=true", "epochs_per_iteration=1"]
+"""Settings over the ``tldr-gptj`` preset for one iteration on its stand-ins (:func:`quarklab.testing.
+tldr_gptj_hub_cache`: 28 GPT-J blocks, GPT-J 6B's 50,400-row vocabulary). A random stand-in samples filler
+entries whose text re-tokenizes to about 11 ids each, so ALT's re-tokenized targets and perplexity would train and
+score 115 tokens where 10 were sampled: training and perplexity on the sampled ids keep the sizes the plan counts."""
 
 
 def measure(config: QuarkConfig, run_dir: str | os.PathLike, env: dict | None = None, threads: int | None = None
             ) -> dict:
     """Run ``config`` in ``run_dir`` in a fresh process (``env`` added to its environment); what it measured:
-    ``peaks`` (bytes above the starting resident size, per phase), ``phases`` (per phase entered: where each model
+    ``peaks`` (per phase: bytes above the starting resident size, or on a CUDA device torch's peak allocation), ``phases`` (per phase entered: where each model
     was, bytes moved and seconds spent moving), ``run_seconds``, ``prompt_tokens`` (the longest pool prompt), and
     ``planned`` (the plan's GiB per phase for a CPU at that prompt length, from the model configs the run read)."""
     out = Path(run_dir).with_suffix(".json")
@@ -87,32 +95,34 @@ def _child(config_json: str, run_dir: str, out: str, threads: int) -> None:
 
     from quarklab import quark, residency, runs
     from quarklab.files import atomic_write_json
+    from quarklab.models import resolve_device
     from quarklab.plan import PHASE_COLUMNS, plan
 
     if threads:
         torch.set_num_threads(threads)
     config = QuarkConfig.from_dict(json.loads(config_json))
     host = warm_up(config)
+    gpu = resolve_device(config.device).type == "cuda"  # then torch's peak allocation on the GPU per phase
     with residency.watch(memory=True) as record:
         t0 = time.perf_counter()
         quark.run(config, run_dir, progress=False)
         seconds = time.perf_counter() - t0
     prompt_tokens = int(pd.read_parquet(runs.pool_path(run_dir, 1))["prompt_ids"].map(len).max())
-    table, _ = plan(config, prompt_tokens=prompt_tokens, device="cpu")
+    table, _ = plan(config, prompt_tokens=prompt_tokens, device="cuda" if gpu else "cpu")
     one = table.set_index("strategy").loc["1 GPU"]
-    atomic_write_json(out, {"peaks": record.peaks, "phases": record.phases, "run_seconds": seconds,
-                            "prompt_tokens": prompt_tokens, "host_bytes": host,
+    atomic_write_json(out, {"peaks": record.device_peaks if gpu else record.peaks, "phases": record.phases,
+                            "run_seconds": seconds, "prompt_tokens": prompt_tokens, "host_bytes": 0 if gpu else host,
                             "planned": {p: float(one[c]) for p, c in PHASE_COLUMNS.items()}})
 
 
-def compare(config: QuarkConfig, tmp: str | os.PathLike, env: dict | None = None, threads: int | None = None
-            ) -> dict:
-    """Measure ``config`` under each of :data:`RULES` and put the plan's per-phase prediction beside each: under
+def compare(config: QuarkConfig, tmp: str | os.PathLike, env: dict | None = None, threads: int | None = None,
+            rules: tuple[str, ...] = RULES) -> dict:
+    """Measure ``config`` under each of ``rules`` (``idle_models``) and put the plan's per-phase prediction beside each: under
     ``rules``, per rule ``measured_mib``, ``planned_mib`` (phase: MiB; the plan plus ``host_mib``, the host
     baseline that :func:`warm_up` measured), ``run_seconds``, ``moved_mib`` and
     ``move_seconds``, and where each model was in training."""
     report = {}
-    for rule in RULES:
+    for rule in rules:
         got = measure(config.replace(idle_models=rule), Path(tmp) / f"run-{rule}", env, threads)
         report[rule] = {"measured_mib": {p: v / MIB for p, v in got["peaks"].items()},
                         "planned_mib": {p: v * 1024 + got["host_bytes"] / MIB for p, v in got["planned"].items()},

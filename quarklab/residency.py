@@ -159,15 +159,19 @@ def _to(value, device: torch.device):
 
 class PhaseRecord:
     """The phases entered under :func:`watch`: ``phases`` lists each one's iteration, name, where each model was, and
-    the bytes moved (or reloaded) and seconds spent arranging the models as it began;
+    the bytes moved (or reloaded) and seconds spent arranging the models as it began (with ``memory``, also
+    ``start_bytes``: the resident memory above ``base`` once they were arranged);
     with ``memory``, ``peaks`` holds the peak resident memory of each phase name, in bytes above ``base`` (the
-    resident memory when the watch began). Linux: ``VmHWM`` of /proc/self/status, the kernel's peak having been reset to the current resident size
-    (``echo 5 > /proc/self/clear_refs``, Linux 4.0+) as the phase began."""
+    resident memory when the watch began), and on a CUDA device ``device_peaks`` torch's peak allocation on it
+    (every tensor on the device: the plan's figure). Linux: ``VmHWM`` of /proc/self/status, the kernel's peak
+    having been reset to the current resident size (``echo 5 > /proc/self/clear_refs``, Linux 4.0+) as the phase
+    began, as CUDA's peak is (``torch.cuda.reset_peak_memory_stats``)."""
 
     def __init__(self, memory: bool):
         self.memory = memory
         self.phases: list[dict] = []
         self.peaks: dict[str, int] = {}
+        self.device_peaks: dict[str, int] = {}
         self.base = _status("VmRSS") if memory else 0
 
     def enter(self, entry: dict) -> None:
@@ -177,13 +181,23 @@ class PhaseRecord:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
             entry["start_bytes"] = _status("VmRSS") - self.base
+            if _on_cuda():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
 
     def exit(self, name: str) -> None:
         if self.memory:
             self.peaks[name] = max(self.peaks.get(name, 0), _status("VmHWM") - self.base)
+            if _on_cuda():
+                torch.cuda.synchronize()
+                self.device_peaks[name] = max(self.device_peaks.get(name, 0), torch.cuda.max_memory_allocated())
 
 
 _WATCH: list[PhaseRecord] = []
+
+
+def _on_cuda() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def _status(field: str) -> int:

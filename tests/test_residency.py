@@ -65,24 +65,16 @@ def test_released_models_are_gone_in_training_and_the_run_is_the_same_bytes(worl
     assert json.loads((tmp_path / "release" / runs.CONFIG).read_text())["idle_models"] == "release"
 
 
-# The tldr-gptj preset on its stand-ins (28 GPT-J blocks, GPT-J 6B's 50,400-row vocabulary) 256 wide, one iteration.
-# The random stand-in samples filler entries whose text re-tokenizes to ~11 ids each, so ALT's re-tokenized targets
-# and perplexity would train and score 115 tokens where 10 were sampled: the sampled ids keep the sizes the plan counts.
-STANDIN = ["train_targets=sampled", "perplexity=sampled-ids", "dataset=tiny-tldr", "iterations=1", "prompts_per_iteration=3", "samples_per_prompt=10", "max_new_tokens=10",
-           "eval_prompts=4", "eval_max_new_tokens=10", "sample_batch_size=30", "eval_batch_size=8", "dtype=bfloat16",
-           "final_protocol=None", "gradient_checkpointing=true", "epochs_per_iteration=1", "device=cpu"]
-
-
 @pytest.fixture(scope="module")
 def measured(world, tmp_path_factory) -> dict:
     """Each phase's peak memory of a stand-in tldr-gptj run on CPU, every model kept and idle ones released, each
     in a fresh process (:mod:`benchmarks.residency`), beside the plan's figures for the same sizes."""
-    from benchmarks.residency import compare
+    from benchmarks.residency import STANDIN, compare
     from quarklab.testing import tldr_gptj_hub_cache
 
     root = tmp_path_factory.mktemp("residency")
     cache = tldr_gptj_hub_cache(root / "standins", n_embd=256, n_rows=8, world=world)
-    config = preset("tldr-gptj").with_overrides(STANDIN)
+    config = preset("tldr-gptj").with_overrides(STANDIN + ["device=cpu"])
     return compare(config, root, env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}, threads=1)["rules"]
 
 
