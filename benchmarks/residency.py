@@ -120,7 +120,7 @@ def compare(config: QuarkConfig, tmp: str | os.PathLike, env: dict | None = None
     """Measure ``config`` under each of ``rules`` (``idle_models``) and put the plan's per-phase prediction beside each: under
     ``rules``, per rule ``measured_mib``, ``planned_mib`` (phase: MiB; the plan plus ``host_mib``, the host
     baseline that :func:`warm_up` measured), ``run_seconds``, ``moved_mib`` and
-    ``move_seconds``, where each model was in each phase (``holds``, by "ITERATION PHASE") and in training (``train_holds``)."""
+    ``move_seconds``, and where each model was in each phase (``holds``, by "ITERATION PHASE")."""
     report = {}
     for rule in rules:
         got = measure(config.replace(idle_models=rule), Path(tmp) / f"run-{rule}", env, threads)
@@ -132,7 +132,6 @@ def compare(config: QuarkConfig, tmp: str | os.PathLike, env: dict | None = None
                         "move_seconds": sum(p["move_seconds"] for p in got["phases"]),
                         "holds": {f"{p['iteration']} {p['phase']}": {m: p[m] for m in ("policy", "reference", "reward")}
                                   for p in got["phases"]}}
-        report[rule]["train_holds"] = [h for k, h in report[rule]["holds"].items() if k.endswith(" train")]
     return {"rules": report, "how": __doc__.split("\n\n")[1].replace("\n", " ")}
 
 

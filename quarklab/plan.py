@@ -10,7 +10,7 @@ the rest is arithmetic over the config, per GPU:
 * training adds fp32 master weights (for half-precision weights), gradients (the model's, plus fp32 in
   the masters), AdamW's two fp32 moments, and the activations of one micro-batch;
 * sampling adds, in the sampling model's dtype (at iteration 1 the starting model's:
-  :func:`~quarklab.residency.start_model`), the KV cache of one ``generate`` call (``sample_batch_size``
+  :func:`~quarklab.residency.generator`), the KV cache of one ``generate`` call (``sample_batch_size``
   sequences), the forward pass that fills it, and a sampling step's work on the next token's logits
   (:data:`SAMPLING_BYTES_PER_LOGIT` per vocabulary entry of each sequence: float32 logits, top-p's sort with
   int64 indices, softmax, cumulative sum; measured at 39 with transformers 5 on CPU). With ``sampler="vllm"``
@@ -48,7 +48,7 @@ import pandas as pd
 from .config import QuarkConfig
 from .errors import QuarkError
 from .reward_models import REWARD_BATCH_SIZE
-from .residency import CPU, DEVICE, MODELS, idle_rule, placement, start_model
+from .residency import CPU, DEVICE, MODELS, generator, idle_rule, placement
 from .schedule import schedule_steps
 
 GB = 1024 ** 3
@@ -237,7 +237,7 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
                    else policy.blocks * block_act) + LOSS_BYTES_PER_LOGIT * B * (C + 1) * policy.vocab
     # sampling: the KV cache of one generate call and the forward pass filling it (one prompt per n samples), from
     # the starting model at iteration 1 and the policy after; vLLM: the engine's reservation (its weights and KV cache)
-    samplers = {1: (reference, fb) if start_model(config) == "reference" else (policy, wb), 2: (policy, wb)}
+    samplers = {it: (reference, fb) if generator(config, "sample", it) == "reference" else (policy, wb) for it in (1, 2)}
     prompts_per_call = max(1, config.sample_batch_size // config.samples_per_prompt)
     kv_cache = {it: _kv_cache(m, config.sample_batch_size, prompt_tokens + C + 1, b) for it, (m, b) in samplers.items()}
     sampling = {it: kv_cache[it] + _forward(m, prompts_per_call, prompt_tokens, b)
@@ -268,11 +268,11 @@ def plan(config: QuarkConfig, *, gpus: int = 1, gpu_memory_gb: float = 80.0, pro
         optimizer = trained * 8 / shard
         # pool_strategy "quark" keeps AdamW's moments between iterations: on the device unless parked
         idle = optimizer if config.pool_strategy == "quark" and (rule == "keep" or device == "cpu") else 0
-        extra = {"sample": sampling, "score": scoring, "train": masters + grads + optimizer + activations - idle,
-                 "evaluate": evaluating}  # every strategy samples and evaluates with the whole policy
-        peaks = {p: max(sum((training if p == "train" else weights)[m] for m in held[p, it])
-                        + (extra[p][it] if p == "sample" else extra[p]) for q, it in PHASE_ITERATIONS if q == p)
-                 + idle for p in PHASE_COLUMNS}
+        extra = {("sample", 1): sampling[1], ("sample", 2): sampling[2], ("score", 2): scoring,
+                 ("train", 2): masters + grads + optimizer + activations - idle,
+                 ("evaluate", 2): evaluating}  # every strategy samples and evaluates with the whole policy
+        peaks = {p: max(sum((training if p == "train" else weights)[m] for m in held[p, it]) + extra[p, it]
+                        for q, it in PHASE_ITERATIONS if q == p) + idle for p in PHASE_COLUMNS}
         rows.append({"strategy": strategy, "gpus": n, "weights_gib": resident / GB, "masters_gib": masters / GB,
                      "grads_gib": grads / GB, "optimizer_gib": optimizer / GB, "activations_gib": activations / GB,
                      "kv_cache_gib": max(kv_cache.values()) / GB,

@@ -4,7 +4,7 @@ Iteration 0 evaluates the starting (SFT) model, recorded as "reference". Iterati
 
 1. sample ``prompts_per_iteration x samples_per_prompt`` completions: iteration 1 from the
    starting model without a token (the reference, or the untrained policy when the reference is the
-   same model in another dtype: :func:`~quarklab.residency.start_model`), later ones from the policy
+   same model in another dtype: :func:`~quarklab.residency.generator`), later ones from the policy
    conditioned on token 0;
 2. score them, assign quantiles (local per prompt or global) and write the pool file;
 3. train on the pool (ALT: this iteration's rows, ``per_quantile_per_prompt`` drawn per quantile
@@ -44,7 +44,7 @@ from .evaluation import every_token, scored_samples, summary_table
 from .hub import resolve_model
 from .models import load_policy, load_tokenizer, resolve_device, resolve_dtype
 from .quantiles import assign_by_scope, select_per_quantile
-from .residency import Residency, start_model
+from .residency import Residency, generator
 from .rewards import config_reward
 from .stages import stage
 from .tokens import add_quantile_tokens, quantile_token_ids
@@ -260,8 +260,7 @@ def _sample_pool(s: Session, it: int, progress: bool) -> None:
         if c.sampler == "vllm":
             pool, engine = _sample_vllm(s, it, mine, params, on)
         else:
-            pool, engine = _sample_hf(s, getattr(s, start_model(c) if it == 1 else "policy"), mine, params, on,
-                                      progress)
+            pool, engine = _sample_hf(s, getattr(s, generator(c, "sample", it)), mine, params, on, progress)
     with stage("score"), s.holding("score", it):
         pool["reward"] = s.reward(pool["prompt"].tolist(), pool["completion"].tolist())
     with stage("pool"):
@@ -374,7 +373,7 @@ def _evaluate(s: Session, it: int, progress: bool) -> None:
 def _evaluate_held(s: Session, it: int, progress: bool) -> None:
     c = s.config
     # iteration 0 is evaluated before any training (the policy is the starting model while nothing is trained)
-    model = getattr(s, "policy" if it > 0 or s.done == 0 and start_model(c) == "policy" else "reference")
+    model = getattr(s, generator(c, "evaluate", it) if it > 0 or not s.done else "reference")
     name, tokens = ("reference", [None]) if it == 0 else ("policy", every_token(s.control_ids))
     modes = [SamplingParams.from_config(c, "greedy")]
     if c.eval_sampled_n:

@@ -3,7 +3,7 @@
 No phase needs the policy, the reference and the reward model at once but evaluation:
 
 * ``sample``: the policy; none with ``sampler="vllm"`` (the engine loads the weights itself, and is stopped once it
-  has sampled). Iteration 1 samples the starting model without a token (:func:`start_model`): the reference, or
+  has sampled). Iteration 1 samples the starting model without a token (:func:`generator`): the reference, or
   the untrained policy when the reference is the same model held in another dtype;
 * ``score``: the reward model;
 * ``train``: the policy, and the reference only when ``kl_coef > 0`` (the KL term's logits);
@@ -37,12 +37,15 @@ MODELS = ("policy", "reference", "reward")
 DEVICE, CPU, RELEASED = "device", "cpu", "released"
 
 
-def start_model(config: QuarkConfig) -> str:
-    """The model that generates for the starting point (iteration 1's samples, iteration 0's evaluation), without a
-    token: the reference, unless it is the policy's own model held in another dtype (``reference_dtype``, as
-    ``tldr-gptj``'s fp32 perplexity reference): then the untrained policy (its quantile tokens suppressed), which
-    generates in the policy's dtype as every later iteration and the vLLM sampler do (ALT samples its SFT model in
-    fp16), with half the fp32 reference's KV cache."""
+def generator(config: QuarkConfig, phase: str, iteration: int) -> str:
+    """The model that generates in ``phase`` ("sample" or "evaluate") of ``iteration``: the policy, but for the
+    starting point (iteration 1's samples, iteration 0's evaluation; no token) the reference, unless it is the
+    policy's own model held in another dtype (``reference_dtype``, as ``tldr-gptj``'s fp32 perplexity reference):
+    then the untrained policy (its quantile tokens suppressed), which generates in the policy's dtype as every
+    later iteration and the vLLM sampler do (ALT samples its SFT model in fp16), with half the fp32 reference's KV
+    cache."""
+    if (phase, iteration) not in (("sample", 1), ("evaluate", 0)):
+        return "policy"
     own = config.reference in (None, config.policy)
     return "policy" if own and config.reference_dtype not in (None, config.dtype) else "reference"
 
@@ -50,14 +53,13 @@ def start_model(config: QuarkConfig) -> str:
 def needs(config: QuarkConfig, phase: str, iteration: int) -> tuple[str, ...]:
     """The models ``phase`` of ``iteration`` uses, by name (:data:`MODELS`)."""
     if phase == "sample":
-        return () if config.sampler == "vllm" else (start_model(config),) if iteration == 1 else ("policy",)
+        return () if config.sampler == "vllm" else (generator(config, phase, iteration),)
     if phase == "score":
         return ("reward",)
     if phase == "train":
         return ("policy", "reference") if config.kl_coef > 0 else ("policy",)
     if phase == "evaluate":
-        first = start_model(config) if iteration == 0 else "policy"
-        return tuple(m for m in MODELS if m in (first, "reference", "reward"))
+        return tuple(m for m in MODELS if m in (generator(config, phase, iteration), "reference", "reward"))
     raise ValueError(f"unknown phase {phase!r}: one of {PHASES}")
 
 

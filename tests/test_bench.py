@@ -295,6 +295,6 @@ def test_the_residency_section_runs_the_iteration_kept_and_released_phase_by_pha
         assert set(r["measured_mib"]) == set(r["planned_mib"]) == {"sample", "score", "train", "evaluate"}
         assert r["run_seconds"] > 0 and all(v > 0 for v in r["measured_mib"].values())
     reference = "device" if QC.kl_coef > 0 else "released"  # the KL term needs it in training
-    assert rules["keep"]["train_holds"] == [{"policy": "device", "reference": "device", "reward": "device"}]
-    assert rules["release"]["train_holds"] == [{"policy": "device", "reference": reference, "reward": "released"}]
+    assert rules["keep"]["holds"]["1 train"] == {"policy": "device", "reference": "device", "reward": "device"}
+    assert rules["release"]["holds"]["1 train"] == {"policy": "device", "reference": reference, "reward": "released"}
     assert rules["keep"]["moved_mib"] == 0 < rules["release"]["moved_mib"]  # the reference left and came back

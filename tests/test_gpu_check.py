@@ -33,6 +33,6 @@ def test_the_gpu_check_rehearses_every_stage_on_cpu(world, tmp_path):
     assert report["plan"]["train_peak_gib"] > 0 and report["plan"]["prompt_tokens"] > 0
     r = stages["residency"]["rules"]  # the loop's phases under each rule, beside the plan's (CPU: resident memory)
     assert list(r) == ["keep", "release"] and r["keep"]["moved_mib"] == 0 < r["release"]["moved_mib"]
-    assert r["release"]["train_holds"] == [{"policy": "device", "reference": "released", "reward": "released"}]
+    assert r["release"]["holds"]["1 train"] == {"policy": "device", "reference": "released", "reward": "released"}
     for got in r.values():
         assert set(got["measured_mib"]) == set(got["planned_mib"]) == {"sample", "score", "train", "evaluate"}

@@ -80,8 +80,8 @@ def measured(world, tmp_path_factory) -> dict:
 
 def test_released_reference_and_reward_model_leave_trainings_memory(measured):
     keep, release = measured["keep"], measured["release"]
-    assert keep["train_holds"] == [dict.fromkeys(residency.MODELS, DEVICE)]
-    assert release["train_holds"] == [{"policy": DEVICE, "reference": RELEASED, "reward": RELEASED}]
+    assert keep["holds"]["1 train"] == dict.fromkeys(residency.MODELS, DEVICE)
+    assert release["holds"]["1 train"] == {"policy": DEVICE, "reference": RELEASED, "reward": RELEASED}
     # iteration 1 samples with the untrained bf16 policy, without the fp32 perplexity reference on the device
     assert release["holds"]["1 sample"] == {"policy": DEVICE, "reference": RELEASED, "reward": RELEASED}
     saved = keep["measured_mib"]["train"] - release["measured_mib"]["train"]
